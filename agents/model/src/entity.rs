@@ -1,0 +1,750 @@
+//! Router entities: what an address set means for one qdrouterd (ARCHITECTURE §4). Every name starts with `maas-`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::placement::{BrokerPod, hex};
+use crate::{AddressKind, AddressSet, Brokers, FlavorSet, cluster_for};
+
+/// Prefix of every entity name maas creates; entities without it are never touched.
+pub const NAME_PREFIX: &str = "maas-";
+
+/// The router entity types maas manages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum EntityType {
+    /// `org.apache.qpid.dispatch.connector` (route-container connectors to broker pods). Created first, deleted last.
+    Connector,
+    /// `org.apache.qpid.dispatch.router.config.address`
+    Address,
+    /// `org.apache.qpid.dispatch.router.config.linkRoute`
+    LinkRoute,
+    /// `org.apache.qpid.dispatch.router.config.autoLink`
+    AutoLink,
+}
+
+impl EntityType {
+    /// Every managed type, in the order entities are created (connectors first).
+    pub const ALL: [EntityType; 4] = [
+        EntityType::Connector,
+        EntityType::Address,
+        EntityType::LinkRoute,
+        EntityType::AutoLink,
+    ];
+
+    /// The FULL management type name (short names are rejected by the router with 400).
+    pub fn full_name(self) -> &'static str {
+        match self {
+            EntityType::Connector => "org.apache.qpid.dispatch.connector",
+            EntityType::Address => "org.apache.qpid.dispatch.router.config.address",
+            EntityType::LinkRoute => "org.apache.qpid.dispatch.router.config.linkRoute",
+            EntityType::AutoLink => "org.apache.qpid.dispatch.router.config.autoLink",
+        }
+    }
+
+    /// Short name for logs, metrics labels and tables (`address`, `linkRoute`, ...).
+    pub fn short_name(self) -> &'static str {
+        match self {
+            EntityType::Connector => "connector",
+            EntityType::Address => "address",
+            EntityType::LinkRoute => "linkRoute",
+            EntityType::AutoLink => "autoLink",
+        }
+    }
+
+    /// The type with FULL management name `name`; None for types maas does not manage.
+    pub fn from_full_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.full_name() == name)
+    }
+}
+
+/// One desired router entity: type, name and exactly the attributes maas sets. Values are normalised to what the
+/// router reports back (e.g. a connector `port` is a string), so a reply can be compared attribute by attribute.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entity {
+    /// Which management type this is.
+    pub entity_type: EntityType,
+    /// The entity name (always starting with [`NAME_PREFIX`]).
+    pub name: String,
+    /// Exactly the attributes maas sets, as the router reports them back.
+    pub attributes: BTreeMap<String, Value>,
+}
+
+impl Entity {
+    /// Attribute names whose values are secrets: never logged, never printed by `plan`.
+    pub const SECRET_ATTRIBUTES: &'static [&'static str] = &["saslPassword"];
+
+    /// A copy fit for logs and `plan` output: secret attributes replaced by `"***"`.
+    pub fn redacted(&self) -> Entity {
+        let mut e = self.clone();
+        for k in Self::SECRET_ATTRIBUTES {
+            if let Some(v) = e.attributes.get_mut(*k) {
+                *v = Value::String("***".into());
+            }
+        }
+        e
+    }
+
+    /// True when every attribute maas sets has the same value in `reported` (what the router returned for this
+    /// entity; it holds more attributes than we set, and those are ignored).
+    pub fn matches_reported(&self, reported: &serde_json::Map<String, Value>) -> bool {
+        self.attributes
+            .iter()
+            .all(|(k, v)| reported.get(k) == Some(v))
+    }
+}
+
+/// A set of entities keyed by (type, name). Iteration order is deterministic.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntitySet {
+    /// `(type, name)` -> entity.
+    pub entities: BTreeMap<(EntityType, String), Entity>,
+}
+
+impl EntitySet {
+    /// Add (or replace) an entity.
+    pub fn insert(&mut self, e: Entity) {
+        self.entities.insert((e.entity_type, e.name.clone()), e);
+    }
+    /// The entity of type `t` named `name`.
+    pub fn get(&self, t: EntityType, name: &str) -> Option<&Entity> {
+        self.entities.get(&(t, name.to_string()))
+    }
+    /// Remove and return the entity of type `t` named `name`.
+    pub fn remove(&mut self, t: EntityType, name: &str) -> Option<Entity> {
+        self.entities.remove(&(t, name.to_string()))
+    }
+    /// Number of entities.
+    pub fn len(&self) -> usize {
+        self.entities.len()
+    }
+    /// True when there are no entities.
+    pub fn is_empty(&self) -> bool {
+        self.entities.is_empty()
+    }
+    /// The entities in (type, name) order.
+    pub fn iter(&self) -> impl Iterator<Item = &Entity> {
+        self.entities.values()
+    }
+    /// A stable hash (hex SHA-256, 32 chars) of the whole set: equal sets give equal hashes on every machine.
+    ///
+    /// The canonical form is a JSON list of `[full type name, name, attributes]` in set order with object keys
+    /// sorted at every level and no whitespace (the same text as Python's
+    /// `json.dumps(rows, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`), so it does not depend on
+    /// serde_json features. Secrets are part of the hash (a
+    /// changed password is a new generation); the hash is truncated SHA-256 and does not reveal them in practice.
+    pub fn generation_hash(&self) -> String {
+        let mut canonical = String::from("[");
+        for (i, e) in self.iter().enumerate() {
+            if i > 0 {
+                canonical.push(',');
+            }
+            canonical.push('[');
+            write_canonical(
+                &Value::String(e.entity_type.full_name().into()),
+                &mut canonical,
+            );
+            canonical.push(',');
+            write_canonical(&Value::String(e.name.clone()), &mut canonical);
+            canonical.push(',');
+            let attrs: serde_json::Map<String, Value> = e
+                .attributes
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            write_canonical(&Value::Object(attrs), &mut canonical);
+            canonical.push(']');
+        }
+        canonical.push(']');
+        let digest = Sha256::digest(canonical.as_bytes());
+        hex(&digest)[..32].to_string()
+    }
+
+    /// A copy fit for logs and `plan` output: every entity [`Entity::redacted`].
+    pub fn redacted(&self) -> EntitySet {
+        EntitySet {
+            entities: self
+                .entities
+                .iter()
+                .map(|(k, e)| (k.clone(), e.redacted()))
+                .collect(),
+        }
+    }
+
+    /// The entities of one type, in name order.
+    pub fn of_type(&self, t: EntityType) -> impl Iterator<Item = &Entity> {
+        self.iter().filter(move |e| e.entity_type == t)
+    }
+}
+
+/// Settings that shape the entities but are not in the address set.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct EntityOptions {
+    /// `saslMechanisms` of broker connectors (e.g. `PLAIN`); omitted when None.
+    pub broker_sasl_mechanisms: Option<String>,
+    /// `saslUsername` of broker connectors; omitted when None.
+    pub broker_username: Option<String>,
+    /// Secret: only ever placed in the connector's `saslPassword` attribute.
+    pub broker_password: Option<String>,
+    /// `sslProfile` of broker connectors, when the brokers use TLS.
+    pub broker_ssl_profile: Option<String>,
+}
+
+/// Name of the connector to a broker pod: `maas-broker-<pod>`.
+pub fn connector_name(pod: &str) -> String {
+    format!("maas-broker-{pod}")
+}
+
+/// Debug output never shows secrets: secret attributes appear as `"***"`.
+impl std::fmt::Debug for Entity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = self.redacted();
+        f.debug_struct("Entity")
+            .field("entity_type", &shown.entity_type)
+            .field("name", &shown.name)
+            .field("attributes", &shown.attributes)
+            .finish()
+    }
+}
+
+/// Debug output never shows the broker password.
+impl std::fmt::Debug for EntityOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntityOptions")
+            .field("broker_sasl_mechanisms", &self.broker_sasl_mechanisms)
+            .field("broker_username", &self.broker_username)
+            .field(
+                "broker_password",
+                &self.broker_password.as_ref().map(|_| "***"),
+            )
+            .field("broker_ssl_profile", &self.broker_ssl_profile)
+            .finish()
+    }
+}
+
+/// Direction of an autoLink or linkRoute, as the router spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    /// Towards the router: messages/links from the broker (consumers empty the broker).
+    In,
+    /// Away from the router: messages/links to the broker.
+    Out,
+}
+
+impl Direction {
+    /// `in` or `out`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+        }
+    }
+
+    /// The directions a pod gets: both, or only `in` while it drains.
+    fn for_pod(pod: &BrokerPod) -> &'static [Direction] {
+        if pod.draining {
+            &[Direction::In]
+        } else {
+            &[Direction::In, Direction::Out]
+        }
+    }
+}
+
+/// Name of the `router.config.address` entity of address `address`: `maas-address/<address>`.
+pub fn address_entity_name(address: &str) -> String {
+    format!("maas-address/{address}")
+}
+
+/// Name of an autoLink: `maas-autolink/<address>/<pod>/<in|out>`.
+pub fn autolink_name(address: &str, pod: &str, direction: Direction) -> String {
+    format!("maas-autolink/{address}/{pod}/{}", direction.as_str())
+}
+
+/// Name of a linkRoute: `maas-linkroute/<address>/<pod>/<in|out>`.
+pub fn linkroute_name(address: &str, pod: &str, direction: Direction) -> String {
+    format!("maas-linkroute/{address}/{pod}/{}", direction.as_str())
+}
+
+/// Build an attribute map from `(name, value)` pairs.
+fn attrs<const N: usize>(pairs: [(&str, Value); N]) -> BTreeMap<String, Value> {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// The connector entity to a broker pod (`port` as a string, like the router reports it).
+pub fn connector_entity(pod: &BrokerPod, opts: &EntityOptions) -> Entity {
+    let mut attributes = attrs([
+        ("role", json!("route-container")),
+        ("host", json!(pod.host)),
+        ("port", json!(pod.port.to_string())),
+    ]);
+    let optional = [
+        ("saslMechanisms", &opts.broker_sasl_mechanisms),
+        ("saslUsername", &opts.broker_username),
+        ("saslPassword", &opts.broker_password),
+        ("sslProfile", &opts.broker_ssl_profile),
+    ];
+    for (name, value) in optional {
+        if let Some(v) = value {
+            attributes.insert(name.to_string(), json!(v));
+        }
+    }
+    Entity {
+        entity_type: EntityType::Connector,
+        name: connector_name(&pod.name),
+        attributes,
+    }
+}
+
+/// The desired router entities for an address set (ARCHITECTURE §4 table).
+///
+/// - anycast: address {prefix, distribution balanced, waypoint false}; broadcast: {prefix, distribution
+///   multicast}.
+/// - queue: address {prefix, balanced, waypoint true} plus, per pod of its cluster, autoLinks {address,
+///   direction, connection}; topic: per pod linkRoutes {prefix, direction, connection}. A draining pod gets only
+///   the `in` one. A cluster without pods gives a queue only its address entity, a topic nothing.
+/// - a route-container connector `maas-broker-<pod>` per pod of every cluster an address uses.
+pub fn desired_entities(
+    addresses: &AddressSet,
+    flavors: &FlavorSet,
+    brokers: &Brokers,
+    opts: &EntityOptions,
+) -> EntitySet {
+    let mut set = EntitySet::default();
+    let mut used_clusters = BTreeSet::new();
+    for a in addresses.iter() {
+        let prefix = &a.address;
+        match a.kind {
+            AddressKind::Anycast => set.insert(Entity {
+                entity_type: EntityType::Address,
+                name: address_entity_name(prefix),
+                attributes: attrs([
+                    ("prefix", json!(prefix)),
+                    ("distribution", json!("balanced")),
+                    ("waypoint", json!(false)),
+                ]),
+            }),
+            AddressKind::Broadcast => set.insert(Entity {
+                entity_type: EntityType::Address,
+                name: address_entity_name(prefix),
+                attributes: attrs([
+                    ("prefix", json!(prefix)),
+                    ("distribution", json!("multicast")),
+                ]),
+            }),
+            AddressKind::Queue | AddressKind::Topic => {
+                if a.kind == AddressKind::Queue {
+                    set.insert(Entity {
+                        entity_type: EntityType::Address,
+                        name: address_entity_name(prefix),
+                        attributes: attrs([
+                            ("prefix", json!(prefix)),
+                            ("distribution", json!("balanced")),
+                            ("waypoint", json!(true)),
+                        ]),
+                    });
+                }
+                let Some(cluster) = cluster_for(a, flavors) else {
+                    continue;
+                };
+                let pods = brokers.pods(&cluster);
+                if !pods.is_empty() {
+                    used_clusters.insert(cluster);
+                }
+                for pod in pods {
+                    let connection = connector_name(&pod.name);
+                    for &dir in Direction::for_pod(pod) {
+                        let e = if a.kind == AddressKind::Queue {
+                            Entity {
+                                entity_type: EntityType::AutoLink,
+                                name: autolink_name(prefix, &pod.name, dir),
+                                attributes: attrs([
+                                    ("address", json!(prefix)),
+                                    ("direction", json!(dir.as_str())),
+                                    ("connection", json!(connection)),
+                                ]),
+                            }
+                        } else {
+                            Entity {
+                                entity_type: EntityType::LinkRoute,
+                                name: linkroute_name(prefix, &pod.name, dir),
+                                attributes: attrs([
+                                    ("prefix", json!(prefix)),
+                                    ("direction", json!(dir.as_str())),
+                                    ("connection", json!(connection)),
+                                ]),
+                            }
+                        };
+                        set.insert(e);
+                    }
+                }
+            }
+        }
+    }
+    for cluster in used_clusters {
+        for pod in brokers.pods(&cluster) {
+            set.insert(connector_entity(pod, opts));
+        }
+    }
+    set
+}
+
+/// Append `v` as JSON with object keys sorted at every level.
+fn write_canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                if let Some(v) = map.get(k) {
+                    write_canonical(v, out);
+                }
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::{Address, BrokerPod, Flavor};
+
+    fn addresses(items: &[(&str, AddressKind, Option<&str>)]) -> AddressSet {
+        let mut s = AddressSet::default();
+        for (a, k, f) in items {
+            s.insert(Address {
+                address: a.to_string(),
+                kind: *k,
+                flavor: f.map(str::to_string),
+            });
+        }
+        s
+    }
+
+    fn flavors() -> FlavorSet {
+        let mut set = FlavorSet::default();
+        for (name, shared) in [("vanilla", false), ("shared-small", true)] {
+            set.insert(Flavor {
+                name: name.into(),
+                kind: None,
+                description: None,
+                template_name: None,
+                template_parameters: BTreeMap::new(),
+                shared,
+                extra: BTreeMap::new(),
+            });
+        }
+        set
+    }
+
+    fn pod(name: &str, port: u16, draining: bool) -> BrokerPod {
+        BrokerPod {
+            name: name.into(),
+            host: "127.0.0.1".into(),
+            port,
+            draining,
+        }
+    }
+
+    fn brokers(clusters: &[(&str, Vec<BrokerPod>)]) -> Brokers {
+        Brokers {
+            clusters: clusters
+                .iter()
+                .map(|(c, p)| (c.to_string(), p.clone()))
+                .collect(),
+        }
+    }
+
+    /// `(short type, name, attributes as compact JSON)` of every entity, in set order.
+    fn table(set: &EntitySet) -> Vec<(&'static str, String, String)> {
+        set.iter()
+            .map(|e| {
+                let attrs: serde_json::Map<String, Value> = e
+                    .attributes
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                (
+                    e.entity_type.short_name(),
+                    e.name.clone(),
+                    Value::Object(attrs).to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn row(t: &'static str, name: &str, attrs: &str) -> (&'static str, String, String) {
+        (t, name.to_string(), attrs.to_string())
+    }
+
+    #[test]
+    fn entities_for_each_kind() {
+        let a = addresses(&[
+            ("chat", AddressKind::Anycast, None),
+            ("events", AddressKind::Broadcast, None),
+            ("orders", AddressKind::Queue, Some("vanilla")),
+            ("news", AddressKind::Topic, Some("vanilla")),
+        ]);
+        let b = brokers(&[
+            ("orders", vec![pod("orders-0", 5674, false)]),
+            ("news", vec![pod("news-0", 5675, false)]),
+        ]);
+        let got = table(&desired_entities(
+            &a,
+            &flavors(),
+            &b,
+            &EntityOptions::default(),
+        ));
+        assert_eq!(
+            got,
+            vec![
+                row(
+                    "connector",
+                    "maas-broker-news-0",
+                    r#"{"host":"127.0.0.1","port":"5675","role":"route-container"}"#
+                ),
+                row(
+                    "connector",
+                    "maas-broker-orders-0",
+                    r#"{"host":"127.0.0.1","port":"5674","role":"route-container"}"#
+                ),
+                row(
+                    "address",
+                    "maas-address/chat",
+                    r#"{"distribution":"balanced","prefix":"chat","waypoint":false}"#
+                ),
+                row(
+                    "address",
+                    "maas-address/events",
+                    r#"{"distribution":"multicast","prefix":"events"}"#
+                ),
+                row(
+                    "address",
+                    "maas-address/orders",
+                    r#"{"distribution":"balanced","prefix":"orders","waypoint":true}"#
+                ),
+                row(
+                    "linkRoute",
+                    "maas-linkroute/news/news-0/in",
+                    r#"{"connection":"maas-broker-news-0","direction":"in","prefix":"news"}"#
+                ),
+                row(
+                    "linkRoute",
+                    "maas-linkroute/news/news-0/out",
+                    r#"{"connection":"maas-broker-news-0","direction":"out","prefix":"news"}"#
+                ),
+                row(
+                    "autoLink",
+                    "maas-autolink/orders/orders-0/in",
+                    r#"{"address":"orders","connection":"maas-broker-orders-0","direction":"in"}"#
+                ),
+                row(
+                    "autoLink",
+                    "maas-autolink/orders/orders-0/out",
+                    r#"{"address":"orders","connection":"maas-broker-orders-0","direction":"out"}"#
+                ),
+            ]
+        );
+        assert!(got.iter().all(|(_, name, _)| name.starts_with(NAME_PREFIX)));
+    }
+
+    #[test]
+    fn shared_flavor_puts_addresses_on_one_cluster_and_draining_pods_get_only_in() {
+        let a = addresses(&[
+            ("q1", AddressKind::Queue, Some("shared-small")),
+            ("t1", AddressKind::Topic, Some("shared-small")),
+        ]);
+        let b = brokers(&[(
+            "shared-small",
+            vec![pod("s-0", 5674, false), pod("s-1", 5675, true)],
+        )]);
+        let set = desired_entities(&a, &flavors(), &b, &EntityOptions::default());
+        let names: Vec<&str> = set.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "maas-broker-s-0",
+                "maas-broker-s-1",
+                "maas-address/q1",
+                "maas-linkroute/t1/s-0/in",
+                "maas-linkroute/t1/s-0/out",
+                "maas-linkroute/t1/s-1/in",
+                "maas-autolink/q1/s-0/in",
+                "maas-autolink/q1/s-0/out",
+                "maas-autolink/q1/s-1/in",
+            ]
+        );
+    }
+
+    #[test]
+    fn clusters_without_pods_give_only_the_queue_address() {
+        let a = addresses(&[
+            ("q", AddressKind::Queue, Some("vanilla")),
+            ("t", AddressKind::Topic, Some("vanilla")),
+        ]);
+        let b = brokers(&[("q", vec![]), ("unused", vec![pod("u-0", 5674, false)])]);
+        let set = desired_entities(&a, &flavors(), &b, &EntityOptions::default());
+        let names: Vec<&str> = set.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, vec!["maas-address/q"]);
+    }
+
+    #[test]
+    fn connector_options_and_redaction() {
+        let opts = EntityOptions {
+            broker_sasl_mechanisms: Some("PLAIN".into()),
+            broker_username: Some("admin".into()),
+            broker_password: Some("s3cret".into()),
+            broker_ssl_profile: Some("broker-tls".into()),
+        };
+        let a = addresses(&[("q", AddressKind::Queue, Some("vanilla"))]);
+        let b = brokers(&[("q", vec![pod("q-0", 5674, false)])]);
+        let set = desired_entities(&a, &flavors(), &b, &opts);
+        let c = set.get(EntityType::Connector, "maas-broker-q-0").unwrap();
+        assert_eq!(
+            Value::Object(c.attributes.clone().into_iter().collect()),
+            json!({"role": "route-container", "host": "127.0.0.1", "port": "5674", "saslMechanisms": "PLAIN",
+                   "saslUsername": "admin", "saslPassword": "s3cret", "sslProfile": "broker-tls"})
+        );
+        // Debug output (what a careless log line would print) never shows the password.
+        let shown = format!("{set:?} {opts:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("***"));
+        assert_eq!(
+            set.redacted()
+                .get(EntityType::Connector, "maas-broker-q-0")
+                .unwrap()
+                .attributes["saslPassword"],
+            json!("***")
+        );
+        // The original keeps the secret (it is what the router must get).
+        assert_eq!(c.attributes["saslPassword"], json!("s3cret"));
+    }
+
+    #[test]
+    fn desired_values_match_what_the_router_reports() {
+        // Rows as the real qdrouterd 1.19.0 reports them (reference mgmt-transcript.txt), renamed to our names.
+        let a = addresses(&[
+            ("foo", AddressKind::Anycast, None),
+            ("orders", AddressKind::Queue, Some("vanilla")),
+        ]);
+        let b = brokers(&[("orders", vec![pod("b", 5673, false)])]);
+        let opts = EntityOptions {
+            broker_sasl_mechanisms: Some("ANONYMOUS".into()),
+            ..Default::default()
+        };
+        let set = desired_entities(&a, &flavors(), &b, &opts);
+        let reported = |v: Value| match v {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        };
+        let address = reported(json!({"name": "maas-address/foo", "identity": "7",
+            "type": "org.apache.qpid.dispatch.router.config.address", "prefix": "foo", "distribution": "balanced",
+            "waypoint": false, "ingressPhase": 0, "egressPhase": 0, "priority": -1, "fallback": false}));
+        assert!(
+            set.get(EntityType::Address, "maas-address/foo")
+                .unwrap()
+                .matches_reported(&address)
+        );
+        let autolink = reported(
+            json!({"name": "maas-autolink/orders/b/out", "identity": "16",
+            "type": "org.apache.qpid.dispatch.router.config.autoLink", "address": "orders", "addr": "orders",
+            "direction": "out", "dir": "out", "phase": 0, "connection": "maas-broker-b",
+            "operStatus": "inactive", "fallback": false}),
+        );
+        assert!(
+            set.get(EntityType::AutoLink, "maas-autolink/orders/b/out")
+                .unwrap()
+                .matches_reported(&autolink)
+        );
+        let connector = reported(
+            json!({"host": "127.0.0.1", "port": "5673", "role": "route-container", "cost": 1,
+            "saslMechanisms": "ANONYMOUS", "allowRedirect": true, "connectionStatus": "CONNECTING",
+            "name": "maas-broker-b", "identity": "connector/127.0.0.1:5673:maas-broker-b",
+            "type": "org.apache.qpid.dispatch.connector"}),
+        );
+        assert!(
+            set.get(EntityType::Connector, "maas-broker-b")
+                .unwrap()
+                .matches_reported(&connector)
+        );
+        // A port reported as a number, or a distribution stored as something else, is a mismatch.
+        let mut wrong = connector.clone();
+        wrong.insert("port".into(), json!(5673));
+        assert!(
+            !set.get(EntityType::Connector, "maas-broker-b")
+                .unwrap()
+                .matches_reported(&wrong)
+        );
+    }
+
+    #[test]
+    fn generation_hash_is_stable_and_sensitive() {
+        let a = addresses(&[
+            ("chat", AddressKind::Anycast, None),
+            ("orders", AddressKind::Queue, Some("vanilla")),
+        ]);
+        let b = brokers(&[("orders", vec![pod("orders-0", 5674, false)])]);
+        let set = desired_entities(&a, &flavors(), &b, &EntityOptions::default());
+        let h = set.generation_hash();
+        assert_eq!(h.len(), 32);
+        assert!(
+            h.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        // Same content built in another order gives the same hash.
+        let mut rebuilt = EntitySet::default();
+        for e in set.iter().collect::<Vec<_>>().into_iter().rev() {
+            rebuilt.insert(e.clone());
+        }
+        assert_eq!(rebuilt.generation_hash(), h);
+        // Pinned: the hash must not change between builds or machines.
+        assert_eq!(h, PINNED_HASH);
+        assert_eq!(
+            EntitySet::default().generation_hash(),
+            "4f53cda18c2baa0c0354bb5f9a3ecbe5"
+        );
+        // Any change of an attribute changes the hash.
+        let b2 = brokers(&[("orders", vec![pod("orders-0", 5674, true)])]);
+        let drained = desired_entities(&a, &flavors(), &b2, &EntityOptions::default());
+        assert_ne!(drained.generation_hash(), h);
+        let opts = EntityOptions {
+            broker_password: Some("new".into()),
+            ..Default::default()
+        };
+        assert_ne!(
+            desired_entities(&a, &flavors(), &b, &opts).generation_hash(),
+            h
+        );
+    }
+
+    /// Computed independently: Python `json.dumps(rows, sort_keys=True, separators=(",", ":"))`, SHA-256, 32 hex.
+    const PINNED_HASH: &str = "2313cc54239e3f462c1f1a5dd547eb2d";
+
+    #[test]
+    fn entity_type_names() {
+        for t in EntityType::ALL {
+            assert_eq!(EntityType::from_full_name(t.full_name()), Some(t));
+        }
+        assert_eq!(EntityType::from_full_name("address"), None);
+    }
+}

@@ -1,0 +1,460 @@
+//! Broker clusters and placement (ARCHITECTURE §4): which broker cluster holds a queue/topic, and the broker pods
+//! of each cluster. One function shared by router-agent, storage-controller and subscription-service. Also the
+//! DNS-1123 names of clusters and the `--brokers-file` format.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::flavor::json_type_name;
+use crate::{Address, AddressSet, ConfigError, FlavorSet};
+
+/// Longest DNS-1123 label.
+pub const MAX_LABEL_LEN: usize = 63;
+/// Hex characters of the SHA-256 suffix appended to a changed or shortened name.
+const HASH_SUFFIX_LEN: usize = 8;
+
+/// One broker pod the router connects to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BrokerPod {
+    /// Pod name; unique across all clusters (the connector is `maas-broker-<name>`).
+    pub name: String,
+    /// Host or IP the router's connector dials.
+    pub host: String,
+    /// AMQP port of the broker.
+    pub port: u16,
+    /// A draining pod gets only the `in` autoLink (consumers empty it, no new messages go there).
+    #[serde(default)]
+    pub draining: bool,
+}
+
+/// Broker pods by cluster name; the `--brokers-file` format:
+/// `{"<cluster>": [{"name": "broker-0", "host": "127.0.0.1", "port": 5674}]}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Brokers {
+    /// Cluster name -> its pods, in file order.
+    pub clusters: BTreeMap<String, Vec<BrokerPod>>,
+}
+
+impl Brokers {
+    /// The pods of `cluster` (empty when the cluster is unknown).
+    pub fn pods(&self, cluster: &str) -> &[BrokerPod] {
+        self.clusters.get(cluster).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// The `--brokers-file` format as compact JSON text (`draining` only when true).
+    pub fn to_json(&self) -> String {
+        let mut map = serde_json::Map::new();
+        for (cluster, pods) in &self.clusters {
+            let pods: Vec<Value> = pods
+                .iter()
+                .map(|p| {
+                    let mut o = serde_json::Map::new();
+                    o.insert("name".into(), Value::String(p.name.clone()));
+                    o.insert("host".into(), Value::String(p.host.clone()));
+                    o.insert("port".into(), Value::from(p.port));
+                    if p.draining {
+                        o.insert("draining".into(), Value::Bool(true));
+                    }
+                    Value::Object(o)
+                })
+                .collect();
+            map.insert(cluster.clone(), Value::Array(pods));
+        }
+        Value::Object(map).to_string()
+    }
+}
+
+/// The broker cluster of a queue/topic address, None for anycast/broadcast.
+///
+/// The cluster is named after the address (the 2016 default), or after its flavor when that flavor exists in
+/// `flavors` and is marked `"shared": true`. A flavor missing from `flavors` counts as not shared. The name is a
+/// DNS-1123 label, see [`dns1123_label`].
+pub fn cluster_for(address: &Address, flavors: &FlavorSet) -> Option<String> {
+    if !address.kind.needs_broker() {
+        return None;
+    }
+    let shared_flavor = address
+        .flavor
+        .as_deref()
+        .and_then(|f| flavors.get(f))
+        .filter(|f| f.shared);
+    Some(match shared_flavor {
+        Some(f) => dns1123_label(&f.name),
+        None => dns1123_label(&address.address),
+    })
+}
+
+/// Every cluster name the queue/topic addresses of `addresses` use (for the storage controller).
+pub fn clusters_in_use(addresses: &AddressSet, flavors: &FlavorSet) -> BTreeSet<String> {
+    addresses
+        .iter()
+        .filter_map(|a| cluster_for(a, flavors))
+        .collect()
+}
+
+/// A DNS-1123 label derived deterministically from `name`: lower-cased, characters outside `[a-z0-9-]` replaced
+/// by `-`, trimmed to start and end alphanumeric, at most 63 characters. When anything was changed or the name was
+/// too long, `-` and the first 8 hex characters of the SHA-256 of the ORIGINAL name are appended (total still
+/// <= 63), so names differing only in case or punctuation still get distinct labels.
+pub fn dns1123_label(name: &str) -> String {
+    let replaced: String = name
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let trimmed = replaced.trim_matches('-');
+    if !trimmed.is_empty() && trimmed == name && trimmed.len() <= MAX_LABEL_LEN {
+        return trimmed.to_string();
+    }
+    let hash = hex(&Sha256::digest(name.as_bytes()));
+    let suffix = &hash[..HASH_SUFFIX_LEN];
+    // Only ASCII remains in `trimmed`, so byte slicing is on char boundaries.
+    let keep = MAX_LABEL_LEN - HASH_SUFFIX_LEN - 1;
+    let base = trimmed[..trimmed.len().min(keep)].trim_end_matches('-');
+    if base.is_empty() {
+        suffix.to_string()
+    } else {
+        format!("{base}-{suffix}")
+    }
+}
+
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        // Writing to a String cannot fail.
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Parse a `--brokers-file`: `{"<cluster>": [{"name": "broker-0", "host": "127.0.0.1", "port": 5674,
+/// "draining": false}]}`. `origin` (the file path) names it in errors. Pod names must be unique across the whole
+/// file (each pod gets one connector `maas-broker-<pod>`) and must not contain `/`, whitespace or control
+/// characters. Unknown pod fields are ignored. Every problem is returned.
+pub fn parse_brokers(origin: &str, text: &str) -> Result<Brokers, Vec<ConfigError>> {
+    let err = |msg: String| ConfigError::new(origin, None, None, msg);
+    let value: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return Err(vec![err(format!("invalid JSON in brokers file: {e}"))]),
+    };
+    let Value::Object(map) = value else {
+        return Err(vec![err(format!(
+            "a brokers file must be a JSON object from cluster name to a list of pods, found {}",
+            json_type_name(&value)
+        ))]);
+    };
+    let mut errors = Vec::new();
+    let mut brokers = Brokers::default();
+    let mut seen_pods: BTreeMap<String, String> = BTreeMap::new();
+    for (cluster, pods) in map {
+        if cluster.is_empty() {
+            errors.push(err("cluster name must not be empty".into()));
+            continue;
+        }
+        let Value::Array(pods) = pods else {
+            errors.push(err(format!(
+                "cluster {cluster:?} must be a list of pods, found {}",
+                json_type_name(&pods)
+            )));
+            continue;
+        };
+        let mut list = Vec::with_capacity(pods.len());
+        for (i, pod) in pods.iter().enumerate() {
+            match parse_pod(pod) {
+                Ok(p) => {
+                    if let Some(other) = seen_pods.get(&p.name) {
+                        errors.push(err(format!(
+                            "cluster {cluster:?} pod {i}: pod name {:?} is already used in cluster {other:?}; \
+                             pod names must be unique",
+                            p.name
+                        )));
+                        continue;
+                    }
+                    seen_pods.insert(p.name.clone(), cluster.clone());
+                    list.push(p);
+                }
+                Err(problems) => {
+                    for m in problems {
+                        errors.push(err(format!("cluster {cluster:?} pod {i}: {m}")));
+                    }
+                }
+            }
+        }
+        brokers.clusters.insert(cluster, list);
+    }
+    if errors.is_empty() {
+        Ok(brokers)
+    } else {
+        Err(errors)
+    }
+}
+
+/// A required, non-empty string field of a pod object, or the problem with it.
+fn pod_text_field(o: &serde_json::Map<String, Value>, field: &str) -> Result<String, String> {
+    match o.get(field) {
+        None | Some(Value::Null) => Err(format!("missing \"{field}\"")),
+        Some(Value::String(s)) if s.is_empty() => Err(format!("\"{field}\" must not be empty")),
+        Some(Value::String(s)) if s.chars().any(|c| c.is_whitespace() || c.is_control()) => Err(
+            format!("\"{field}\" {s:?} must not contain whitespace or control characters"),
+        ),
+        Some(Value::String(s)) if field == "name" && s.contains('/') => {
+            Err(format!("\"name\" {s:?} must not contain '/'"))
+        }
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(v) => Err(format!(
+            "\"{field}\" must be a string, found {}",
+            json_type_name(v)
+        )),
+    }
+}
+
+/// One pod object of a brokers file, or every problem with it.
+fn parse_pod(pod: &Value) -> Result<BrokerPod, Vec<String>> {
+    let Value::Object(o) = pod else {
+        return Err(vec![format!(
+            "must be an object like {{\"name\": \"broker-0\", \"host\": \"127.0.0.1\", \"port\": 5674}}, found {}",
+            json_type_name(pod)
+        )]);
+    };
+    let mut problems = Vec::new();
+    let name = pod_text_field(o, "name").map_err(|e| problems.push(e)).ok();
+    let host = pod_text_field(o, "host").map_err(|e| problems.push(e)).ok();
+    let port = match o.get("port") {
+        None | Some(Value::Null) => {
+            problems.push("missing \"port\"".to_string());
+            None
+        }
+        Some(Value::Number(n)) => match n.as_u64().and_then(|p| u16::try_from(p).ok()) {
+            Some(p) if p >= 1 => Some(p),
+            _ => {
+                problems.push(format!("\"port\" {n} is not a port number (1..=65535)"));
+                None
+            }
+        },
+        Some(v) => {
+            problems.push(format!(
+                "\"port\" must be a number, found {}",
+                json_type_name(v)
+            ));
+            None
+        }
+    };
+    let draining = match o.get("draining") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => {
+            problems.push(format!(
+                "\"draining\" must be true or false, found {}",
+                json_type_name(v)
+            ));
+            false
+        }
+    };
+    match (name, host, port) {
+        (Some(name), Some(host), Some(port)) if problems.is_empty() => Ok(BrokerPod {
+            name,
+            host,
+            port,
+            draining,
+        }),
+        _ => Err(problems),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::{AddressKind, Flavor};
+
+    fn addr(a: &str, kind: AddressKind, flavor: Option<&str>) -> Address {
+        Address {
+            address: a.into(),
+            kind,
+            flavor: flavor.map(str::to_string),
+        }
+    }
+
+    fn flavors() -> FlavorSet {
+        let mut set = FlavorSet::default();
+        for (name, shared) in [("vanilla-queue", false), ("Shared.Small", true)] {
+            set.insert(Flavor {
+                name: name.into(),
+                kind: None,
+                description: None,
+                template_name: None,
+                template_parameters: BTreeMap::new(),
+                shared,
+                extra: BTreeMap::new(),
+            });
+        }
+        set
+    }
+
+    fn sha8(s: &str) -> String {
+        hex(&Sha256::digest(s.as_bytes()))[..8].to_string()
+    }
+
+    #[test]
+    fn dns_labels() {
+        let long = "a".repeat(70);
+        let cases: Vec<(&str, String)> = vec![
+            ("orders", "orders".into()),
+            ("orders-2", "orders-2".into()),
+            ("0abc", "0abc".into()),
+            ("Orders", format!("orders-{}", sha8("Orders"))),
+            (
+                "news/sport.eu",
+                format!("news-sport-eu-{}", sha8("news/sport.eu")),
+            ),
+            ("-x-", format!("x-{}", sha8("-x-"))),
+            ("ünï", format!("n-{}", sha8("ünï"))),
+            ("...", sha8("...")),
+            ("", sha8("")),
+            (&long, format!("{}-{}", "a".repeat(54), sha8(&long))),
+            (&long[..63], "a".repeat(63)),
+        ];
+        for (name, want) in cases {
+            let got = dns1123_label(name);
+            assert_eq!(got, want, "name {name:?}");
+            assert!(got.len() <= MAX_LABEL_LEN);
+            assert!(
+                got.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            );
+            assert!(!got.starts_with('-') && !got.ends_with('-'));
+        }
+        // The truncated base never ends in '-' before the suffix.
+        let tricky = format!("{}-b{}", "a".repeat(53), "c".repeat(20));
+        assert_eq!(
+            dns1123_label(&tricky),
+            format!("{}-{}", "a".repeat(53), sha8(&tricky))
+        );
+        // Names that differ only in case get different labels; the result is stable.
+        assert_ne!(dns1123_label("Orders"), dns1123_label("orders"));
+        assert_eq!(dns1123_label("Orders"), dns1123_label("Orders"));
+    }
+
+    #[test]
+    fn placement_by_kind_and_flavor() {
+        let f = flavors();
+        let shared = format!("shared-small-{}", sha8("Shared.Small"));
+        let cases = [
+            (addr("chat", AddressKind::Anycast, None), None),
+            (
+                addr("bc", AddressKind::Broadcast, Some("vanilla-queue")),
+                None,
+            ),
+            (
+                addr("orders", AddressKind::Queue, Some("vanilla-queue")),
+                Some("orders".to_string()),
+            ),
+            (
+                addr("news", AddressKind::Topic, Some("vanilla-queue")),
+                Some("news".to_string()),
+            ),
+            (
+                addr("q1", AddressKind::Queue, Some("Shared.Small")),
+                Some(shared.clone()),
+            ),
+            (
+                addr("t1", AddressKind::Topic, Some("Shared.Small")),
+                Some(shared.clone()),
+            ),
+            (
+                addr("q2", AddressKind::Queue, Some("missing")),
+                Some("q2".to_string()),
+            ),
+            (
+                addr("Q3", AddressKind::Queue, None),
+                Some(format!("q3-{}", sha8("Q3"))),
+            ),
+        ];
+        let mut set = AddressSet::default();
+        for (a, want) in cases {
+            assert_eq!(cluster_for(&a, &f), want, "address {a:?}");
+            set.insert(a);
+        }
+        let in_use: Vec<String> = clusters_in_use(&set, &f).into_iter().collect();
+        assert_eq!(in_use.len(), 5, "{in_use:?}");
+        assert!(in_use.contains(&shared));
+    }
+
+    #[test]
+    fn brokers_file_parses() {
+        let text = r#"{"orders": [{"name": "orders-0", "host": "127.0.0.1", "port": 5674},
+                                 {"name": "orders-1", "host": "127.0.0.1", "port": 5675, "draining": true}],
+                       "empty": []}"#;
+        let b = parse_brokers("brokers.json", text).unwrap();
+        assert_eq!(b.pods("orders").len(), 2);
+        assert!(b.pods("orders")[1].draining);
+        assert!(!b.pods("orders")[0].draining);
+        assert_eq!(b.pods("orders")[1].port, 5675);
+        assert!(b.pods("empty").is_empty());
+        assert!(b.pods("nope").is_empty());
+        assert_eq!(parse_brokers("again", &b.to_json()).unwrap(), b);
+    }
+
+    #[test]
+    fn brokers_file_errors_are_all_reported() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "",
+                &[
+                    "b.json: invalid JSON in brokers file: EOF while parsing a value at line 1 column 0",
+                ],
+            ),
+            (
+                "[1]",
+                &[
+                    "b.json: a brokers file must be a JSON object from cluster name to a list of pods, found a list",
+                ],
+            ),
+            (
+                r#"{"c": {}, "": []}"#,
+                &[
+                    "b.json: cluster name must not be empty",
+                    r#"b.json: cluster "c" must be a list of pods, found an object"#,
+                ],
+            ),
+            (
+                r#"{"a": [{"name": "p", "host": "h", "port": 1}, 7, {"host": "", "port": 70000},
+                          {"name": "x y", "host": 3, "port": "5674", "draining": "no"}],
+                    "b": [{"name": "p", "host": "h", "port": 2}, {"name": "a/b", "host": "h", "port": 0}]}"#,
+                &[
+                    r#"b.json: cluster "a" pod 1: must be an object like {"name": "broker-0", "host": "127.0.0.1", "port": 5674}, found a number"#,
+                    r#"b.json: cluster "a" pod 2: missing "name""#,
+                    r#"b.json: cluster "a" pod 2: "host" must not be empty"#,
+                    r#"b.json: cluster "a" pod 2: "port" 70000 is not a port number (1..=65535)"#,
+                    r#"b.json: cluster "a" pod 3: "name" "x y" must not contain whitespace or control characters"#,
+                    r#"b.json: cluster "a" pod 3: "host" must be a string, found a number"#,
+                    r#"b.json: cluster "a" pod 3: "port" must be a number, found a string"#,
+                    r#"b.json: cluster "a" pod 3: "draining" must be true or false, found a string"#,
+                    r#"b.json: cluster "b" pod 0: pod name "p" is already used in cluster "a"; pod names must be unique"#,
+                    r#"b.json: cluster "b" pod 1: "name" "a/b" must not contain '/'"#,
+                    r#"b.json: cluster "b" pod 1: "port" 0 is not a port number (1..=65535)"#,
+                ],
+            ),
+        ];
+        for (text, want) in cases {
+            let got: Vec<String> = parse_brokers("b.json", text)
+                .unwrap_err()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert_eq!(&got, want, "input {text}");
+        }
+    }
+}
