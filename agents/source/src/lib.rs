@@ -1,0 +1,24 @@
+//! Where address sets come from.
+//!
+//! This crate owns the *raw input* side of every maas binary: reading a mounted ConfigMap directory (or a
+//! single file) as a whole, hashing it, watching it the way the kubelet actually updates it, and keeping the
+//! last successfully parsed value of each input when a new one is bad. Parsing and validation belong to
+//! `maas-model`; this crate only hands over full snapshots of file contents.
+//!
+//! - [`snapshot`]: one consistent read of a directory or file, with a content hash.
+//! - [`watch`]: the kubelet-safe watch ([`watch_dir`], [`watch_file`]) publishing new snapshots on a
+//!   `tokio::sync::watch` channel only when the content hash changes.
+//! - [`last_good`]: [`LastGood`], "bad input keeps the last good value", reusable by every source kind.
+//! - [`kubelet`]: test support reproducing the kubelet's atomic writer step by step.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod kubelet;
+pub mod last_good;
+pub mod snapshot;
+pub mod watch;
+
+pub use error::{Result, SourceError};
+pub use last_good::{LastGood, Offer};
+pub use snapshot::{DirSnapshot, FileSnapshot, read_dir_snapshot, read_file_snapshot};
+pub use watch::{WatchOptions, watch_dir, watch_file};
