@@ -1,0 +1,374 @@
+//! Opening one fe2o3-amqp connection from [`ConnectOptions`]: our own TCP connect (so we can set
+//! `TCP_NODELAY`, which the request/response traffic needs), TLS with rustls done directly on the
+//! socket (qdrouterd and Artemis expect plain TLS, not the AMQP TLS header), SASL, the idle
+//! timeout, all under `connect_timeout`. It also captures the peer's `open` frame so callers can
+//! show what they are talking to (`product`, `version`).
+
+use std::fs::File;
+use std::io::BufReader;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use fe2o3_amqp::Connection;
+use fe2o3_amqp::connection::ConnectionHandle;
+use fe2o3_amqp::sasl_profile::SaslProfile;
+use fe2o3_amqp::types::performatives::Open;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::options::{ConnectOptions, SaslOptions, TlsOptions, install_crypto_provider};
+use crate::value::amqp_to_json;
+
+/// Why a connection could not be opened. The text names the peer and the step that failed, never
+/// a password.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to {peer}: {reason}")]
+pub struct ConnectError {
+    /// `amqp[s]://[user@]host:port`.
+    pub peer: String,
+    /// What failed.
+    pub reason: String,
+}
+
+/// An open AMQP connection plus what the peer announced.
+pub struct Opened {
+    /// The fe2o3 connection; dropping it closes the connection.
+    pub connection: ConnectionHandle<()>,
+    /// The `properties` of the peer's `open` frame (qdrouterd: `product`, `version`), if any.
+    pub peer_properties: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The peer's container id (qdrouterd: the router id).
+    pub peer_container_id: Option<String>,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("peer_properties", &self.peer_properties)
+            .field("peer_container_id", &self.peer_container_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens a connection as described by `opts`, all within `opts.connect_timeout`.
+pub async fn open_connection(opts: &ConnectOptions) -> Result<Opened, ConnectError> {
+    let peer = opts.to_string();
+    match tokio::time::timeout(opts.connect_timeout, open_inner(opts)).await {
+        Ok(Ok(opened)) => Ok(opened),
+        Ok(Err(reason)) => Err(ConnectError { peer, reason }),
+        Err(_) => Err(ConnectError {
+            peer,
+            reason: format!("timed out after {:?}", opts.connect_timeout),
+        }),
+    }
+}
+
+async fn open_inner(opts: &ConnectOptions) -> Result<Opened, String> {
+    let tcp = TcpStream::connect((opts.host.as_str(), opts.port))
+        .await
+        .map_err(|e| format!("TCP connect failed: {e}"))?;
+    tcp.set_nodelay(true)
+        .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
+    let capture = Capture::default();
+    match &opts.tls {
+        None => open_amqp(opts, Sniff::new(tcp, capture.clone()), capture).await,
+        Some(tls) => {
+            let connector = tls_connector(tls)?;
+            let name = tls.server_name.clone().unwrap_or_else(|| opts.host.clone());
+            let server_name = rustls::pki_types::ServerName::try_from(name.clone())
+                .map_err(|e| format!("invalid TLS server name {name:?}: {e}"))?;
+            let stream = connector
+                .connect(server_name, tcp)
+                .await
+                .map_err(|e| format!("TLS handshake failed: {e}"))?;
+            open_amqp(opts, Sniff::new(stream, capture.clone()), capture).await
+        }
+    }
+}
+
+async fn open_amqp<Io>(
+    opts: &ConnectOptions,
+    stream: Sniff<Io>,
+    capture: Capture,
+) -> Result<Opened, String>
+where
+    Io: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug + 'static,
+{
+    let idle_ms = u32::try_from(opts.idle_timeout.as_millis()).unwrap_or(u32::MAX);
+    let builder = Connection::builder()
+        .container_id(opts.container_id.clone())
+        .hostname(opts.host.as_str())
+        .idle_time_out(idle_ms)
+        .scheme("amqp");
+    let builder = match &opts.sasl {
+        SaslOptions::None => builder,
+        SaslOptions::Anonymous => builder.sasl_profile(SaslProfile::Anonymous),
+        SaslOptions::Plain { username, password } => builder.sasl_profile(SaslProfile::Plain {
+            username: username.clone(),
+            password: password.expose().to_string(),
+        }),
+    };
+    let connection = builder
+        .open_with_stream(stream)
+        .await
+        .map_err(|e| format!("AMQP open failed: {e}"))?;
+    let open = capture.finish().and_then(|bytes| parse_peer_open(&bytes));
+    let (peer_properties, peer_container_id) = match open {
+        Some(open) => {
+            let props = open.properties.map(|fields| {
+                fields
+                    .into_iter()
+                    .map(|(k, v)| (k.0, amqp_to_json(v)))
+                    .collect::<serde_json::Map<_, _>>()
+            });
+            (props, Some(open.container_id))
+        }
+        None => (None, None),
+    };
+    Ok(Opened {
+        connection,
+        peer_properties,
+        peer_container_id,
+    })
+}
+
+fn tls_connector(tls: &TlsOptions) -> Result<tokio_rustls::TlsConnector, String> {
+    install_crypto_provider();
+    let ca_file = tls
+        .ca_file
+        .as_ref()
+        .ok_or("TLS needs a CA file to verify the server certificate (none given)")?;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = read_certs(ca_file)?;
+    if certs.is_empty() {
+        return Err(format!(
+            "CA file {} holds no certificate",
+            ca_file.display()
+        ));
+    }
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| format!("CA file {}: {e}", ca_file.display()))?;
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match (&tls.cert_file, &tls.key_file) {
+        (None, None) => builder.with_no_client_auth(),
+        (Some(cert_file), Some(key_file)) => {
+            let chain = read_certs(cert_file)?;
+            let file = File::open(key_file)
+                .map_err(|e| format!("cannot read key file {}: {e}", key_file.display()))?;
+            let key = rustls_pemfile::private_key(&mut BufReader::new(file))
+                .map_err(|e| format!("cannot parse key file {}: {e}", key_file.display()))?
+                .ok_or_else(|| format!("key file {} holds no private key", key_file.display()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("client certificate/key rejected: {e}"))?
+        }
+        _ => return Err("a client certificate needs both a cert file and a key file".to_string()),
+    };
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+fn read_certs(
+    path: &std::path::Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    let file = File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    rustls_pemfile::certs(&mut BufReader::new(file))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("cannot parse certificates in {}: {e}", path.display()))
+}
+
+/// Most bytes we keep while waiting for the peer's `open` (it is far smaller than this).
+const CAPTURE_LIMIT: usize = 64 * 1024;
+
+/// Bytes received from the peer until the connection is open; `None` once capture has ended.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Option<Vec<u8>>>>);
+
+impl Capture {
+    fn start(&self) {
+        if let Ok(mut guard) = self.0.lock() {
+            *guard = Some(Vec::new());
+        }
+    }
+
+    fn record(&self, bytes: &[u8]) {
+        if let Ok(mut guard) = self.0.lock()
+            && let Some(buf) = guard.as_mut()
+        {
+            let room = CAPTURE_LIMIT.saturating_sub(buf.len());
+            buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        }
+    }
+
+    /// Stops capturing and returns what was captured.
+    fn finish(&self) -> Option<Vec<u8>> {
+        self.0.lock().ok().and_then(|mut guard| guard.take())
+    }
+}
+
+/// A stream wrapper that copies what is read into a [`Capture`] until capture ends.
+struct Sniff<Io> {
+    inner: Io,
+    capture: Capture,
+}
+
+impl<Io> Sniff<Io> {
+    fn new(inner: Io, capture: Capture) -> Self {
+        capture.start();
+        Sniff { inner, capture }
+    }
+}
+
+impl<Io> std::fmt::Debug for Sniff<Io> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sniff")
+    }
+}
+
+impl<Io: AsyncRead + Unpin> AsyncRead for Sniff<Io> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &res {
+            let new = &buf.filled()[before..];
+            if !new.is_empty() {
+                this.capture.record(new);
+            }
+        }
+        res
+    }
+}
+
+impl<Io: AsyncWrite + Unpin> AsyncWrite for Sniff<Io> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Finds and decodes the peer's `open` performative in the captured start of the byte stream:
+/// an optional SASL layer (header `AMQP 3 1 0 0`, SASL frames up to the outcome) followed by the
+/// AMQP header `AMQP 0 1 0 0` and the first non-empty AMQP frame.
+pub(crate) fn parse_peer_open(bytes: &[u8]) -> Option<Open> {
+    let mut pos = 0usize;
+    loop {
+        let header = bytes.get(pos..pos + 8)?;
+        if &header[..4] != b"AMQP" {
+            return None;
+        }
+        let protocol_id = header[4];
+        pos += 8;
+        match protocol_id {
+            3 => {
+                // SASL frames until the outcome (descriptor 0x44).
+                loop {
+                    let (body, next) = frame_at(bytes, pos)?;
+                    pos = next;
+                    if body.len() >= 3 && body[0] == 0x00 && body[1] == 0x53 && body[2] == 0x44 {
+                        break;
+                    }
+                }
+            }
+            0 => loop {
+                let (body, next) = frame_at(bytes, pos)?;
+                pos = next;
+                if !body.is_empty() {
+                    return serde_amqp::from_slice::<Open>(body).ok();
+                }
+            },
+            _ => return None,
+        }
+    }
+}
+
+/// The body of the frame starting at `pos` and the position after it.
+fn frame_at(bytes: &[u8], pos: usize) -> Option<(&[u8], usize)> {
+    let head = bytes.get(pos..pos + 8)?;
+    let size = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let doff = head[4] as usize * 4;
+    if size < 8 || doff < 8 || doff > size {
+        return None;
+    }
+    let body = bytes.get(pos + doff..pos + size)?;
+    Some((body, pos + size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_amqp::Value;
+    use serde_amqp::primitives::{OrderedMap, Symbol};
+
+    fn frame(frame_type: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&((body.len() + 8) as u32).to_be_bytes());
+        f.extend_from_slice(&[2, frame_type, 0, 0]);
+        f.extend_from_slice(body);
+        f
+    }
+
+    #[test]
+    fn finds_open_after_sasl() {
+        let mut props = OrderedMap::new();
+        props.insert(
+            Symbol::from("product"),
+            Value::String("qpid-dispatch-router".into()),
+        );
+        props.insert(Symbol::from("version"), Value::String("1.19.0".into()));
+        let open = Open {
+            container_id: "Router.A".into(),
+            hostname: None,
+            max_frame_size: Default::default(),
+            channel_max: Default::default(),
+            idle_time_out: Some(8000),
+            outgoing_locales: None,
+            incoming_locales: None,
+            offered_capabilities: None,
+            desired_capabilities: None,
+            properties: Some(props),
+        };
+        let open_bytes = serde_amqp::to_vec(&open).unwrap();
+        let mut stream = b"AMQP\x03\x01\x00\x00".to_vec();
+        // sasl-mechanisms [ANONYMOUS]
+        stream.extend(frame(1, b"\x00\x53\x40\xc0\x0c\x01\xa3\x09ANONYMOUS"));
+        // sasl-outcome [ok]
+        stream.extend(frame(1, b"\x00\x53\x44\xc0\x03\x01\x50\x00"));
+        stream.extend_from_slice(b"AMQP\x00\x01\x00\x00");
+        stream.extend(frame(0, b"")); // an empty (heartbeat) frame is skipped
+        stream.extend(frame(0, &open_bytes));
+        let got = parse_peer_open(&stream).unwrap();
+        assert_eq!(got, open);
+        assert_eq!(parse_peer_open(&stream[..stream.len() - 3]), None);
+        assert_eq!(parse_peer_open(b"HTTP/1.1 400"), None);
+    }
+}

@@ -1,0 +1,18 @@
+//! AMQP plumbing shared by the maas binaries: connection options (TLS, SASL, idle timeout,
+//! reconnect backoff) in [`options`], opening a connection in [`connect`], the JSON <-> AMQP value
+//! mapping in [`value`], and the qdrouterd `$management` client in [`router`].
+//!
+//! The clients never reconnect by themselves: a caller waits for `closed()`, sleeps
+//! [`options::Backoff::delay`] and connects again.
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod connect;
+pub mod options;
+pub mod router;
+pub mod value;
+
+pub use options::{
+    Backoff, ConnectOptions, OptionsError, SaslOptions, Secret, TlsOptions, install_crypto_provider,
+};
+pub use router::{ClientConfig, MgmtError, QueryPage, Reply, RouterClient};
