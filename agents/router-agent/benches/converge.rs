@@ -1,0 +1,301 @@
+//! Bench: the router-agent binary (release build) against the router emulator with the real router's cost model,
+//! with every figure measured side by side in ONE run, so ratios survive a noisy shared machine.
+//!
+//! Address set: 10,000 addresses (4,000 anycast, 2,000 broadcast, 3,000 queue, 1,000 topic), queues and topics on
+//! one shared flavor cluster of 2 broker pods: about 25,000 router entities.
+//!
+//! (a) converge on an empty router vs. a minimal pipelined client creating the same entities (target ratio >= 0.8)
+//! (b) recover after a router restart (target <= 1.25 x raw + 1 s)
+//! (c) agent restart, configuration unchanged: writes (target 0) and time to ready (target <= 1 s)
+//! (d) one edit through the kubelet-style writer -> applied, p50/p99 over 50 edits (target p99 <= 500 ms)
+//! (e) agent RSS holding 10,000 addresses (target <= 30 MB)
+//!
+//! Run with `scripts/bench` (or `cargo bench -p router-agent --bench converge`).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use maas_amqp::options::ConnectOptions;
+use maas_amqp::router::{ClientConfig, RouterClient};
+use maas_e2e::router::{EmulatorConfig, RouterEmulator};
+use maas_model::{EntityOptions, EntitySet};
+use maas_source::kubelet::KubeletWriter;
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_router-agent");
+
+fn address_set(edit: Option<usize>) -> BTreeMap<String, String> {
+    let mut m = serde_json::Map::new();
+    let mut put = |name: String, sf: bool, mc: bool, flavor: Option<&str>| {
+        let mut v = json!({"store_and_forward": sf, "multicast": mc});
+        if let Some(f) = flavor {
+            v["flavor"] = Value::from(f);
+        }
+        m.insert(name, v);
+    };
+    for i in 0..4000 {
+        // Edit k turns anycast address k into a broadcast one.
+        let mc = edit.is_some_and(|k| k == i);
+        put(format!("anycast-{i}"), false, mc, None);
+    }
+    for i in 0..2000 {
+        put(format!("broadcast-{i}"), false, true, None);
+    }
+    for i in 0..3000 {
+        put(format!("queue-{i}"), true, false, Some("shared"));
+    }
+    for i in 0..1000 {
+        put(format!("topic-{i}"), true, true, Some("shared"));
+    }
+    let mut files = BTreeMap::new();
+    files.insert("json".to_string(), Value::Object(m).to_string());
+    files.insert(
+        "flavor.json".to_string(),
+        json!({"shared": {"type": "queue", "shared": true, "templateName": "queue-persisted"}}).to_string(),
+    );
+    files
+}
+
+fn brokers_json() -> String {
+    json!({"shared": [
+        {"name": "broker-0", "host": "127.0.0.1", "port": 5674},
+        {"name": "broker-1", "host": "127.0.0.1", "port": 5675}
+    ]})
+    .to_string()
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((code, body))
+}
+
+fn wait_ready_generation(port: u16, generation: u64, timeout: Duration) -> Duration {
+    let started = Instant::now();
+    let probe = format!("router holds generation {generation} ");
+    loop {
+        if let Some((200, body)) = http_get(port, "/readyz")
+            && body.contains(&probe)
+        {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < timeout, "generation {generation} not ready within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn spawn_agent(url: &str, dir: &Path, brokers: &Path, port: u16) -> Child {
+    Command::new(BIN)
+        .args(["run", "--router-url", url])
+        .args(["--addresses-dir", dir.to_str().unwrap_or_default()])
+        .args(["--brokers-file", brokers.to_str().unwrap_or_default()])
+        .args(["--http-addr", &format!("127.0.0.1:{port}")])
+        .args(["--drift-check-interval", "0s"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn router-agent")
+}
+
+fn stop_agent(mut child: Child) {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn raw_create(url: &str, desired: &EntitySet) -> Duration {
+    let client = RouterClient::connect(
+        &ConnectOptions::from_url(url).expect("url"),
+        ClientConfig {
+            window: 250,
+            ..ClientConfig::default()
+        },
+    )
+    .await
+    .expect("connect");
+    let started = Instant::now();
+    let mut stream = futures_util::stream::iter(desired.iter())
+        .map(|e| {
+            let attrs = e.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let c = client.clone();
+            async move { c.create(e.entity_type.full_name(), &e.name, attrs).await }
+        })
+        .buffer_unordered(250);
+    let mut failed = 0;
+    while let Some(r) = stream.next().await {
+        if r.is_err() {
+            failed += 1;
+        }
+    }
+    let t = started.elapsed();
+    assert_eq!(failed, 0, "raw client CREATE failures");
+    drop(stream);
+    client.close().await;
+    t
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn main() {
+    maas_amqp::options::install_crypto_provider();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(bench());
+}
+
+async fn bench() {
+    let emu = RouterEmulator::start(EmulatorConfig::default()).await.expect("emulator");
+    let url = emu.url();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("addresses");
+    let brokers = tmp.path().join("brokers.json");
+    std::fs::write(&brokers, brokers_json()).expect("brokers file");
+    let writer = KubeletWriter::new(&dir).expect("writer");
+    writer.write(&address_set(None)).expect("write addresses");
+
+    let (config, brokers_set) =
+        router_agent::desired::load_once(&dir, None, Some(&brokers)).expect("valid bench configuration");
+    let desired = maas_model::desired_entities(
+        &config.addresses,
+        &config.flavors,
+        &brokers_set,
+        &EntityOptions::default(),
+    );
+    println!(
+        "set: {} addresses -> {} router entities; emulator with the real router's cost model",
+        config.addresses.len(),
+        desired.len()
+    );
+
+    // (a) raw pipelined client vs. agent on an empty router.
+    let raw = raw_create(&url, &desired).await;
+    println!(
+        "(a) raw pipelined client (window 250): {} CREATEs in {:.3} s = {:.0}/s",
+        desired.len(),
+        raw.as_secs_f64(),
+        desired.len() as f64 / raw.as_secs_f64()
+    );
+    emu.restart().await;
+    let port = free_port();
+    let started = Instant::now();
+    let agent = spawn_agent(&url, &dir, &brokers, port);
+    let t_agent = {
+        let _ = wait_ready_generation(port, 1, Duration::from_secs(120));
+        started.elapsed()
+    };
+    let ratio = raw.as_secs_f64() / t_agent.as_secs_f64();
+    println!(
+        "(a) agent converge on empty router (process start to /readyz 200): {:.3} s; raw/agent ratio {:.2} (target >= 0.8: {})",
+        t_agent.as_secs_f64(),
+        ratio,
+        verdict(ratio >= 0.8)
+    );
+
+    // (b) router restart -> the agent notices, resyncs, and is ready again.
+    let started = Instant::now();
+    emu.restart().await;
+    let mut t_recover = None;
+    while started.elapsed() < Duration::from_secs(120) {
+        if let Some((200, body)) = http_get(port, "/readyz")
+            && body.contains("generation 1 ")
+            && emu.entity_count() >= desired.len()
+        {
+            t_recover = Some(started.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let t_recover = t_recover.expect("agent recovered after router restart");
+    let limit = raw.as_secs_f64() * 1.25 + 1.0;
+    println!(
+        "(b) recover after router restart: {:.3} s (target <= 1.25 x raw + 1 s = {:.3} s: {})",
+        t_recover.as_secs_f64(),
+        limit,
+        verdict(t_recover.as_secs_f64() <= limit)
+    );
+
+    // (c) agent restart, configuration unchanged.
+    stop_agent(agent);
+    emu.reset_counters();
+    let started = Instant::now();
+    let agent = spawn_agent(&url, &dir, &brokers, port);
+    let _ = wait_ready_generation(port, 1, Duration::from_secs(60));
+    let t_restart = started.elapsed();
+    let c = emu.counters();
+    println!(
+        "(c) agent restart, config unchanged: {} writes (target 0: {}), {} reads, {} queries, ready in {:.3} s (target <= 1 s: {})",
+        c.writes(),
+        verdict(c.writes() == 0),
+        c.read,
+        c.query,
+        t_restart.as_secs_f64(),
+        verdict(t_restart <= Duration::from_secs(1))
+    );
+
+    // (d) 50 edits through the kubelet-style writer.
+    let mut lat = Vec::new();
+    for k in 0..50u64 {
+        let started = Instant::now();
+        writer.write(&address_set(Some(k as usize))).expect("edit");
+        let _ = wait_ready_generation(port, 2 + k, Duration::from_secs(30));
+        lat.push(started.elapsed());
+    }
+    lat.sort();
+    let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+    println!(
+        "(d) one edit -> applied, 50 edits with 10,000 addresses held: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (target p99 <= 500 ms: {})",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        verdict(p99 <= Duration::from_millis(500))
+    );
+
+    // (e) RSS.
+    let rss = rss_kb(agent.id());
+    println!(
+        "(e) agent RSS holding 10,000 addresses: {:.1} MB (target <= 30 MB: {})",
+        rss as f64 / 1024.0,
+        verdict(rss <= 30 * 1024)
+    );
+    stop_agent(agent);
+    emu.stop().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(18089)
+}

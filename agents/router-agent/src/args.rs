@@ -1,0 +1,222 @@
+//! Command line of `router-agent` (ARCHITECTURE §7). Every flag has an environment variable; the doc comments are
+//! the `--help` text. Configuration is checked here, before any task starts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// router-agent: keeps a qdrouterd's `maas-` entities (addresses, autoLinks, linkRoutes, broker connectors) equal
+/// to an address ConfigMap, over AMQP management, without restarting the router.
+#[derive(Debug, Parser)]
+#[command(name = "router-agent", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Reconcile the router continuously (or once with --once) from an address directory.
+    Run(RunArgs),
+    /// Print the entities the addresses map to; with --router-url also the DELETE/CREATE it would send. Changes nothing.
+    Plan(PlanArgs),
+    /// Check an address directory (and flavors); exit 0, or print one line per problem and exit 1.
+    Validate(ValidateArgs),
+    /// Print the router's entities of the types maas manages as a table (read-only; `maas-` ones and others).
+    Show(ShowArgs),
+}
+
+/// Where the addresses come from, and what shapes the entities.
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
+    /// Directory holding the address ConfigMap (as mounted by the kubelet, or plain files): key `json` (2016
+    /// format), `*.json` / `*.yaml` (typed Address documents), optionally `flavor.json`.
+    #[arg(long, env = "ADDRESSES_DIR")]
+    pub addresses_dir: Option<PathBuf>,
+
+    /// Flavor file (JSON map name -> flavor). Default: the `flavor.json` key of the addresses directory.
+    #[arg(long, env = "FLAVORS_FILE")]
+    pub flavors_file: Option<PathBuf>,
+
+    /// Broker pods per cluster, JSON `{"<cluster>": [{"name": "broker-0", "host": "10.0.0.7", "port": 5672}]}`;
+    /// re-read when it changes. Without it queues get only their router address and no broker links.
+    #[arg(long, env = "BROKERS_FILE")]
+    pub brokers_file: Option<PathBuf>,
+
+    /// `saslMechanisms` of the router's connectors to broker pods (e.g. PLAIN).
+    #[arg(long, env = "BROKER_SASL_MECHANISMS")]
+    pub broker_sasl_mechanisms: Option<String>,
+
+    /// `saslUsername` of the router's connectors to broker pods.
+    #[arg(long, env = "BROKER_USERNAME")]
+    pub broker_username: Option<String>,
+
+    /// File holding the `saslPassword` of the router's connectors to broker pods (never logged or printed).
+    #[arg(long, env = "BROKER_PASSWORD_FILE")]
+    pub broker_password_file: Option<PathBuf>,
+
+    /// `sslProfile` (defined in the router's static configuration) for connectors to broker pods using TLS.
+    #[arg(long, env = "BROKER_SSL_PROFILE")]
+    pub broker_ssl_profile: Option<String>,
+}
+
+/// How to reach the router's `$management`.
+#[derive(Debug, Clone, Args)]
+pub struct RouterConnArgs {
+    /// CA certificate file (PEM) to verify the router's TLS certificate; implies TLS.
+    #[arg(long, env = "ROUTER_CA_FILE")]
+    pub router_ca_file: Option<PathBuf>,
+
+    /// Client certificate (PEM) presented to the router (TLS).
+    #[arg(long, env = "ROUTER_CERT_FILE", requires = "router_key_file")]
+    pub router_cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of --router-cert-file.
+    #[arg(long, env = "ROUTER_KEY_FILE", requires = "router_cert_file")]
+    pub router_key_file: Option<PathBuf>,
+
+    /// SASL PLAIN user name for the router (default: ANONYMOUS).
+    #[arg(long, env = "ROUTER_USERNAME", requires = "router_password_file")]
+    pub router_username: Option<String>,
+
+    /// File holding the SASL PLAIN password for the router (never logged).
+    #[arg(long, env = "ROUTER_PASSWORD_FILE", requires = "router_username")]
+    pub router_password_file: Option<PathBuf>,
+
+    /// Management requests in flight at once (pipeline window). The router grants 250 credits.
+    #[arg(long, env = "MGMT_WINDOW", default_value_t = 250, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub window: u32,
+
+    /// Time to wait for each management reply (e.g. 10s, 500ms).
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The router's AMQP URL: amqp://host:port (amqps:// for TLS; amqp://user@host with --router-password-file).
+    #[arg(long, env = "ROUTER_URL", default_value = "amqp://127.0.0.1:5672")]
+    pub router_url: String,
+
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    #[command(flatten)]
+    pub conn: RouterConnArgs,
+
+    /// Subscribe to a config-service for addresses instead of a directory (not available yet).
+    #[arg(long, env = "CONFIG_SERVICE_URL")]
+    pub config_service_url: Option<String>,
+
+    /// Watch address ConfigMaps through the Kubernetes API instead of a directory (not available yet).
+    #[arg(long, env = "KUBE", default_value_t = false)]
+    pub kube: bool,
+
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+
+    /// Reconcile a single time, verify, and exit 0 when the router holds exactly the desired `maas-` entities.
+    #[arg(long, env = "ONCE", default_value_t = false)]
+    pub once: bool,
+
+    /// How often the whole router is re-read in the background to repair drift (entities changed by hand).
+    /// Reading the whole router is expensive (roughly quadratic in its size), so this is paced; 0s disables it.
+    #[arg(long, env = "DRIFT_CHECK_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub drift_check_interval: Duration,
+
+    /// Debounce of directory events (the kubelet writes a ConfigMap in several steps).
+    #[arg(long, env = "DEBOUNCE", default_value = "200ms", value_parser = parse_duration)]
+    pub debounce: Duration,
+
+    /// Re-read the address directory this often even without events (safety net).
+    #[arg(long, env = "RESYNC_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub resync_interval: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    /// Also connect to this router and print the operations that would bring it to the desired state.
+    #[arg(long, env = "ROUTER_URL")]
+    pub router_url: Option<String>,
+
+    #[command(flatten)]
+    pub conn: RouterConnArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ValidateArgs {
+    /// The address directory to check.
+    pub dir: PathBuf,
+
+    /// Flavor file (default: `flavor.json` in DIR).
+    #[arg(long, env = "FLAVORS_FILE")]
+    pub flavors_file: Option<PathBuf>,
+
+    /// Brokers file to check as well.
+    #[arg(long, env = "BROKERS_FILE")]
+    pub brokers_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ShowArgs {
+    /// The router's AMQP URL.
+    #[arg(long, env = "ROUTER_URL", default_value = "amqp://127.0.0.1:5672")]
+    pub router_url: String,
+
+    #[command(flatten)]
+    pub conn: RouterConnArgs,
+
+    /// Only entities whose name starts with `maas-`.
+    #[arg(long, default_value_t = false)]
+    pub maas_only: bool,
+}
+
+/// Parse `250ms`, `10s`, `5m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 250ms, 10s, 5m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("invalid duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("10d").is_err());
+    }
+}

@@ -1,0 +1,285 @@
+//! The three subcommands: `run`, `plan`, `validate`. Each returns a process exit code; configuration problems are
+//! one clear line on stderr and a non-zero exit.
+
+use std::future::Future;
+use std::path::Path;
+use std::process::ExitCode;
+
+use maas_amqp::options::{Backoff, ConnectOptions, SaslOptions, Secret, TlsOptions};
+use maas_amqp::router::{ClientConfig, RouterClient};
+use maas_model::{Entity, EntityOptions, desired_entities};
+use maas_ops::{Health, HttpServer};
+use maas_source::WatchOptions;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::agent::{AgentConfig, Outcome, plan_against_router, run_agent};
+use crate::args::{Cli, Command, PlanArgs, RouterConnArgs, RunArgs, ShowArgs, SourceArgs, ValidateArgs};
+use crate::desired::{FileSources, load_once, spawn_file_sources};
+use crate::metrics::Metrics;
+
+/// Run the command; `shutdown` resolves on SIGTERM/SIGINT (tests pass their own future).
+pub async fn main_with(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> ExitCode {
+    maas_amqp::options::install_crypto_provider();
+    match cli.command {
+        Command::Run(args) => {
+            let token = CancellationToken::new();
+            let t = token.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                t.cancel();
+            });
+            match run(args, token).await {
+                Ok(code) => code,
+                Err(msg) => fail(&msg),
+            }
+        }
+        Command::Plan(args) => match plan(args).await {
+            Ok(code) => code,
+            Err(msg) => fail(&msg),
+        },
+        Command::Validate(args) => validate(&args),
+        Command::Show(args) => match show(args).await {
+            Ok(code) => code,
+            Err(msg) => fail(&msg),
+        },
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("router-agent: {msg}");
+    ExitCode::from(2)
+}
+
+/// Broker connector settings from the flags (the password read from its file).
+pub fn entity_options(src: &SourceArgs) -> Result<EntityOptions, String> {
+    let broker_password = match &src.broker_password_file {
+        Some(p) => Some(
+            Secret::from_file(p)
+                .map_err(|e| format!("--broker-password-file {}: {e}", p.display()))?
+                .expose()
+                .to_string(),
+        ),
+        None => None,
+    };
+    Ok(EntityOptions {
+        broker_sasl_mechanisms: src.broker_sasl_mechanisms.clone(),
+        broker_username: src.broker_username.clone(),
+        broker_password,
+        broker_ssl_profile: src.broker_ssl_profile.clone(),
+    })
+}
+
+/// Connection options for the router from the URL and flags.
+pub fn connect_options(url: &str, conn: &RouterConnArgs) -> Result<ConnectOptions, String> {
+    let mut opts = ConnectOptions::from_url(url).map_err(|e| format!("--router-url {url:?}: {e}"))?;
+    if conn.router_ca_file.is_some() || conn.router_cert_file.is_some() {
+        let mut tls = opts.tls.clone().unwrap_or(TlsOptions {
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            server_name: None,
+        });
+        tls.ca_file = conn.router_ca_file.clone().or(tls.ca_file);
+        tls.cert_file = conn.router_cert_file.clone().or(tls.cert_file);
+        tls.key_file = conn.router_key_file.clone().or(tls.key_file);
+        opts.tls = Some(tls);
+    }
+    if let (Some(user), Some(pw)) = (&conn.router_username, &conn.router_password_file) {
+        let password = Secret::from_file(pw).map_err(|e| format!("--router-password-file {}: {e}", pw.display()))?;
+        opts.sasl = SaslOptions::Plain {
+            username: user.clone(),
+            password,
+        };
+    }
+    Ok(opts)
+}
+
+fn client_config(conn: &RouterConnArgs) -> ClientConfig {
+    ClientConfig {
+        window: conn.window as usize,
+        request_timeout: conn.request_timeout,
+        ..ClientConfig::default()
+    }
+}
+
+async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode, String> {
+    if args.config_service_url.is_some() || args.kube {
+        return Err("--config-service-url and --kube are not available in this version; use --addresses-dir".into());
+    }
+    let Some(dir) = args.source.addresses_dir.clone() else {
+        return Err("no address source: give --addresses-dir DIR (env ADDRESSES_DIR)".into());
+    };
+    if !dir.is_dir() {
+        return Err(format!("--addresses-dir {}: not a directory", dir.display()));
+    }
+    let router = connect_options(&args.router_url, &args.conn)?;
+    let entity_options = entity_options(&args.source)?;
+    let (metrics, registry) = Metrics::new();
+    let health = Health::new();
+    health.set_not_ready("starting");
+
+    let http = HttpServer::bind(args.http_addr, health.clone(), registry)
+        .await
+        .map_err(|e| format!("--http-addr {}: {e}", args.http_addr))?;
+    info!(addr = %http.local_addr(), "serving /healthz /readyz /metrics");
+    let http_shutdown = shutdown.clone();
+    let http_task = tokio::spawn(http.serve(async move { http_shutdown.cancelled().await }));
+
+    let desired_rx = spawn_file_sources(
+        FileSources {
+            addresses_dir: dir,
+            flavors_file: args.source.flavors_file.clone(),
+            brokers_file: args.source.brokers_file.clone(),
+            entity_options,
+            watch: WatchOptions {
+                debounce: args.debounce,
+                resync: args.resync_interval,
+            },
+        },
+        metrics.clone(),
+    )
+    .map_err(|e| e.to_string())?;
+
+    let cfg = AgentConfig {
+        router,
+        client: client_config(&args.conn),
+        drift_check_interval: args.drift_check_interval,
+        backoff: Backoff::default(),
+    };
+    let outcome = run_agent(cfg, desired_rx, metrics, health, args.once, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), http_task).await;
+    match outcome {
+        Outcome::Stopped => {
+            info!("stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Converged => {
+            info!("router holds exactly the desired entities");
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::NotConverged(reason) => {
+            error!(%reason, "router did not converge");
+            eprintln!("router-agent: router did not converge: {reason}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// One line per entity: type, name, attributes (secrets redacted).
+pub fn entity_line(e: &Entity) -> String {
+    let e = e.redacted();
+    let attrs: Vec<String> = e.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{:<10} {:<50} {}", e.entity_type.short_name(), e.name, attrs.join(" "))
+}
+
+async fn plan(args: PlanArgs) -> Result<ExitCode, String> {
+    let Some(dir) = args.source.addresses_dir.clone() else {
+        return Err("plan needs --addresses-dir DIR".into());
+    };
+    let (config, brokers) = match load_once(&dir, args.source.flavors_file.as_deref(), args.source.brokers_file.as_deref()) {
+        Ok(v) => v,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let opts = entity_options(&args.source)?;
+    let desired = desired_entities(&config.addresses, &config.flavors, &brokers, &opts);
+    println!(
+        "# {} addresses -> {} router entities (generation hash {})",
+        config.addresses.len(),
+        desired.len(),
+        desired.generation_hash()
+    );
+    for e in desired.iter() {
+        println!("{}", entity_line(e));
+    }
+    if let Some(url) = &args.router_url {
+        let copts = connect_options(url, &args.conn)?;
+        let client = RouterClient::connect(&copts, client_config(&args.conn))
+            .await
+            .map_err(|e| format!("cannot connect to the router at {url}: {e}"))?;
+        let (metrics, _) = Metrics::new();
+        let plan = plan_against_router(&client, &desired, &metrics)
+            .await
+            .map_err(|e| format!("cannot read the router: {e}"))?;
+        client.close().await;
+        println!("# operations against {url}: {} DELETE, {} CREATE", plan.deletes.len(), plan.creates.len());
+        for (t, name) in &plan.deletes {
+            println!("DELETE {:<10} {name}", t.short_name());
+        }
+        for e in &plan.creates {
+            println!("CREATE {}", entity_line(e));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn validate(args: &ValidateArgs) -> ExitCode {
+    validate_paths(&args.dir, args.flavors_file.as_deref(), args.brokers_file.as_deref())
+}
+
+/// `validate`: 0 and a summary, or one line per problem and 1.
+pub fn validate_paths(dir: &Path, flavors: Option<&Path>, brokers: Option<&Path>) -> ExitCode {
+    match load_once(dir, flavors, brokers) {
+        Ok((config, brokers)) => {
+            let counts = config.addresses.count_by_kind();
+            let summary: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {}", k.as_str())).collect();
+            println!(
+                "ok: {} addresses ({}), {} flavors, {} broker clusters",
+                config.addresses.len(),
+                summary.join(", "),
+                config.flavors.flavors.len(),
+                brokers.clusters.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors {
+                println!("{e}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn show(args: ShowArgs) -> Result<ExitCode, String> {
+    let copts = connect_options(&args.router_url, &args.conn)?;
+    let client = RouterClient::connect(&copts, client_config(&args.conn))
+        .await
+        .map_err(|e| format!("cannot connect to the router at {}: {e}", args.router_url))?;
+    println!("{:<10} {:<50} ATTRIBUTES", "TYPE", "NAME");
+    let mut total = 0usize;
+    for t in maas_model::EntityType::ALL {
+        let rows = client
+            .query(t.full_name(), crate::agent::query_attributes(t))
+            .await
+            .map_err(|e| format!("cannot read the router's {} entities: {e}", t.short_name()))?;
+        for row in rows {
+            let name = row.get("name").and_then(|v| v.as_str()).unwrap_or("").to_string();
+            if args.maas_only && !name.starts_with(maas_model::entity::NAME_PREFIX) {
+                continue;
+            }
+            let attrs: Vec<String> = row
+                .iter()
+                .filter(|(k, v)| k.as_str() != "name" && !v.is_null())
+                .map(|(k, v)| {
+                    if Entity::SECRET_ATTRIBUTES.contains(&k.as_str()) {
+                        format!("{k}=***")
+                    } else {
+                        format!("{k}={v}")
+                    }
+                })
+                .collect();
+            println!("{:<10} {:<50} {}", t.short_name(), name, attrs.join(" "));
+            total += 1;
+        }
+    }
+    println!("# {total} entities");
+    client.close().await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,125 @@
+//! Prometheus metrics of the agent (prefix `maas_router_agent_`), served on `/metrics`.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    /// CREATE, DELETE, READ, QUERY.
+    pub operation: String,
+    /// Entity type short name (address, autoLink, linkRoute, connector).
+    pub r#type: String,
+    /// ok, or the error's metric label (status_400, timeout, disconnected, ...).
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+/// Every metric the agent exports. Cheap to clone (all handles are Arc inside).
+#[derive(Clone)]
+pub struct Metrics {
+    pub operations: Family<OpLabels, Counter>,
+    pub reconcile_duration: Histogram,
+    pub addresses: Family<KindLabels, Gauge>,
+    pub desired_entities: Gauge,
+    pub router_connected: Gauge,
+    pub config_errors: Counter,
+    pub config_error_active: Gauge,
+    pub desired_generation: Gauge,
+    pub applied_generation: Gauge,
+    pub reconcile_failures: Counter,
+    pub drift_repairs: Counter,
+}
+
+impl Metrics {
+    /// Create the metrics and the registry that serves them.
+    pub fn new() -> (Metrics, Arc<Registry>) {
+        let m = Metrics {
+            operations: Family::default(),
+            reconcile_duration: Histogram::new(
+                [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0].into_iter(),
+            ),
+            addresses: Family::default(),
+            desired_entities: Gauge::default(),
+            router_connected: Gauge::default(),
+            config_errors: Counter::default(),
+            config_error_active: Gauge::default(),
+            desired_generation: Gauge::default(),
+            applied_generation: Gauge::default(),
+            reconcile_failures: Counter::default(),
+            drift_repairs: Counter::default(),
+        };
+        let mut r = Registry::with_prefix("maas_router_agent");
+        r.register(
+            "management_operations",
+            "Management operations sent to the router, by operation, entity type and result",
+            m.operations.clone(),
+        );
+        r.register(
+            "reconcile_duration_seconds",
+            "Time to bring the router to a new desired generation (diff, operations, verification)",
+            m.reconcile_duration.clone(),
+        );
+        r.register("addresses", "Addresses in the desired set, by kind", m.addresses.clone());
+        r.register(
+            "desired_entities",
+            "Router entities the desired set maps to",
+            m.desired_entities.clone(),
+        );
+        r.register(
+            "router_connected",
+            "1 while the management connection to the router is up",
+            m.router_connected.clone(),
+        );
+        r.register(
+            "config_errors",
+            "Invalid address/flavor/broker configurations seen (once per change); the last good set stays in force",
+            m.config_errors.clone(),
+        );
+        r.register(
+            "config_error_active",
+            "1 while the current configuration has errors (the last good set is in force)",
+            m.config_error_active.clone(),
+        );
+        r.register(
+            "desired_generation",
+            "Generation of the latest valid desired set",
+            m.desired_generation.clone(),
+        );
+        r.register(
+            "applied_generation",
+            "Generation the router is known to hold",
+            m.applied_generation.clone(),
+        );
+        r.register(
+            "reconcile_failures",
+            "Reconcile attempts that did not reach the desired state (retried with backoff)",
+            m.reconcile_failures.clone(),
+        );
+        r.register(
+            "drift_repairs",
+            "Background drift checks that found and repaired differences",
+            m.drift_repairs.clone(),
+        );
+        (m, Arc::new(r))
+    }
+
+    pub fn op(&self, operation: &str, type_: &str, result: &str) {
+        self.operations
+            .get_or_create(&OpLabels {
+                operation: operation.to_string(),
+                r#type: type_.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+}

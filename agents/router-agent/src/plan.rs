@@ -1,0 +1,280 @@
+//! The pure core of the agent: what the router is known to hold, and the operations that turn it into the desired
+//! entity set. No I/O: desired state in, operations out (table-tested below).
+//!
+//! qdrouterd has no UPDATE for `router.config.*` (it never answers one), so a changed entity is a DELETE followed by
+//! a CREATE. Only names starting with `maas-` are ever deleted; static configuration and other tools' entities are
+//! left alone.
+
+use std::collections::BTreeMap;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+
+use maas_model::entity::NAME_PREFIX;
+use maas_model::{Entity, EntitySet, EntityType};
+use serde_json::{Map, Value};
+
+/// Name of the marker entity that records which generation of the desired set the router holds. It is written
+/// last (after every other operation succeeded) and deleted before any change starts, so "the marker names
+/// generation G" proves "the router holds G" with one cheap READ.
+pub const MARKER_NAME: &str = "maas-generation";
+const MARKER_PREFIX: &str = "_maas/generation/";
+
+/// The marker entity for a desired-set hash: a `router.config.address` whose prefix carries the hash. Its prefix
+/// starts with `_`, which no user address may, so it can never collide with an address.
+pub fn marker_entity(hash: &str) -> Entity {
+    let mut attributes = BTreeMap::new();
+    attributes.insert("prefix".into(), Value::String(format!("{MARKER_PREFIX}{hash}")));
+    attributes.insert("distribution".into(), Value::String("closest".into()));
+    Entity {
+        entity_type: EntityType::Address,
+        name: MARKER_NAME.into(),
+        attributes,
+    }
+}
+
+/// The hash a marker entity reported by the router carries.
+pub fn marker_hash(reported: &Map<String, Value>) -> Option<String> {
+    reported
+        .get("prefix")
+        .and_then(Value::as_str)
+        .and_then(|p| p.strip_prefix(MARKER_PREFIX))
+        .map(str::to_string)
+}
+
+/// A fingerprint of an entity's type, name and the attributes maas sets. Used to remember compactly (a few bytes
+/// per entity instead of the router's full attribute map) which desired entity a router entity was verified equal to.
+pub fn fingerprint(e: &Entity) -> u64 {
+    let mut h = DefaultHasher::new();
+    e.entity_type.hash(&mut h);
+    e.name.hash(&mut h);
+    for (k, v) in &e.attributes {
+        k.hash(&mut h);
+        v.to_string().hash(&mut h);
+    }
+    h.finish()
+}
+
+/// What the agent knows the router holds: its `maas-` entities (except the marker), each with the fingerprint of
+/// the desired entity it was verified equal to (None: it matches nothing desired and must go), and the marker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Known {
+    pub entities: BTreeMap<(EntityType, String), Option<u64>>,
+    /// The hash carried by the marker entity, if the router holds one.
+    pub marker: Option<String>,
+}
+
+impl Known {
+    /// The router holds exactly `desired` and its marker (proved by the marker: nothing needs reading).
+    pub fn from_desired(desired: &EntitySet, hash: &str) -> Known {
+        Known {
+            entities: desired
+                .iter()
+                .map(|e| ((e.entity_type, e.name.clone()), Some(fingerprint(e))))
+                .collect(),
+            marker: Some(hash.to_string()),
+        }
+    }
+
+    /// Build from rows the router reported (QUERY), keeping only `maas-` names, comparing each with `desired`.
+    pub fn from_reported(desired: &EntitySet, rows: &[(EntityType, Map<String, Value>)]) -> Known {
+        let mut known = Known::default();
+        for (t, row) in rows {
+            let t = *t;
+            let Some(name) = row.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            if !name.starts_with(NAME_PREFIX) {
+                continue;
+            }
+            if t == EntityType::Address && name == MARKER_NAME {
+                known.marker = marker_hash(row);
+                continue;
+            }
+            let fp = desired
+                .get(t, name)
+                .filter(|d| d.matches_reported(row))
+                .map(fingerprint);
+            known.entities.insert((t, name.to_string()), fp);
+        }
+        known
+    }
+
+    /// Record a verified CREATE.
+    pub fn created(&mut self, e: &Entity) {
+        self.entities
+            .insert((e.entity_type, e.name.clone()), Some(fingerprint(e)));
+    }
+
+    /// Record a DELETE (or a 404 on DELETE: it is gone either way).
+    pub fn deleted(&mut self, t: EntityType, name: &str) {
+        self.entities.remove(&(t, name.to_string()));
+    }
+
+    pub fn len(&self) -> usize {
+        self.entities.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entities.is_empty()
+    }
+}
+
+/// The operations that bring the router from `known` to `desired`: all DELETEs first (wrong or extra entities),
+/// then all CREATEs (missing or changed). Within each phase the order is deterministic; connectors are created
+/// first and deleted last.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub deletes: Vec<(EntityType, String)>,
+    pub creates: Vec<Entity>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.deletes.is_empty() && self.creates.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.deletes.len() + self.creates.len()
+    }
+}
+
+/// Diff desired against known. Only changed entities cause operations.
+pub fn diff(desired: &EntitySet, known: &Known) -> Plan {
+    let mut plan = Plan::default();
+    for ((t, name), fp) in &known.entities {
+        let keep = match (desired.get(*t, name), fp) {
+            (Some(d), Some(fp)) => fingerprint(d) == *fp,
+            _ => false,
+        };
+        if !keep {
+            plan.deletes.push((*t, name.clone()));
+        }
+    }
+    // Delete autoLinks/linkRoutes before addresses before connectors: the reverse of creation order.
+    plan.deletes.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    for d in desired.iter() {
+        let ok = matches!(
+            known.entities.get(&(d.entity_type, d.name.clone())),
+            Some(Some(fp)) if *fp == fingerprint(d)
+        );
+        if !ok {
+            plan.creates.push(d.clone());
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(name: &str, prefix: &str, dist: &str) -> Entity {
+        let mut attributes = BTreeMap::new();
+        attributes.insert("prefix".to_string(), Value::from(prefix));
+        attributes.insert("distribution".to_string(), Value::from(dist));
+        Entity {
+            entity_type: EntityType::Address,
+            name: name.into(),
+            attributes,
+        }
+    }
+
+    fn autolink(name: &str) -> Entity {
+        let mut attributes = BTreeMap::new();
+        attributes.insert("address".to_string(), Value::from("q"));
+        attributes.insert("direction".to_string(), Value::from("in"));
+        Entity {
+            entity_type: EntityType::AutoLink,
+            name: name.into(),
+            attributes,
+        }
+    }
+
+    fn set(es: &[Entity]) -> EntitySet {
+        let mut s = EntitySet::default();
+        for e in es {
+            s.insert(e.clone());
+        }
+        s
+    }
+
+    fn row(e: &Entity) -> Map<String, Value> {
+        let mut m: Map<String, Value> = e.attributes.clone().into_iter().collect();
+        m.insert("name".into(), Value::from(e.name.clone()));
+        m.insert("identity".into(), Value::from("17"));
+        m.insert("waypoint".into(), Value::from(false));
+        m
+    }
+
+    #[test]
+    fn empty_router_gets_everything_created() {
+        let d = set(&[addr("maas-address/a", "a", "balanced"), autolink("maas-autolink/q/b0/in")]);
+        let p = diff(&d, &Known::default());
+        assert!(p.deletes.is_empty());
+        assert_eq!(p.creates.len(), 2);
+    }
+
+    #[test]
+    fn router_holding_desired_needs_nothing() {
+        let d = set(&[addr("maas-address/a", "a", "balanced")]);
+        assert!(diff(&d, &Known::from_desired(&d, "h")).is_empty());
+        let rows = [(EntityType::Address, row(&addr("maas-address/a", "a", "balanced")))];
+        let known = Known::from_reported(&d, &rows);
+        assert!(diff(&d, &known).is_empty(), "extra reported attributes are ignored");
+    }
+
+    #[test]
+    fn changed_entity_is_deleted_then_created() {
+        let old = set(&[addr("maas-address/a", "a", "balanced")]);
+        let new = set(&[addr("maas-address/a", "a", "multicast")]);
+        let p = diff(&new, &Known::from_desired(&old, "h"));
+        assert_eq!(p.deletes, vec![(EntityType::Address, "maas-address/a".to_string())]);
+        assert_eq!(p.creates, vec![addr("maas-address/a", "a", "multicast")]);
+    }
+
+    #[test]
+    fn extra_maas_entities_deleted_foreign_ones_untouched() {
+        let d = set(&[]);
+        let rows = [
+            (EntityType::Address, row(&addr("maas-address/gone", "gone", "balanced"))),
+            (EntityType::Address, row(&addr("override-x", "x", "closest"))),
+        ];
+        let known = Known::from_reported(&d, &rows);
+        let p = diff(&d, &known);
+        assert_eq!(p.deletes, vec![(EntityType::Address, "maas-address/gone".to_string())]);
+        assert!(p.creates.is_empty());
+    }
+
+    #[test]
+    fn router_normalised_value_counts_as_wrong() {
+        // The router stores an invalid distribution as `balanced` without complaint (mgmt-raw-errors.txt): a row
+        // whose value differs from what we want must be replaced.
+        let d = set(&[addr("maas-address/a", "a", "closest")]);
+        let rows = [(EntityType::Address, row(&addr("maas-address/a", "a", "balanced")))];
+        let known = Known::from_reported(&d, &rows);
+        let p = diff(&d, &known);
+        assert_eq!(p.deletes.len(), 1);
+        assert_eq!(p.creates.len(), 1);
+    }
+
+    #[test]
+    fn deletes_are_ordered_links_before_addresses() {
+        let known = Known::from_desired(
+            &set(&[addr("maas-address/q", "q", "balanced"), autolink("maas-autolink/q/b0/in")]),
+            "h",
+        );
+        let p = diff(&EntitySet::default(), &known);
+        assert_eq!(p.deletes[0].0, EntityType::AutoLink);
+        assert_eq!(p.deletes[1].0, EntityType::Address);
+    }
+
+    #[test]
+    fn marker_round_trip_and_excluded_from_entities() {
+        let m = marker_entity("abc123");
+        let r = row(&m);
+        assert_eq!(marker_hash(&r).as_deref(), Some("abc123"));
+        let known = Known::from_reported(&EntitySet::default(), &[(EntityType::Address, r.clone())]);
+        assert_eq!(known.marker.as_deref(), Some("abc123"));
+        assert!(known.is_empty());
+    }
+}
