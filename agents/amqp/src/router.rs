@@ -345,7 +345,7 @@ impl RouterClient {
                     )));
                 }
             };
-        tracing::info!(
+        tracing::debug!(
             peer = %peer,
             router = opened.peer_container_id.as_deref().unwrap_or("?"),
             reply_to = %reply_to,

@@ -56,7 +56,8 @@ fn address_set(edit: Option<usize>) -> BTreeMap<String, String> {
     files.insert("json".to_string(), Value::Object(m).to_string());
     files.insert(
         "flavor.json".to_string(),
-        json!({"shared": {"type": "queue", "shared": true, "templateName": "queue-persisted"}}).to_string(),
+        json!({"shared": {"type": "queue", "shared": true, "templateName": "queue-persisted"}})
+            .to_string(),
     );
     files
 }
@@ -72,11 +73,18 @@ fn brokers_json() -> String {
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((code, body))
 }
 
@@ -89,7 +97,10 @@ fn wait_ready_generation(port: u16, generation: u64, timeout: Duration) -> Durat
         {
             return started.elapsed();
         }
-        assert!(started.elapsed() < timeout, "generation {generation} not ready within {timeout:?}");
+        assert!(
+            started.elapsed() < timeout,
+            "generation {generation} not ready within {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
 }
@@ -109,7 +120,9 @@ fn spawn_agent(url: &str, dir: &Path, brokers: &Path, port: u16) -> Child {
 }
 
 fn stop_agent(mut child: Child) {
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let _ = child.wait();
 }
 
@@ -138,7 +151,11 @@ async fn raw_create(url: &str, desired: &EntitySet) -> Duration {
     let started = Instant::now();
     let mut stream = futures_util::stream::iter(desired.iter())
         .map(|e| {
-            let attrs = e.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let attrs = e
+                .attributes
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             let c = client.clone();
             async move { c.create(e.entity_type.full_name(), &e.name, attrs).await }
         })
@@ -176,7 +193,9 @@ fn main() {
 }
 
 async fn bench() {
-    let emu = RouterEmulator::start(EmulatorConfig::default()).await.expect("emulator");
+    let emu = RouterEmulator::start(EmulatorConfig::default())
+        .await
+        .expect("emulator");
     let url = emu.url();
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("addresses");
@@ -185,8 +204,8 @@ async fn bench() {
     let writer = KubeletWriter::new(&dir).expect("writer");
     writer.write(&address_set(None)).expect("write addresses");
 
-    let (config, brokers_set) =
-        router_agent::desired::load_once(&dir, None, Some(&brokers)).expect("valid bench configuration");
+    let (config, brokers_set) = router_agent::desired::load_once(&dir, None, Some(&brokers))
+        .expect("valid bench configuration");
     let desired = maas_model::desired_entities(
         &config.addresses,
         &config.flavors,

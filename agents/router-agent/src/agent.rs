@@ -71,7 +71,14 @@ impl ReconcileError {
 pub fn query_attributes(t: EntityType) -> &'static [&'static str] {
     match t {
         EntityType::Address => &["name", "prefix", "pattern", "distribution", "waypoint"],
-        EntityType::LinkRoute => &["name", "prefix", "pattern", "direction", "connection", "containerId"],
+        EntityType::LinkRoute => &[
+            "name",
+            "prefix",
+            "pattern",
+            "direction",
+            "connection",
+            "containerId",
+        ],
         EntityType::AutoLink => &["name", "address", "direction", "connection", "containerId"],
         EntityType::Connector => &[
             "name",
@@ -99,12 +106,15 @@ pub async fn read_router(
         let mut offset: u32 = 0;
         loop {
             let started = Instant::now();
-            let page = client.query_page(t.full_name(), attrs, offset, PAGE_SIZE).await;
+            let page = client
+                .query_page(t.full_name(), attrs, offset, PAGE_SIZE)
+                .await;
             metrics.op("QUERY", t.short_name(), result_label(&page));
             let page = page?;
             let n = page.rows.len();
             for row in page.rows {
-                let map: Map<String, Value> = page.attribute_names.iter().cloned().zip(row).collect();
+                let map: Map<String, Value> =
+                    page.attribute_names.iter().cloned().zip(row).collect();
                 if map
                     .get("name")
                     .and_then(Value::as_str)
@@ -133,7 +143,10 @@ fn result_label<T>(r: &Result<T, MgmtError>) -> &'static str {
 }
 
 fn attributes_json(e: &Entity) -> Map<String, Value> {
-    e.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    e.attributes
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// Apply a plan: all DELETEs, then all CREATEs, each phase pipelined up to `window` requests in flight. `known` is
@@ -178,7 +191,9 @@ pub async fn execute(
     let creates = plan.creates.iter().cloned().map(|e| {
         let c = client.clone();
         async move {
-            let r = c.create(e.entity_type.full_name(), &e.name, attributes_json(&e)).await;
+            let r = c
+                .create(e.entity_type.full_name(), &e.name, attributes_json(&e))
+                .await;
             (e, r)
         }
     });
@@ -224,7 +239,11 @@ pub async fn execute(
 }
 
 /// Run `futs` with at most `window` in flight, handing each result to `done` as it arrives.
-async fn pipelined<F: Future>(futs: impl Iterator<Item = F>, window: usize, mut done: impl FnMut(F::Output)) {
+async fn pipelined<F: Future>(
+    futs: impl Iterator<Item = F>,
+    window: usize,
+    mut done: impl FnMut(F::Output),
+) {
     let mut futs = futs;
     let mut in_flight = FuturesUnordered::new();
     loop {
@@ -250,7 +269,10 @@ fn differences(e: &Entity, body: &Map<String, Value>) -> String {
             if Entity::SECRET_ATTRIBUTES.contains(&k.as_str()) {
                 format!("{k}: differs")
             } else {
-                format!("{k}: sent {v}, router holds {}", body.get(k).unwrap_or(&Value::Null))
+                format!(
+                    "{k}: sent {v}, router holds {}",
+                    body.get(k).unwrap_or(&Value::Null)
+                )
             }
         })
         .collect::<Vec<_>>()
@@ -278,11 +300,19 @@ pub async fn reconcile_once(
     let k = match known.take() {
         Some(k) => k,
         None => {
-            let marker = client.read(EntityType::Address.full_name(), MARKER_NAME).await;
-            metrics.op("READ", EntityType::Address.short_name(), result_label(&marker));
+            let marker = client
+                .read(EntityType::Address.full_name(), MARKER_NAME)
+                .await;
+            metrics.op(
+                "READ",
+                EntityType::Address.short_name(),
+                result_label(&marker),
+            );
             let marker = marker.map_err(ReconcileError::from_mgmt)?;
             if marker.as_ref().and_then(marker_hash).as_deref() == Some(desired.hash.as_str()) {
-                info!("router already holds the desired generation (marker matches): nothing to do");
+                info!(
+                    "router already holds the desired generation (marker matches): nothing to do"
+                );
                 Known::from_desired(&desired.entities, &desired.hash)
             } else {
                 let rows = read_router(client, metrics, false)
@@ -301,7 +331,9 @@ pub async fn reconcile_once(
         Err(ReconcileError::Connection(_)) | Err(ReconcileError::Failed { resync: true, .. }) => {}
         _ => *known = Some(k),
     }
-    metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+    metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
     result
 }
 
@@ -317,10 +349,16 @@ async fn apply(
         return Ok(Applied { writes: 0 });
     }
     let mut writes = 0;
-    debug!(deletes = plan.deletes.len(), creates = plan.creates.len(), "applying");
+    debug!(
+        deletes = plan.deletes.len(),
+        creates = plan.creates.len(),
+        "applying"
+    );
     if known.marker.is_some() {
         // The marker goes first: from now on the router no longer claims any generation.
-        let r = client.delete(EntityType::Address.full_name(), MARKER_NAME).await;
+        let r = client
+            .delete(EntityType::Address.full_name(), MARKER_NAME)
+            .await;
         metrics.op("DELETE", EntityType::Address.short_name(), result_label(&r));
         writes += 1;
         match r {
@@ -334,7 +372,11 @@ async fn apply(
     execute(client, &plan, known, metrics, window).await?;
     let marker = marker_entity(&desired.hash);
     let r = client
-        .create(marker.entity_type.full_name(), &marker.name, attributes_json(&marker))
+        .create(
+            marker.entity_type.full_name(),
+            &marker.name,
+            attributes_json(&marker),
+        )
         .await;
     metrics.op("CREATE", EntityType::Address.short_name(), result_label(&r));
     writes += 1;
@@ -352,8 +394,14 @@ async fn apply(
 }
 
 /// Check that the router holds exactly the desired `maas-` entities and the marker (a full read).
-pub async fn verify(client: &RouterClient, desired: &Desired, metrics: &Metrics) -> Result<(), String> {
-    let rows = read_router(client, metrics, false).await.map_err(|e| e.to_string())?;
+pub async fn verify(
+    client: &RouterClient,
+    desired: &Desired,
+    metrics: &Metrics,
+) -> Result<(), String> {
+    let rows = read_router(client, metrics, false)
+        .await
+        .map_err(|e| e.to_string())?;
     let known = Known::from_reported(&desired.entities, &rows);
     let plan = diff(&desired.entities, &known);
     if !plan.is_empty() {
@@ -362,9 +410,16 @@ pub async fn verify(client: &RouterClient, desired: &Desired, metrics: &Metrics)
             .iter()
             .map(|(t, n)| format!("unexpected or wrong {} {n}", t.short_name()))
             .collect();
-        what.extend(plan.creates.iter().map(|e| format!("missing {} {}", e.entity_type.short_name(), e.name)));
+        what.extend(
+            plan.creates
+                .iter()
+                .map(|e| format!("missing {} {}", e.entity_type.short_name(), e.name)),
+        );
         let shown = what.iter().take(10).cloned().collect::<Vec<_>>().join("; ");
-        return Err(format!("router differs from the desired state in {} entities: {shown}", what.len()));
+        return Err(format!(
+            "router differs from the desired state in {} entities: {shown}",
+            what.len()
+        ));
     }
     if known.marker.as_deref() != Some(desired.hash.as_str()) {
         return Err("router does not carry the marker of the desired generation".into());
@@ -414,7 +469,7 @@ pub async fn run_agent(
         metrics.router_connected.set(0);
         let client = tokio::select! {
             _ = shutdown.cancelled() => return Outcome::Stopped,
-            r = RouterClient::connect(&cfg.router, cfg.client.clone()) => r,
+            r = RouterClient::connect(&cfg.router, cfg.client) => r,
         };
         let client = match client {
             Ok(c) => c,
@@ -491,7 +546,10 @@ pub async fn run_agent(
                         failures = failures.saturating_add(1);
                         let delay = cfg.backoff.delay(failures);
                         warn!(error = %e, retry_in = ?delay, "reconcile failed");
-                        health.set_not_ready(format!("generation {} not applied: {e}", desired.generation));
+                        health.set_not_ready(format!(
+                            "generation {} not applied: {e}",
+                            desired.generation
+                        ));
                         if once {
                             client.close().await;
                             return Outcome::NotConverged(e.to_string());

@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::agent::{AgentConfig, Outcome, plan_against_router, run_agent};
-use crate::args::{Cli, Command, PlanArgs, RouterConnArgs, RunArgs, ShowArgs, SourceArgs, ValidateArgs};
+use crate::args::{
+    Cli, Command, PlanArgs, RouterConnArgs, RunArgs, ShowArgs, SourceArgs, ValidateArgs,
+};
 use crate::desired::{FileSources, load_once, spawn_file_sources};
 use crate::metrics::Metrics;
 
@@ -72,7 +74,8 @@ pub fn entity_options(src: &SourceArgs) -> Result<EntityOptions, String> {
 
 /// Connection options for the router from the URL and flags.
 pub fn connect_options(url: &str, conn: &RouterConnArgs) -> Result<ConnectOptions, String> {
-    let mut opts = ConnectOptions::from_url(url).map_err(|e| format!("--router-url {url:?}: {e}"))?;
+    let mut opts =
+        ConnectOptions::from_url(url).map_err(|e| format!("--router-url {url:?}: {e}"))?;
     if conn.router_ca_file.is_some() || conn.router_cert_file.is_some() {
         let mut tls = opts.tls.clone().unwrap_or(TlsOptions {
             ca_file: None,
@@ -86,7 +89,8 @@ pub fn connect_options(url: &str, conn: &RouterConnArgs) -> Result<ConnectOption
         opts.tls = Some(tls);
     }
     if let (Some(user), Some(pw)) = (&conn.router_username, &conn.router_password_file) {
-        let password = Secret::from_file(pw).map_err(|e| format!("--router-password-file {}: {e}", pw.display()))?;
+        let password = Secret::from_file(pw)
+            .map_err(|e| format!("--router-password-file {}: {e}", pw.display()))?;
         opts.sasl = SaslOptions::Plain {
             username: user.clone(),
             password,
@@ -99,7 +103,6 @@ fn client_config(conn: &RouterConnArgs) -> ClientConfig {
     ClientConfig {
         window: conn.window as usize,
         request_timeout: conn.request_timeout,
-        ..ClientConfig::default()
     }
 }
 
@@ -111,7 +114,10 @@ async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode, Str
         return Err("no address source: give --addresses-dir DIR (env ADDRESSES_DIR)".into());
     };
     if !dir.is_dir() {
-        return Err(format!("--addresses-dir {}: not a directory", dir.display()));
+        return Err(format!(
+            "--addresses-dir {}: not a directory",
+            dir.display()
+        ));
     }
     let router = connect_options(&args.router_url, &args.conn)?;
     let entity_options = entity_options(&args.source)?;
@@ -147,7 +153,15 @@ async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode, Str
         drift_check_interval: args.drift_check_interval,
         backoff: Backoff::default(),
     };
-    let outcome = run_agent(cfg, desired_rx, metrics, health, args.once, shutdown.clone()).await;
+    let outcome = run_agent(
+        cfg,
+        desired_rx,
+        metrics,
+        health,
+        args.once,
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), http_task).await;
     match outcome {
@@ -170,15 +184,28 @@ async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode, Str
 /// One line per entity: type, name, attributes (secrets redacted).
 pub fn entity_line(e: &Entity) -> String {
     let e = e.redacted();
-    let attrs: Vec<String> = e.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    format!("{:<10} {:<50} {}", e.entity_type.short_name(), e.name, attrs.join(" "))
+    let attrs: Vec<String> = e
+        .attributes
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    format!(
+        "{:<10} {:<50} {}",
+        e.entity_type.short_name(),
+        e.name,
+        attrs.join(" ")
+    )
 }
 
 async fn plan(args: PlanArgs) -> Result<ExitCode, String> {
     let Some(dir) = args.source.addresses_dir.clone() else {
         return Err("plan needs --addresses-dir DIR".into());
     };
-    let (config, brokers) = match load_once(&dir, args.source.flavors_file.as_deref(), args.source.brokers_file.as_deref()) {
+    let (config, brokers) = match load_once(
+        &dir,
+        args.source.flavors_file.as_deref(),
+        args.source.brokers_file.as_deref(),
+    ) {
         Ok(v) => v,
         Err(errors) => {
             for e in &errors {
@@ -208,7 +235,11 @@ async fn plan(args: PlanArgs) -> Result<ExitCode, String> {
             .await
             .map_err(|e| format!("cannot read the router: {e}"))?;
         client.close().await;
-        println!("# operations against {url}: {} DELETE, {} CREATE", plan.deletes.len(), plan.creates.len());
+        println!(
+            "# operations against {url}: {} DELETE, {} CREATE",
+            plan.deletes.len(),
+            plan.creates.len()
+        );
         for (t, name) in &plan.deletes {
             println!("DELETE {:<10} {name}", t.short_name());
         }
@@ -220,7 +251,11 @@ async fn plan(args: PlanArgs) -> Result<ExitCode, String> {
 }
 
 fn validate(args: &ValidateArgs) -> ExitCode {
-    validate_paths(&args.dir, args.flavors_file.as_deref(), args.brokers_file.as_deref())
+    validate_paths(
+        &args.dir,
+        args.flavors_file.as_deref(),
+        args.brokers_file.as_deref(),
+    )
 }
 
 /// `validate`: 0 and a summary, or one line per problem and 1.
@@ -228,7 +263,10 @@ pub fn validate_paths(dir: &Path, flavors: Option<&Path>, brokers: Option<&Path>
     match load_once(dir, flavors, brokers) {
         Ok((config, brokers)) => {
             let counts = config.addresses.count_by_kind();
-            let summary: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {}", k.as_str())).collect();
+            let summary: Vec<String> = counts
+                .iter()
+                .map(|(k, n)| format!("{n} {}", k.as_str()))
+                .collect();
             println!(
                 "ok: {} addresses ({}), {} flavors, {} broker clusters",
                 config.addresses.len(),
@@ -260,7 +298,11 @@ async fn show(args: ShowArgs) -> Result<ExitCode, String> {
             .await
             .map_err(|e| format!("cannot read the router's {} entities: {e}", t.short_name()))?;
         for row in rows {
-            let name = row.get("name").and_then(|v| v.as_str()).unwrap_or("").to_string();
+            let name = row
+                .get("name")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string();
             if args.maas_only && !name.starts_with(maas_model::entity::NAME_PREFIX) {
                 continue;
             }

@@ -45,9 +45,9 @@ impl Metrics {
     pub fn new() -> (Metrics, Arc<Registry>) {
         let m = Metrics {
             operations: Family::default(),
-            reconcile_duration: Histogram::new(
-                [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0].into_iter(),
-            ),
+            reconcile_duration: Histogram::new([
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
             addresses: Family::default(),
             desired_entities: Gauge::default(),
             router_connected: Gauge::default(),
@@ -69,7 +69,11 @@ impl Metrics {
             "Time to bring the router to a new desired generation (diff, operations, verification)",
             m.reconcile_duration.clone(),
         );
-        r.register("addresses", "Addresses in the desired set, by kind", m.addresses.clone());
+        r.register(
+            "addresses",
+            "Addresses in the desired set, by kind",
+            m.addresses.clone(),
+        );
         r.register(
             "desired_entities",
             "Router entities the desired set maps to",

@@ -23,7 +23,10 @@ const MARKER_PREFIX: &str = "_maas/generation/";
 /// starts with `_`, which no user address may, so it can never collide with an address.
 pub fn marker_entity(hash: &str) -> Entity {
     let mut attributes = BTreeMap::new();
-    attributes.insert("prefix".into(), Value::String(format!("{MARKER_PREFIX}{hash}")));
+    attributes.insert(
+        "prefix".into(),
+        Value::String(format!("{MARKER_PREFIX}{hash}")),
+    );
     attributes.insert("distribution".into(), Value::String("closest".into()));
     Entity {
         entity_type: EntityType::Address,
@@ -151,7 +154,8 @@ pub fn diff(desired: &EntitySet, known: &Known) -> Plan {
         }
     }
     // Delete autoLinks/linkRoutes before addresses before connectors: the reverse of creation order.
-    plan.deletes.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    plan.deletes
+        .sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
     for d in desired.iter() {
         let ok = matches!(
             known.entities.get(&(d.entity_type, d.name.clone())),
@@ -208,7 +212,10 @@ mod tests {
 
     #[test]
     fn empty_router_gets_everything_created() {
-        let d = set(&[addr("maas-address/a", "a", "balanced"), autolink("maas-autolink/q/b0/in")]);
+        let d = set(&[
+            addr("maas-address/a", "a", "balanced"),
+            autolink("maas-autolink/q/b0/in"),
+        ]);
         let p = diff(&d, &Known::default());
         assert!(p.deletes.is_empty());
         assert_eq!(p.creates.len(), 2);
@@ -218,9 +225,15 @@ mod tests {
     fn router_holding_desired_needs_nothing() {
         let d = set(&[addr("maas-address/a", "a", "balanced")]);
         assert!(diff(&d, &Known::from_desired(&d, "h")).is_empty());
-        let rows = [(EntityType::Address, row(&addr("maas-address/a", "a", "balanced")))];
+        let rows = [(
+            EntityType::Address,
+            row(&addr("maas-address/a", "a", "balanced")),
+        )];
         let known = Known::from_reported(&d, &rows);
-        assert!(diff(&d, &known).is_empty(), "extra reported attributes are ignored");
+        assert!(
+            diff(&d, &known).is_empty(),
+            "extra reported attributes are ignored"
+        );
     }
 
     #[test]
@@ -228,7 +241,10 @@ mod tests {
         let old = set(&[addr("maas-address/a", "a", "balanced")]);
         let new = set(&[addr("maas-address/a", "a", "multicast")]);
         let p = diff(&new, &Known::from_desired(&old, "h"));
-        assert_eq!(p.deletes, vec![(EntityType::Address, "maas-address/a".to_string())]);
+        assert_eq!(
+            p.deletes,
+            vec![(EntityType::Address, "maas-address/a".to_string())]
+        );
         assert_eq!(p.creates, vec![addr("maas-address/a", "a", "multicast")]);
     }
 
@@ -236,12 +252,21 @@ mod tests {
     fn extra_maas_entities_deleted_foreign_ones_untouched() {
         let d = set(&[]);
         let rows = [
-            (EntityType::Address, row(&addr("maas-address/gone", "gone", "balanced"))),
-            (EntityType::Address, row(&addr("override-x", "x", "closest"))),
+            (
+                EntityType::Address,
+                row(&addr("maas-address/gone", "gone", "balanced")),
+            ),
+            (
+                EntityType::Address,
+                row(&addr("override-x", "x", "closest")),
+            ),
         ];
         let known = Known::from_reported(&d, &rows);
         let p = diff(&d, &known);
-        assert_eq!(p.deletes, vec![(EntityType::Address, "maas-address/gone".to_string())]);
+        assert_eq!(
+            p.deletes,
+            vec![(EntityType::Address, "maas-address/gone".to_string())]
+        );
         assert!(p.creates.is_empty());
     }
 
@@ -250,7 +275,10 @@ mod tests {
         // The router stores an invalid distribution as `balanced` without complaint (mgmt-raw-errors.txt): a row
         // whose value differs from what we want must be replaced.
         let d = set(&[addr("maas-address/a", "a", "closest")]);
-        let rows = [(EntityType::Address, row(&addr("maas-address/a", "a", "balanced")))];
+        let rows = [(
+            EntityType::Address,
+            row(&addr("maas-address/a", "a", "balanced")),
+        )];
         let known = Known::from_reported(&d, &rows);
         let p = diff(&d, &known);
         assert_eq!(p.deletes.len(), 1);
@@ -260,7 +288,10 @@ mod tests {
     #[test]
     fn deletes_are_ordered_links_before_addresses() {
         let known = Known::from_desired(
-            &set(&[addr("maas-address/q", "q", "balanced"), autolink("maas-autolink/q/b0/in")]),
+            &set(&[
+                addr("maas-address/q", "q", "balanced"),
+                autolink("maas-autolink/q/b0/in"),
+            ]),
             "h",
         );
         let p = diff(&EntitySet::default(), &known);
@@ -273,7 +304,8 @@ mod tests {
         let m = marker_entity("abc123");
         let r = row(&m);
         assert_eq!(marker_hash(&r).as_deref(), Some("abc123"));
-        let known = Known::from_reported(&EntitySet::default(), &[(EntityType::Address, r.clone())]);
+        let known =
+            Known::from_reported(&EntitySet::default(), &[(EntityType::Address, r.clone())]);
         assert_eq!(known.marker.as_deref(), Some("abc123"));
         assert!(known.is_empty());
     }

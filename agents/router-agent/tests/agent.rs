@@ -35,7 +35,11 @@ async fn converges_exactly_and_never_touches_foreign_entities() {
     emu.insert_static(ADDRESS, "override-x", static_override());
     let dir = tempfile::tempdir().unwrap();
     let brokers = dir.path().join("brokers.json");
-    std::fs::write(&brokers, r#"{"orders": [{"name": "broker-0", "host": "127.0.0.1", "port": 5674}]}"#).unwrap();
+    std::fs::write(
+        &brokers,
+        r#"{"orders": [{"name": "broker-0", "host": "127.0.0.1", "port": 5674}]}"#,
+    )
+    .unwrap();
     let addrs = dir.path().join("addresses");
     writer(&addrs)
         .write(&files(&[
@@ -67,7 +71,10 @@ async fn converges_exactly_and_never_touches_foreign_entities() {
     assert_eq!(desired.len(), 6);
     router_matches(&emu, &desired).unwrap();
     assert!(has_marker(&emu));
-    assert!(names(&emu, EntityType::Address).contains(&"override-x".to_string()), "static entity survives");
+    assert!(
+        names(&emu, EntityType::Address).contains(&"override-x".to_string()),
+        "static entity survives"
+    );
     assert!(names(&emu, EntityType::Connector).contains(&"maas-broker-broker-0".to_string()));
 
     // Removing every address deletes only maas- entities.
@@ -75,12 +82,19 @@ async fn converges_exactly_and_never_touches_foreign_entities() {
     agent.wait_generation(2, Duration::from_secs(10)).await;
     let left = names(&emu, EntityType::Address);
     assert!(left.contains(&"override-x".to_string()));
-    assert!(left.iter().all(|n| n == "override-x" || n == router_agent::plan::MARKER_NAME), "{left:?}");
+    assert!(
+        left.iter()
+            .all(|n| n == "override-x" || n == router_agent::plan::MARKER_NAME),
+        "{left:?}"
+    );
     assert!(names(&emu, EntityType::AutoLink).is_empty());
     assert!(names(&emu, EntityType::Connector).is_empty());
 
     let text = agent.metrics_text();
-    assert!(text.contains("maas_router_agent_applied_generation 2"), "{text}");
+    assert!(
+        text.contains("maas_router_agent_applied_generation 2"),
+        "{text}"
+    );
     assert!(
         text.contains(r#"maas_router_agent_management_operations_total{operation="CREATE",type="address",result="ok"}"#),
         "{text}"
@@ -93,7 +107,8 @@ async fn only_changed_entities_cause_operations() {
     let emu = emulator(false).await;
     let dir = tempfile::tempdir().unwrap();
     let w = writer(dir.path());
-    w.write(&files(&[("json", &legacy_addresses("a", 200))])).unwrap();
+    w.write(&files(&[("json", &legacy_addresses("a", 200))]))
+        .unwrap();
     let agent = start_agent(dir.path(), &emu.url(), Options::default());
     agent.wait_generation(1, Duration::from_secs(10)).await;
 
@@ -104,7 +119,11 @@ async fn only_changed_entities_cause_operations() {
     w.write(&files(&[("json", &v.to_string())])).unwrap();
     agent.wait_generation(2, Duration::from_secs(10)).await;
     let c = emu.counters();
-    assert_eq!((c.create, c.delete, c.query, c.update), (2, 2, 0, 0), "{c:?}");
+    assert_eq!(
+        (c.create, c.delete, c.query, c.update),
+        (2, 2, 0, 0),
+        "{c:?}"
+    );
 
     // Add one address: one CREATE (+ marker DELETE/CREATE).
     emu.reset_counters();
@@ -128,7 +147,9 @@ async fn agent_restart_with_router_correct_writes_nothing_and_is_ready_fast() {
     // The real router's costs: reading 25,000 entities back would take seconds; the marker proves it in one READ.
     let emu = emulator(true).await;
     let dir = tempfile::tempdir().unwrap();
-    writer(dir.path()).write(&files(&[("json", &legacy_addresses("addr", 10_000))])).unwrap();
+    writer(dir.path())
+        .write(&files(&[("json", &legacy_addresses("addr", 10_000))]))
+        .unwrap();
     let agent = start_agent(dir.path(), &emu.url(), Options::default());
     agent.wait_generation(1, Duration::from_secs(60)).await;
     agent.stop().await;
@@ -143,7 +164,10 @@ async fn agent_restart_with_router_correct_writes_nothing_and_is_ready_fast() {
     assert_eq!(c.writes(), 0, "no CREATE/DELETE on agent restart: {c:?}");
     assert_eq!(c.query, 0, "no full read needed: {c:?}");
     assert_eq!(c.read, 1, "one READ of the marker: {c:?}");
-    assert!(ready_after < Duration::from_secs(1), "ready after {ready_after:?}");
+    assert!(
+        ready_after < Duration::from_secs(1),
+        "ready after {ready_after:?}"
+    );
     agent.stop().await;
 }
 
@@ -152,14 +176,23 @@ async fn router_restart_is_detected_and_everything_replayed() {
     let emu = emulator(false).await;
     emu.insert_static(ADDRESS, "override-x", static_override());
     let dir = tempfile::tempdir().unwrap();
-    writer(dir.path()).write(&files(&[("json", &legacy_addresses("r", 300))])).unwrap();
+    writer(dir.path())
+        .write(&files(&[("json", &legacy_addresses("r", 300))]))
+        .unwrap();
     let agent = start_agent(dir.path(), &emu.url(), Options::default());
     agent.wait_generation(1, Duration::from_secs(10)).await;
     let desired = desired_for(dir.path(), None);
 
     emu.restart().await;
-    let ok = wait_until(Duration::from_secs(10), || router_matches(&emu, &desired).is_ok() && has_marker(&emu)).await;
-    assert!(ok, "router not repopulated: {:?}", router_matches(&emu, &desired));
+    let ok = wait_until(Duration::from_secs(10), || {
+        router_matches(&emu, &desired).is_ok() && has_marker(&emu)
+    })
+    .await;
+    assert!(
+        ok,
+        "router not repopulated: {:?}",
+        router_matches(&emu, &desired)
+    );
     assert!(names(&emu, EntityType::Address).contains(&"override-x".to_string()));
     let ok = wait_until(Duration::from_secs(5), || agent.health.is_ready()).await;
     assert!(ok, "{}", agent.health.detail());
@@ -171,14 +204,22 @@ async fn router_restarted_mid_reconcile_ten_times_converges_every_time() {
     let emu = emulator(true).await;
     let dir = tempfile::tempdir().unwrap();
     let w = writer(dir.path());
-    w.write(&files(&[("json", &legacy_addresses("m", 1500))])).unwrap();
+    w.write(&files(&[("json", &legacy_addresses("m", 1500))]))
+        .unwrap();
     let agent = start_agent(dir.path(), &emu.url(), Options::default());
     agent.wait_generation(1, Duration::from_secs(20)).await;
     for round in 0..10u64 {
         // A new generation (1,500 changed addresses: ~3,000 operations), and a router restart while it is applied.
-        w.write(&files(&[("json", &legacy_addresses(&format!("m{round}"), 1500))])).unwrap();
+        w.write(&files(&[(
+            "json",
+            &legacy_addresses(&format!("m{round}"), 1500),
+        )]))
+        .unwrap();
         let started = Instant::now();
-        let busy = wait_until(Duration::from_secs(5), || emu.counters().create > 0 && !has_marker(&emu)).await;
+        let busy = wait_until(Duration::from_secs(5), || {
+            emu.counters().create > 0 && !has_marker(&emu)
+        })
+        .await;
         tokio::time::sleep(Duration::from_millis(5 + 7 * round)).await;
         emu.restart().await;
         let desired = desired_for(dir.path(), None);
@@ -203,7 +244,8 @@ async fn withheld_replies_time_out_and_are_retried_without_hanging() {
     let emu = emulator(false).await;
     let dir = tempfile::tempdir().unwrap();
     let w = writer(dir.path());
-    w.write(&files(&[("json", &legacy_addresses("w", 20))])).unwrap();
+    w.write(&files(&[("json", &legacy_addresses("w", 20))]))
+        .unwrap();
     let agent = start_agent(
         dir.path(),
         &emu.url(),
@@ -215,13 +257,20 @@ async fn withheld_replies_time_out_and_are_retried_without_hanging() {
     agent.wait_generation(1, Duration::from_secs(10)).await;
 
     emu.withhold_replies(true);
-    w.write(&files(&[("json", &legacy_addresses("w", 30))])).unwrap();
+    w.write(&files(&[("json", &legacy_addresses("w", 30))]))
+        .unwrap();
     let not_ready = wait_until(Duration::from_secs(5), || !agent.health.is_ready()).await;
-    assert!(not_ready, "agent must not claim readiness while the router does not answer");
+    assert!(
+        not_ready,
+        "agent must not claim readiness while the router does not answer"
+    );
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(!agent.health.is_ready());
     let detail = agent.health.detail();
-    assert!(detail.contains("timed out") || detail.contains("timeout") || detail.contains("connect"), "{detail}");
+    assert!(
+        detail.contains("timed out") || detail.contains("timeout") || detail.contains("connect"),
+        "{detail}"
+    );
 
     emu.withhold_replies(false);
     agent.wait_generation(2, Duration::from_secs(10)).await;
@@ -234,7 +283,9 @@ async fn withheld_replies_time_out_and_are_retried_without_hanging() {
 async fn connection_dropped_every_n_operations_still_converges() {
     let emu = emulator(false).await;
     let dir = tempfile::tempdir().unwrap();
-    writer(dir.path()).write(&files(&[("json", &legacy_addresses("d", 2000))])).unwrap();
+    writer(dir.path())
+        .write(&files(&[("json", &legacy_addresses("d", 2000))]))
+        .unwrap();
     // Drop the connection after every 300 operations, again and again, until the agent converged.
     let stop = tokio_util::sync::CancellationToken::new();
     let rearm = {
@@ -258,7 +309,10 @@ async fn connection_dropped_every_n_operations_still_converges() {
     };
     let agent = start_agent(dir.path(), &emu.url(), Options::default());
     let desired = desired_for(dir.path(), None);
-    let ok = wait_until(Duration::from_secs(30), || router_matches(&emu, &desired).is_ok() && has_marker(&emu)).await;
+    let ok = wait_until(Duration::from_secs(30), || {
+        router_matches(&emu, &desired).is_ok() && has_marker(&emu)
+    })
+    .await;
     stop.cancel();
     let _ = rearm.await;
     emu.drop_connections_after(None);
@@ -291,17 +345,40 @@ async fn bad_file_among_good_ones_keeps_the_last_good_set() {
         r#"{"apiVersion": "enmasse.io/v1", "kind": "Address", "metadata": {"name": "x"}, "spec": {"address": "$bad", "type": "anycast"}}"#.into(),
     );
     w.write(&bad).unwrap();
-    let shown = wait_until(Duration::from_secs(5), || agent.health.detail().contains("broken.json")).await;
-    assert!(shown, "readyz detail names the key: {}", agent.health.detail());
+    let shown = wait_until(Duration::from_secs(5), || {
+        agent.health.detail().contains("broken.json")
+    })
+    .await;
+    assert!(
+        shown,
+        "readyz detail names the key: {}",
+        agent.health.detail()
+    );
     let detail = agent.health.detail();
-    assert!(detail.contains("$bad"), "readyz detail names the address: {detail}");
-    assert!(agent.health.is_ready(), "the last good generation is still applied");
+    assert!(
+        detail.contains("$bad"),
+        "readyz detail names the address: {detail}"
+    );
+    assert!(
+        agent.health.is_ready(),
+        "the last good generation is still applied"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(emu.counters().writes(), 0, "nothing deleted or changed because of bad input");
+    assert_eq!(
+        emu.counters().writes(),
+        0,
+        "nothing deleted or changed because of bad input"
+    );
     router_matches(&emu, &desired).unwrap();
     let text = agent.metrics_text();
-    assert!(text.contains("maas_router_agent_config_errors_total 1"), "{text}");
-    assert!(text.contains("maas_router_agent_config_error_active 1"), "{text}");
+    assert!(
+        text.contains("maas_router_agent_config_errors_total 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("maas_router_agent_config_error_active 1"),
+        "{text}"
+    );
 
     // Fixing it applies the new content.
     bad.insert(
@@ -319,11 +396,20 @@ async fn bad_file_among_good_ones_keeps_the_last_good_set() {
 async fn nothing_is_applied_before_a_valid_configuration_exists() {
     let emu = emulator(false).await;
     let dir = tempfile::tempdir().unwrap();
-    writer(dir.path()).write(&files(&[("json", "{not json")])).unwrap();
+    writer(dir.path())
+        .write(&files(&[("json", "{not json")]))
+        .unwrap();
     let agent = start_agent(dir.path(), &emu.url(), Options::default());
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!agent.health.is_ready());
-    assert!(agent.health.detail().contains("no valid address configuration"), "{}", agent.health.detail());
+    assert!(
+        agent
+            .health
+            .detail()
+            .contains("no valid address configuration"),
+        "{}",
+        agent.health.detail()
+    );
     assert_eq!(emu.counters().writes(), 0);
     agent.stop().await;
 }
@@ -332,7 +418,9 @@ async fn nothing_is_applied_before_a_valid_configuration_exists() {
 async fn drift_check_repairs_entities_changed_by_hand() {
     let emu = emulator(false).await;
     let dir = tempfile::tempdir().unwrap();
-    writer(dir.path()).write(&files(&[("json", &legacy_addresses("drift", 50))])).unwrap();
+    writer(dir.path())
+        .write(&files(&[("json", &legacy_addresses("drift", 50))]))
+        .unwrap();
     let agent = start_agent(
         dir.path(),
         &emu.url(),
@@ -344,9 +432,16 @@ async fn drift_check_repairs_entities_changed_by_hand() {
     agent.wait_generation(1, Duration::from_secs(10)).await;
     assert!(emu.delete_by_hand(ADDRESS, "maas-address/drift-7"));
     let desired = desired_for(dir.path(), None);
-    let ok = wait_until(Duration::from_secs(5), || router_matches(&emu, &desired).is_ok()).await;
+    let ok = wait_until(Duration::from_secs(5), || {
+        router_matches(&emu, &desired).is_ok()
+    })
+    .await;
     assert!(ok, "{:?}", router_matches(&emu, &desired));
-    assert!(agent.metrics_text().contains("maas_router_agent_drift_repairs_total 1"));
+    assert!(
+        agent
+            .metrics_text()
+            .contains("maas_router_agent_drift_repairs_total 1")
+    );
     agent.stop().await;
 }
 
@@ -354,7 +449,9 @@ async fn drift_check_repairs_entities_changed_by_hand() {
 async fn once_reports_convergence_and_conflicts() {
     let emu = emulator(false).await;
     let dir = tempfile::tempdir().unwrap();
-    writer(dir.path()).write(&files(&[("json", &legacy_addresses("o", 10))])).unwrap();
+    writer(dir.path())
+        .write(&files(&[("json", &legacy_addresses("o", 10))]))
+        .unwrap();
     let agent = start_agent(
         dir.path(),
         &emu.url(),
@@ -363,7 +460,10 @@ async fn once_reports_convergence_and_conflicts() {
             ..Options::default()
         },
     );
-    let outcome = tokio::time::timeout(Duration::from_secs(10), agent.join).await.unwrap().unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), agent.join)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(matches!(outcome, Outcome::Converged), "{outcome:?}");
 
     // A static address holding the same prefix: the router refuses ours ('Already exists'); --once says which.
@@ -371,7 +471,10 @@ async fn once_reports_convergence_and_conflicts() {
     emu.insert_static(
         ADDRESS,
         "static-o-3",
-        json!({"prefix": "o-3", "distribution": "closest"}).as_object().cloned().unwrap_or_default(),
+        json!({"prefix": "o-3", "distribution": "closest"})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
     );
     let agent = start_agent(
         dir.path(),
@@ -381,10 +484,16 @@ async fn once_reports_convergence_and_conflicts() {
             ..Options::default()
         },
     );
-    let outcome = tokio::time::timeout(Duration::from_secs(10), agent.join).await.unwrap().unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), agent.join)
+        .await
+        .unwrap()
+        .unwrap();
     match outcome {
         Outcome::NotConverged(reason) => {
-            assert!(reason.contains("maas-address/o-3") && reason.contains("Already exists"), "{reason}")
+            assert!(
+                reason.contains("maas-address/o-3") && reason.contains("Already exists"),
+                "{reason}"
+            )
         }
         other => panic!("expected NotConverged, got {other:?}"),
     }

@@ -29,17 +29,28 @@ fn run(args: &[&str]) -> (i32, String, String) {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((code, body))
 }
 
@@ -63,8 +74,17 @@ fn help_explains_every_flag_with_its_environment_variable() {
     ] {
         assert!(out.contains(flag), "{flag} missing from --help:\n{out}");
     }
-    for env in ["ROUTER_URL", "ADDRESSES_DIR", "BROKERS_FILE", "HTTP_ADDR", "BROKER_PASSWORD_FILE"] {
-        assert!(out.contains(&format!("env: {env}")), "{env} missing from --help:\n{out}");
+    for env in [
+        "ROUTER_URL",
+        "ADDRESSES_DIR",
+        "BROKERS_FILE",
+        "HTTP_ADDR",
+        "BROKER_PASSWORD_FILE",
+    ] {
+        assert!(
+            out.contains(&format!("env: {env}")),
+            "{env} missing from --help:\n{out}"
+        );
     }
     let (code, out, _) = run(&["--help"]);
     assert_eq!(code, 0);
@@ -106,11 +126,21 @@ fn validate_names_key_and_address_of_every_problem() {
         .unwrap();
     let (code, out, _) = run(&["validate", dir.path().to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.lines().any(|l| l.contains("\"json\"") && l.contains("with space")), "{out}");
-    assert!(out.lines().any(|l| l.contains("config.json") && l.contains("\"q\"") && l.contains("nope")), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("\"json\"") && l.contains("with space")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains("config.json") && l.contains("\"q\"") && l.contains("nope")),
+        "{out}"
+    );
 
     let good = tempfile::tempdir().unwrap();
-    writer(good.path()).write(&files(&[("json", &legacy_addresses("v", 4))])).unwrap();
+    writer(good.path())
+        .write(&files(&[("json", &legacy_addresses("v", 4))]))
+        .unwrap();
     let (code, out, _) = run(&["validate", good.path().to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
     assert!(out.starts_with("ok: 4 addresses"), "{out}");
@@ -128,12 +158,19 @@ async fn plan_prints_entities_and_operations_but_never_the_password() {
     let addrs = dir.path().join("a");
     writer(&addrs)
         .write(&files(&[
-            ("json", r#"{"jobs": {"store_and_forward": true, "flavor": "small"}, "chat": {}}"#),
+            (
+                "json",
+                r#"{"jobs": {"store_and_forward": true, "flavor": "small"}, "chat": {}}"#,
+            ),
             ("flavor.json", r#"{"small": {"type": "queue"}}"#),
         ]))
         .unwrap();
     let brokers = dir.path().join("brokers.json");
-    std::fs::write(&brokers, r#"{"jobs": [{"name": "b0", "host": "127.0.0.1", "port": 5674}]}"#).unwrap();
+    std::fs::write(
+        &brokers,
+        r#"{"jobs": [{"name": "b0", "host": "127.0.0.1", "port": 5674}]}"#,
+    )
+    .unwrap();
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "s3cr3t-Pa55\n").unwrap();
     let url = emu.url();
@@ -158,8 +195,14 @@ async fn plan_prints_entities_and_operations_but_never_the_password() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}{stderr}");
-    assert!(!stdout.contains("s3cr3t") && !stderr.contains("s3cr3t"), "password printed:\n{stdout}{stderr}");
-    assert!(stdout.contains("maas-broker-b0") && stdout.contains("saslPassword=\"***\""), "{stdout}");
+    assert!(
+        !stdout.contains("s3cr3t") && !stderr.contains("s3cr3t"),
+        "password printed:\n{stdout}{stderr}"
+    );
+    assert!(
+        stdout.contains("maas-broker-b0") && stdout.contains("saslPassword=\"***\""),
+        "{stdout}"
+    );
     assert!(stdout.contains("maas-autolink/jobs/b0/in"), "{stdout}");
     assert!(stdout.contains("0 DELETE, 5 CREATE"), "{stdout}");
     assert_eq!(emu.counters().writes(), 0, "plan changes nothing");
@@ -169,10 +212,18 @@ async fn plan_prints_entities_and_operations_but_never_the_password() {
 async fn run_serves_health_ready_metrics_logs_json_and_stops_on_sigterm() {
     let emu = emulator(false).await;
     let dir = tempfile::tempdir().unwrap();
-    writer(dir.path()).write(&files(&[("json", &legacy_addresses("h", 5))])).unwrap();
+    writer(dir.path())
+        .write(&files(&[("json", &legacy_addresses("h", 5))]))
+        .unwrap();
     let port = free_port();
     let child = Command::new(BIN)
-        .args(["run", "--router-url", &emu.url(), "--addresses-dir", dir.path().to_str().unwrap()])
+        .args([
+            "run",
+            "--router-url",
+            &emu.url(),
+            "--addresses-dir",
+            dir.path().to_str().unwrap(),
+        ])
         .args(["--http-addr", &format!("127.0.0.1:{port}")])
         .env("LOG_FORMAT", "json")
         .stdout(Stdio::piped())
@@ -204,7 +255,10 @@ async fn run_serves_health_ready_metrics_logs_json_and_stops_on_sigterm() {
     }
 
     let started = Instant::now();
-    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let exit = tokio::task::spawn_blocking(move || {
         let out = child.wait_with_output().expect("wait");
@@ -212,10 +266,21 @@ async fn run_serves_health_ready_metrics_logs_json_and_stops_on_sigterm() {
     })
     .await
     .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
     assert_eq!(exit.status.code(), Some(0));
-    let logs = String::from_utf8_lossy(&exit.stdout).into_owned() + &String::from_utf8_lossy(&exit.stderr);
+    let logs =
+        String::from_utf8_lossy(&exit.stdout).into_owned() + &String::from_utf8_lossy(&exit.stderr);
     let first = logs.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-    assert!(first.starts_with('{'), "LOG_FORMAT=json gives JSON lines: {first}");
-    assert!(serde_json::from_str::<serde_json::Value>(first).is_ok(), "{first}");
+    assert!(
+        first.starts_with('{'),
+        "LOG_FORMAT=json gives JSON lines: {first}"
+    );
+    assert!(
+        serde_json::from_str::<serde_json::Value>(first).is_ok(),
+        "{first}"
+    );
 }

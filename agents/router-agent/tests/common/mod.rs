@@ -47,8 +47,15 @@ impl TestAgent {
     /// Wait until /readyz would say the router holds generation `generation`.
     pub async fn wait_generation(&self, generation: u64, timeout: Duration) {
         let probe = format!("router holds generation {generation} ");
-        let ok = wait_until(timeout, || self.health.is_ready() && self.health.detail().contains(&probe)).await;
-        assert!(ok, "generation {generation} not applied in {timeout:?}; readyz detail: {}", self.health.detail());
+        let ok = wait_until(timeout, || {
+            self.health.is_ready() && self.health.detail().contains(&probe)
+        })
+        .await;
+        assert!(
+            ok,
+            "generation {generation} not applied in {timeout:?}; readyz detail: {}",
+            self.health.detail()
+        );
     }
 }
 
@@ -155,7 +162,10 @@ pub fn legacy_addresses(prefix: &str, n: usize) -> String {
 }
 
 pub fn files(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 pub fn writer(dir: &Path) -> KubeletWriter {
@@ -165,7 +175,12 @@ pub fn writer(dir: &Path) -> KubeletWriter {
 /// The entities the agent should put on the router for this directory.
 pub fn desired_for(dir: &Path, brokers: Option<&Path>) -> EntitySet {
     let (config, brokers) = load_once(dir, None, brokers).expect("valid configuration");
-    maas_model::desired_entities(&config.addresses, &config.flavors, &brokers, &EntityOptions::default())
+    maas_model::desired_entities(
+        &config.addresses,
+        &config.flavors,
+        &brokers,
+        &EntityOptions::default(),
+    )
 }
 
 /// The emulator holds exactly the desired `maas-` entities (plus the marker), attribute by attribute.
@@ -183,13 +198,22 @@ pub fn router_matches(emu: &RouterEmulator, desired: &EntitySet) -> Result<(), S
                 Some(d) if d.matches_reported(&row) => {
                     seen.insert((t, name.to_string()));
                 }
-                Some(_) => return Err(format!("{} {name} has wrong attributes: {row:?}", t.short_name())),
+                Some(_) => {
+                    return Err(format!(
+                        "{} {name} has wrong attributes: {row:?}",
+                        t.short_name()
+                    ));
+                }
                 None => return Err(format!("unexpected {} {name}", t.short_name())),
             }
         }
     }
     if seen.len() != desired.len() {
-        return Err(format!("router holds {} of {} desired entities", seen.len(), desired.len()));
+        return Err(format!(
+            "router holds {} of {} desired entities",
+            seen.len(),
+            desired.len()
+        ));
     }
     Ok(())
 }
