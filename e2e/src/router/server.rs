@@ -1,0 +1,393 @@
+//! The AMQP 1.0 side of the emulator: accepts connections on 127.0.0.1 like qdrouterd's `normal` listener,
+//! opens them with the router's container-id and properties (frames.txt:9), hands out dynamic reply addresses
+//! `amqp:/_topo/0/<id>/temp.<random>`, reads requests from links to `$management` with a limited window, and
+//! sends the management thread's replies pre-settled on the link owning the reply-to address.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use fe2o3_amqp::Sendable;
+use fe2o3_amqp::acceptor::sasl_acceptor::SaslServerFrame;
+use fe2o3_amqp::acceptor::{
+    ConnectionAcceptor, LinkAcceptor, LinkEndpoint, ListenerConnectionHandle,
+    ListenerSessionHandle, SaslAcceptor, SessionAcceptor,
+};
+use fe2o3_amqp::link::{Receiver, Sender};
+use fe2o3_amqp::types::definitions::Fields;
+use fe2o3_amqp::types::messaging::{
+    AmqpValue, ApplicationProperties, Body, Header, Message, MessageId, Properties, Source,
+    TargetArchetype,
+};
+use fe2o3_amqp::types::performatives::Attach;
+use fe2o3_amqp::types::primitives::{Array, SimpleValue, Symbol, Value};
+use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslOutcome, SaslResponse};
+use rand::Rng;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use super::core::{CoreMsg, Outgoing, Shared};
+use super::model::Request;
+
+/// Everything a connection task needs.
+#[derive(Clone)]
+pub struct Ctx {
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    /// Requests to the management thread.
+    pub core_tx: std::sync::mpsc::Sender<CoreMsg>,
+    /// Router id (container-id, dynamic addresses).
+    pub router_id: String,
+    /// Credit granted on `$management` links.
+    pub credit: u32,
+    /// Process shutdown.
+    pub shutdown: watch::Receiver<bool>,
+    /// Connection ids for the open frame's `qd.conn-id`.
+    pub conn_ids: Arc<AtomicU64>,
+}
+
+/// SASL ANONYMOUS or PLAIN with any credentials (a listener with `authenticatePeer: no`).
+#[derive(Debug, Clone)]
+struct AnyAuth;
+
+impl SaslAcceptor for AnyAuth {
+    fn mechanisms(&self) -> Array<Symbol> {
+        Array::from(vec![Symbol::from("ANONYMOUS"), Symbol::from("PLAIN")])
+    }
+    fn on_init(&mut self, _init: SaslInit) -> SaslServerFrame {
+        SaslServerFrame::Outcome(SaslOutcome {
+            code: SaslCode::Ok,
+            additional_data: None,
+        })
+    }
+    fn on_response(&mut self, _response: SaslResponse) -> SaslServerFrame {
+        SaslServerFrame::Outcome(SaslOutcome {
+            code: SaslCode::Ok,
+            additional_data: None,
+        })
+    }
+}
+
+/// Accepts connections until shutdown.
+pub async fn accept_loop(listener: TcpListener, ctx: Ctx) {
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    // Nagle + delayed ACK otherwise caps request/response at ~4,000/s (fe2o3-amqp-notes.txt).
+                    let _ = stream.set_nodelay(true);
+                    tracing::debug!(%peer, "connection accepted");
+                    tokio::spawn(connection(stream, ctx.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+fn open_properties(ctx: &Ctx) -> Fields {
+    let conn_id = ctx.conn_ids.fetch_add(1, Ordering::Relaxed);
+    let mut props = Fields::new();
+    props.insert(
+        Symbol::from("product"),
+        Value::String("qpid-dispatch-router".into()),
+    );
+    props.insert(Symbol::from("version"), Value::String("1.19.0".into()));
+    props.insert(Symbol::from("qd.conn-id"), Value::Ulong(conn_id));
+    props
+}
+
+/// The router's open frame (frames.txt:9): container-id = router id, idle-time-out 8 s, capabilities, properties.
+macro_rules! router_acceptor {
+    ($ctx:expr) => {
+        ConnectionAcceptor::builder()
+            .container_id($ctx.router_id.clone())
+            .max_frame_size(16384u32)
+            .channel_max(0x7fffu16)
+            .idle_time_out(8000u32)
+            .add_offered_capabilities("ANONYMOUS-RELAY")
+            .add_offered_capabilities("qd.streaming-links")
+            .add_desired_capabilities("ANONYMOUS-RELAY")
+            .add_desired_capabilities("qd.streaming-links")
+            .properties(open_properties($ctx))
+    };
+}
+
+async fn open(stream: TcpStream, ctx: &Ctx) -> Option<ListenerConnectionHandle> {
+    // The 5th byte of the protocol header says whether the client starts with SASL (3) or plain AMQP (0).
+    let mut hdr = [0u8; 8];
+    let peeked = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.peek(&mut hdr).await {
+                Ok(n) if n >= 5 => return Some(hdr[4]),
+                Ok(0) | Err(_) => return None,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()?;
+    let result = tokio::time::timeout(Duration::from_secs(10), async {
+        if peeked == 3 {
+            router_acceptor!(ctx)
+                .sasl_acceptor(AnyAuth)
+                .build()
+                .accept(stream)
+                .await
+        } else {
+            router_acceptor!(ctx).build().accept(stream).await
+        }
+    })
+    .await;
+    match result {
+        Ok(Ok(conn)) => Some(conn),
+        Ok(Err(e)) => {
+            tracing::debug!(error = ?e, "open failed");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+async fn connection(stream: TcpStream, ctx: Ctx) {
+    let mut epoch_rx = ctx.shared.epoch.subscribe();
+    let epoch = *epoch_rx.borrow_and_update();
+    let Some(mut conn) = open(stream, &ctx).await else {
+        return;
+    };
+    let mut shutdown = ctx.shutdown.clone();
+    // Signals the connection's sessions and links to stop when the connection goes.
+    let (gone_tx, gone_rx) = watch::channel(false);
+    loop {
+        tokio::select! {
+            incoming = conn.next_incoming_session() => {
+                let Some(incoming) = incoming else { break };
+                match SessionAcceptor::new().accept_incoming_session(incoming, &mut conn).await {
+                    Ok(session) => { tokio::spawn(session_task(session, ctx.clone(), epoch, gone_rx.clone())); }
+                    Err(e) => { tracing::debug!(error = ?e, "begin failed"); }
+                }
+            }
+            _ = epoch_rx.changed() => break,
+            _ = shutdown.changed() => break,
+        }
+    }
+    let _ = gone_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
+}
+
+fn is_management(address: Option<&str>, router_id: &str) -> bool {
+    match address {
+        Some(a) => {
+            a == "$management"
+                || a == "/$management"
+                || a == "_local/$management"
+                || a == format!("amqp:/_topo/0/{router_id}/$management")
+        }
+        None => false,
+    }
+}
+
+async fn session_task(
+    mut session: ListenerSessionHandle,
+    ctx: Ctx,
+    epoch: u64,
+    mut gone: watch::Receiver<bool>,
+) {
+    let router_id = ctx.router_id.clone();
+    let acceptor = LinkAcceptor::builder()
+        .on_dynamic_source(move |mut source: Source| {
+            let suffix: String = rand::rng()
+                .sample_iter(rand::distr::Alphanumeric)
+                .take(15)
+                .map(char::from)
+                .collect();
+            source.address = Some(format!("amqp:/_topo/0/{router_id}/temp.{suffix}"));
+            Some(source)
+        })
+        .build();
+    loop {
+        let attach: Attach = tokio::select! {
+            a = session.next_incoming_attach() => match a { Some(a) => a, None => break },
+            _ = gone.changed() => break,
+        };
+        let target = match attach.target.as_deref() {
+            Some(TargetArchetype::Target(t)) => t.address.clone(),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        };
+        match acceptor.accept_incoming_attach(attach, &mut session).await {
+            Ok(LinkEndpoint::Receiver(receiver)) => {
+                let mgmt = is_management(target.as_deref(), &ctx.router_id);
+                tokio::spawn(request_reader(
+                    receiver,
+                    ctx.clone(),
+                    epoch,
+                    mgmt,
+                    gone.clone(),
+                ));
+            }
+            Ok(LinkEndpoint::Sender(sender)) => {
+                tokio::spawn(reply_sender(sender, ctx.clone(), gone.clone()));
+            }
+            Err(e) => tracing::debug!(error = ?e, "attach refused"),
+        }
+    }
+    // Keep the handle alive until here: dropping it ends the session.
+    let _ = tokio::time::timeout(Duration::from_millis(500), session.end()).await;
+}
+
+/// Reads management requests; at most `credit` of them are in flight per link (qdrouterd's link capacity 250:
+/// it stops taking requests while replies cannot be delivered, performance.txt:16-18).
+async fn request_reader(
+    mut receiver: Receiver,
+    ctx: Ctx,
+    epoch: u64,
+    management: bool,
+    mut gone: watch::Receiver<bool>,
+) {
+    let window = Arc::new(Semaphore::new(ctx.credit as usize));
+    if receiver.set_credit(ctx.credit).await.is_err() {
+        return;
+    }
+    loop {
+        let permit = tokio::select! {
+            p = window.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = gone.changed() => break,
+        };
+        let delivery = tokio::select! {
+            d = receiver.recv::<Body<Value>>() => match d { Ok(d) => d, Err(e) => {
+                tracing::debug!(error = ?e, "request link ended");
+                break;
+            }},
+            _ = gone.changed() => break,
+        };
+        let _ = receiver.accept(&delivery).await;
+        let message = delivery.into_message();
+        let to = message.properties.as_ref().and_then(|p| p.to.clone());
+        if !management && !is_management(to.as_deref(), &ctx.router_id) {
+            // Not for the management node: a real router would route it; nobody consumes it here.
+            continue;
+        }
+        let (req, reply_to, correlation_id) = decode(message);
+        let msg = CoreMsg::Request {
+            req: Box::new(req),
+            reply_to,
+            correlation_id,
+            permit: Some(permit),
+            epoch,
+        };
+        if ctx.core_tx.send(msg).is_err() {
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(500), receiver.close()).await;
+}
+
+fn simple_string(v: &SimpleValue) -> Option<String> {
+    match v {
+        SimpleValue::String(s) => Some(s.clone()),
+        SimpleValue::Symbol(s) => Some(s.0.clone()),
+        _ => None,
+    }
+}
+
+fn simple_u64(v: &SimpleValue) -> Option<u64> {
+    match v {
+        SimpleValue::Ubyte(i) => Some(u64::from(*i)),
+        SimpleValue::Ushort(i) => Some(u64::from(*i)),
+        SimpleValue::Uint(i) => Some(u64::from(*i)),
+        SimpleValue::Ulong(i) => Some(*i),
+        SimpleValue::Byte(i) => u64::try_from(*i).ok(),
+        SimpleValue::Short(i) => u64::try_from(*i).ok(),
+        SimpleValue::Int(i) => u64::try_from(*i).ok(),
+        SimpleValue::Long(i) => u64::try_from(*i).ok(),
+        SimpleValue::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn decode(message: Message<Body<Value>>) -> (Request, Option<String>, Option<MessageId>) {
+    let props = message
+        .application_properties
+        .map(|a| a.0)
+        .unwrap_or_default();
+    let get = |k: &str| props.get(k).and_then(simple_string);
+    let req = Request {
+        operation: get("operation").unwrap_or_default(),
+        type_: get("type"),
+        name: get("name"),
+        identity: get("identity"),
+        entity_type: get("entityType"),
+        offset: props.get("offset").and_then(simple_u64),
+        count: props.get("count").and_then(simple_u64),
+        body: match message.body {
+            Body::Value(v) => v.0,
+            _ => Value::Null,
+        },
+    };
+    let (reply_to, correlation_id) = match message.properties {
+        Some(p) => (p.reply_to, p.correlation_id),
+        None => (None, None),
+    };
+    (req, reply_to, correlation_id)
+}
+
+fn encode(out: &Outgoing) -> Message<Body<Value>> {
+    // frames.txt:82: statusDescription then statusCode (int32); header durable=false; to + correlation-id.
+    let app = ApplicationProperties::builder()
+        .insert(
+            "statusDescription",
+            SimpleValue::String(out.reply.description.clone()),
+        )
+        .insert("statusCode", SimpleValue::Int(out.reply.code))
+        .build();
+    let properties = Properties {
+        to: Some(out.reply_to.clone()),
+        correlation_id: out.correlation_id.clone(),
+        ..Default::default()
+    };
+    Message::builder()
+        .header(Header::default())
+        .properties(properties)
+        .application_properties(app)
+        .body(Body::Value(AmqpValue(out.reply.body.clone())))
+        .build()
+}
+
+/// Owns a link the client receives on: registers its address as a reply route and sends replies pre-settled.
+async fn reply_sender(mut sender: Sender, ctx: Ctx, mut gone: watch::Receiver<bool>) {
+    let Some(address) = sender.source().as_ref().and_then(|s| s.address.clone()) else {
+        let _ = sender.close().await;
+        return;
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
+    ctx.shared.routes().insert(address.clone(), tx);
+    let mut batch = Vec::new();
+    'outer: loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, 256) => if n == 0 { break },
+            _ = gone.changed() => break,
+        }
+        for out in batch.drain(..) {
+            let message = encode(&out);
+            let sendable = Sendable::builder().message(message).settled(true).build();
+            let sent = tokio::select! {
+                r = sender.send_batchable(sendable) => r,
+                _ = gone.changed() => break 'outer,
+            };
+            if let Err(e) = sent {
+                tracing::debug!(error = ?e, "reply link ended");
+                break 'outer;
+            }
+            drop(out.permit);
+        }
+    }
+    ctx.shared.routes().remove(&address);
+    let _ = tokio::time::timeout(Duration::from_millis(500), sender.close()).await;
+}
