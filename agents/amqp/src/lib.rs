@@ -1,6 +1,7 @@
 //! AMQP plumbing shared by the maas binaries: connection options (TLS, SASL, idle timeout,
 //! reconnect backoff) in [`options`], opening a connection in [`connect`], the JSON <-> AMQP value
-//! mapping in [`value`], and the qdrouterd `$management` client in [`router`].
+//! mapping in [`value`], the qdrouterd `$management` client in [`router`], and a reusable AMQP server
+//! skeleton (accept loop, SASL, TLS, limits, per-link decisions) in [`server`].
 //!
 //! The clients never reconnect by themselves: a caller waits for `closed()`, sleeps
 //! [`options::Backoff::delay`] and connects again.
@@ -10,6 +11,8 @@
 pub mod connect;
 pub mod options;
 pub mod router;
+pub mod server;
+pub mod subscriber;
 pub mod value;
 
 pub use options::{

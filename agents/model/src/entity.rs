@@ -129,37 +129,20 @@ impl EntitySet {
         self.entities.values()
     }
     /// A stable hash (hex SHA-256, 32 chars) of the whole set: equal sets give equal hashes on every machine.
-    ///
-    /// The canonical form is a JSON list of `[full type name, name, attributes]` in set order with object keys
-    /// sorted at every level and no whitespace (the same text as Python's
-    /// `json.dumps(rows, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`), so it does not depend on
-    /// serde_json features. Secrets are part of the hash (a
-    /// changed password is a new generation); the hash is truncated SHA-256 and does not reveal them in practice.
+    /// It is [`DigestSet::generation_hash`] of [`EntitySet::digests`], so the compact form gives the same hash.
     pub fn generation_hash(&self) -> String {
-        let mut canonical = String::from("[");
-        for (i, e) in self.iter().enumerate() {
-            if i > 0 {
-                canonical.push(',');
-            }
-            canonical.push('[');
-            write_canonical(
-                &Value::String(e.entity_type.full_name().into()),
-                &mut canonical,
-            );
-            canonical.push(',');
-            write_canonical(&Value::String(e.name.clone()), &mut canonical);
-            canonical.push(',');
-            let attrs: serde_json::Map<String, Value> = e
-                .attributes
+        self.digests().generation_hash()
+    }
+
+    /// The compact form: one 64-bit digest per entity.
+    pub fn digests(&self) -> DigestSet {
+        DigestSet {
+            digests: self
+                .entities
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            write_canonical(&Value::Object(attrs), &mut canonical);
-            canonical.push(']');
+                .map(|(k, e)| (k.clone(), entity_digest(e)))
+                .collect(),
         }
-        canonical.push(']');
-        let digest = Sha256::digest(canonical.as_bytes());
-        hex(&digest)[..32].to_string()
     }
 
     /// A copy fit for logs and `plan` output: every entity [`Entity::redacted`].
@@ -297,6 +280,84 @@ pub fn connector_entity(pod: &BrokerPod, opts: &EntityOptions) -> Entity {
     }
 }
 
+/// A stable 64-bit digest of one entity: the first 8 bytes of SHA-256 over its canonical JSON
+/// `[full type name, name, attributes]` (object keys sorted, no whitespace). Equal entities give equal digests on
+/// every machine and in every version.
+pub fn entity_digest(e: &Entity) -> u64 {
+    let mut canonical = String::from("[");
+    write_canonical(
+        &Value::String(e.entity_type.full_name().into()),
+        &mut canonical,
+    );
+    canonical.push(',');
+    write_canonical(&Value::String(e.name.clone()), &mut canonical);
+    canonical.push_str(",{");
+    for (i, (k, v)) in e.attributes.iter().enumerate() {
+        if i > 0 {
+            canonical.push(',');
+        }
+        canonical.push_str(&Value::String(k.clone()).to_string());
+        canonical.push(':');
+        write_canonical(v, &mut canonical);
+    }
+    canonical.push_str("}]");
+    let digest = Sha256::digest(canonical.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(b)
+}
+
+/// The compact form of an [`EntitySet`]: (type, name) -> [`entity_digest`]. A few dozen bytes per entity instead
+/// of the whole attribute map, enough to diff against what a router holds and to name the generation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DigestSet {
+    pub digests: BTreeMap<(EntityType, String), u64>,
+}
+
+impl DigestSet {
+    pub fn len(&self) -> usize {
+        self.digests.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.digests.is_empty()
+    }
+
+    pub fn get(&self, t: EntityType, name: &str) -> Option<u64> {
+        // BTreeMap<(EntityType, String), _> cannot be queried by (EntityType, &str) without allocating.
+        self.digests.get(&(t, name.to_string())).copied()
+    }
+
+    /// A stable hash (hex SHA-256, 32 chars) of the set: SHA-256 over one line
+    /// `<full type name>\0<name>\0<digest as 16 hex digits>\n` per entity in (type, name) order.
+    pub fn generation_hash(&self) -> String {
+        let mut h = Sha256::new();
+        for ((t, name), d) in &self.digests {
+            h.update(t.full_name().as_bytes());
+            h.update([0]);
+            h.update(name.as_bytes());
+            h.update([0]);
+            h.update(format!("{d:016x}\n").as_bytes());
+        }
+        hex(&h.finalize())[..32].to_string()
+    }
+}
+
+/// The digests of the desired entities, built without ever holding them all (see [`for_each_desired_entity`]).
+pub fn desired_digests(
+    addresses: &AddressSet,
+    flavors: &FlavorSet,
+    brokers: &Brokers,
+    opts: &EntityOptions,
+) -> DigestSet {
+    let mut set = DigestSet::default();
+    for_each_desired_entity(addresses, flavors, brokers, opts, |e| {
+        let d = entity_digest(&e);
+        set.digests.insert((e.entity_type, e.name), d);
+    });
+    set
+}
+
 /// The desired router entities for an address set (ARCHITECTURE §4 table).
 ///
 /// - anycast: address {prefix, distribution balanced, waypoint false}; broadcast: {prefix, distribution
@@ -312,11 +373,37 @@ pub fn desired_entities(
     opts: &EntityOptions,
 ) -> EntitySet {
     let mut set = EntitySet::default();
+    for_each_desired_entity(addresses, flavors, brokers, opts, |e| set.insert(e));
+    set
+}
+
+/// Hand every desired entity to `f`, one at a time (connectors first, then per address in address order), so a
+/// caller can digest or filter them without holding the whole set.
+pub fn for_each_desired_entity(
+    addresses: &AddressSet,
+    flavors: &FlavorSet,
+    brokers: &Brokers,
+    opts: &EntityOptions,
+    mut f: impl FnMut(Entity),
+) {
     let mut used_clusters = BTreeSet::new();
+    for a in addresses.iter() {
+        if let Some(cluster) = cluster_for(a, flavors)
+            && !brokers.pods(&cluster).is_empty()
+        {
+            used_clusters.insert(cluster);
+        }
+    }
+    for cluster in &used_clusters {
+        for pod in brokers.pods(cluster) {
+            f(connector_entity(pod, opts));
+        }
+    }
+    let set = &mut f;
     for a in addresses.iter() {
         let prefix = &a.address;
         match a.kind {
-            AddressKind::Anycast => set.insert(Entity {
+            AddressKind::Anycast => set(Entity {
                 entity_type: EntityType::Address,
                 name: address_entity_name(prefix),
                 attributes: attrs([
@@ -325,7 +412,7 @@ pub fn desired_entities(
                     ("waypoint", json!(false)),
                 ]),
             }),
-            AddressKind::Broadcast => set.insert(Entity {
+            AddressKind::Broadcast => set(Entity {
                 entity_type: EntityType::Address,
                 name: address_entity_name(prefix),
                 attributes: attrs([
@@ -335,7 +422,7 @@ pub fn desired_entities(
             }),
             AddressKind::Queue | AddressKind::Topic => {
                 if a.kind == AddressKind::Queue {
-                    set.insert(Entity {
+                    set(Entity {
                         entity_type: EntityType::Address,
                         name: address_entity_name(prefix),
                         attributes: attrs([
@@ -348,11 +435,7 @@ pub fn desired_entities(
                 let Some(cluster) = cluster_for(a, flavors) else {
                     continue;
                 };
-                let pods = brokers.pods(&cluster);
-                if !pods.is_empty() {
-                    used_clusters.insert(cluster);
-                }
-                for pod in pods {
+                for pod in brokers.pods(&cluster) {
                     let connection = connector_name(&pod.name);
                     for &dir in Direction::for_pod(pod) {
                         let e = if a.kind == AddressKind::Queue {
@@ -376,18 +459,12 @@ pub fn desired_entities(
                                 ]),
                             }
                         };
-                        set.insert(e);
+                        set(e);
                     }
                 }
             }
         }
     }
-    for cluster in used_clusters {
-        for pod in brokers.pods(&cluster) {
-            set.insert(connector_entity(pod, opts));
-        }
-    }
-    set
 }
 
 /// Append `v` as JSON with object keys sorted at every level.
@@ -721,7 +798,7 @@ mod tests {
         assert_eq!(h, PINNED_HASH);
         assert_eq!(
             EntitySet::default().generation_hash(),
-            "4f53cda18c2baa0c0354bb5f9a3ecbe5"
+            "e3b0c44298fc1c149afbf4c8996fb924"
         );
         // Any change of an attribute changes the hash.
         let b2 = brokers(&[("orders", vec![pod("orders-0", 5674, true)])]);
@@ -737,8 +814,35 @@ mod tests {
         );
     }
 
-    /// Computed independently: Python `json.dumps(rows, sort_keys=True, separators=(",", ":"))`, SHA-256, 32 hex.
-    const PINNED_HASH: &str = "2313cc54239e3f462c1f1a5dd547eb2d";
+    /// Computed independently in Python: per entity `sha256(json.dumps([type, name, attrs], sort_keys=True,
+    /// separators=(",", ":")))[:8]`, then SHA-256 over `type\0name\0<digest hex>\n` lines in (type, name) order.
+    const PINNED_HASH: &str = "e32009b0ff81d7a71680252bc269f1a3";
+
+    #[test]
+    fn streaming_digests_equal_the_full_set() {
+        let a = addresses(&[
+            ("chat", AddressKind::Anycast, None),
+            ("news", AddressKind::Topic, Some("shared-small")),
+            ("orders", AddressKind::Queue, Some("vanilla")),
+        ]);
+        let b = brokers(&[
+            ("orders", vec![pod("orders-0", 5674, false)]),
+            (
+                "shared-small",
+                vec![pod("s-0", 5675, false), pod("s-1", 5676, true)],
+            ),
+        ]);
+        let opts = EntityOptions::default();
+        let full = desired_entities(&a, &flavors(), &b, &opts);
+        let compact = desired_digests(&a, &flavors(), &b, &opts);
+        assert_eq!(full.digests(), compact);
+        assert_eq!(full.generation_hash(), compact.generation_hash());
+        assert_eq!(
+            compact.get(EntityType::Address, "maas-address/chat"),
+            full.get(EntityType::Address, "maas-address/chat")
+                .map(entity_digest)
+        );
+    }
 
     #[test]
     fn entity_type_names() {

@@ -11,11 +11,13 @@ pub mod error;
 pub mod flavor;
 pub mod parse;
 pub mod placement;
+pub mod pods;
 
 pub use address::{Address, AddressKind, AddressSet};
 pub use entity::{
-    Direction, Entity, EntityOptions, EntitySet, EntityType, address_entity_name, autolink_name,
-    connector_entity, connector_name, desired_entities, linkroute_name,
+    DigestSet, Direction, Entity, EntityOptions, EntitySet, EntityType, address_entity_name,
+    autolink_name, connector_entity, connector_name, desired_digests, desired_entities,
+    entity_digest, for_each_desired_entity, linkroute_name,
 };
 pub use error::ConfigError;
 pub use flavor::{Flavor, FlavorSet, parse_flavor_config, parse_flavors};
@@ -26,3 +28,4 @@ pub use parse::{
 pub use placement::{
     BrokerPod, Brokers, cluster_for, clusters_in_use, dns1123_label, parse_brokers,
 };
+pub use pods::{PodInfo, brokers_from_pods, selector_matches};

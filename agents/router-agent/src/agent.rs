@@ -19,7 +19,7 @@ use futures_util::stream::FuturesUnordered;
 use maas_amqp::options::{Backoff, ConnectOptions};
 use maas_amqp::router::{ClientConfig, MgmtError, RouterClient};
 use maas_model::entity::NAME_PREFIX;
-use maas_model::{Entity, EntitySet, EntityType};
+use maas_model::{Entity, EntityType};
 use maas_ops::Health;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
@@ -153,7 +153,8 @@ fn attributes_json(e: &Entity) -> Map<String, Value> {
 /// updated from every verified reply, so it stays true even when some operations fail.
 pub async fn execute(
     client: &RouterClient,
-    plan: &Plan,
+    deletes: &[(EntityType, String)],
+    creates: Vec<Entity>,
     known: &mut Known,
     metrics: &Metrics,
     window: usize,
@@ -162,7 +163,7 @@ pub async fn execute(
     let mut resync = false;
     let mut connection_error = None;
 
-    let deletes = plan.deletes.iter().cloned().map(|(t, name)| {
+    let deletes = deletes.iter().cloned().map(|(t, name)| {
         let c = client.clone();
         async move {
             let r = c.delete(t.full_name(), &name).await;
@@ -188,7 +189,7 @@ pub async fn execute(
         return Err(ReconcileError::Connection(e));
     }
 
-    let creates = plan.creates.iter().cloned().map(|e| {
+    let creates = creates.into_iter().map(|e| {
         let c = client.clone();
         async move {
             let r = c
@@ -313,12 +314,12 @@ pub async fn reconcile_once(
                 info!(
                     "router already holds the desired generation (marker matches): nothing to do"
                 );
-                Known::from_desired(&desired.entities, &desired.hash)
+                Known::from_desired(&desired.digests, &desired.hash)
             } else {
                 let rows = read_router(client, metrics, false)
                     .await
                     .map_err(ReconcileError::from_mgmt)?;
-                let k = Known::from_reported(&desired.entities, &rows);
+                let k = Known::from_reported(&rows, |f| desired.inputs.for_each(f));
                 info!(maas_entities = k.len(), "read the router's maas- entities");
                 k
             }
@@ -344,7 +345,7 @@ async fn apply(
     metrics: &Metrics,
     window: usize,
 ) -> Result<Applied, ReconcileError> {
-    let plan = diff(&desired.entities, known);
+    let plan = diff(&desired.digests, known);
     if plan.is_empty() && known.marker.as_deref() == Some(desired.hash.as_str()) {
         return Ok(Applied { writes: 0 });
     }
@@ -369,7 +370,9 @@ async fn apply(
         known.marker = None;
     }
     writes += plan.len();
-    execute(client, &plan, known, metrics, window).await?;
+    let create_keys = plan.creates.iter().cloned().collect();
+    let creates = desired.inputs.entities(&create_keys);
+    execute(client, &plan.deletes, creates, known, metrics, window).await?;
     let marker = marker_entity(&desired.hash);
     let r = client
         .create(
@@ -402,8 +405,8 @@ pub async fn verify(
     let rows = read_router(client, metrics, false)
         .await
         .map_err(|e| e.to_string())?;
-    let known = Known::from_reported(&desired.entities, &rows);
-    let plan = diff(&desired.entities, &known);
+    let known = Known::from_reported(&rows, |f| desired.inputs.for_each(f));
+    let plan = diff(&desired.digests, &known);
     if !plan.is_empty() {
         let mut what: Vec<String> = plan
             .deletes
@@ -413,7 +416,7 @@ pub async fn verify(
         what.extend(
             plan.creates
                 .iter()
-                .map(|e| format!("missing {} {}", e.entity_type.short_name(), e.name)),
+                .map(|(t, n)| format!("missing {} {n}", t.short_name())),
         );
         let shown = what.iter().take(10).cloned().collect::<Vec<_>>().join("; ");
         return Err(format!(
@@ -442,7 +445,7 @@ fn ready_detail(desired: &Desired) -> String {
     let mut s = format!(
         "router holds generation {} ({} entities, {} addresses)",
         desired.generation,
-        desired.entities.len(),
+        desired.digests.len(),
         desired.addresses_by_kind.values().sum::<usize>()
     );
     if !desired.errors.is_empty() {
@@ -581,8 +584,8 @@ pub async fn run_agent(
                     tokio::select! {
                         r = read_router(&client, &metrics, true) => match r {
                             Ok(rows) => {
-                                let k = Known::from_reported(&desired.entities, &rows);
-                                let drifted = !diff(&desired.entities, &k).is_empty()
+                                let k = Known::from_reported(&rows, |f| desired.inputs.for_each(f));
+                                let drifted = !diff(&desired.digests, &k).is_empty()
                                     || k.marker.as_deref() != Some(desired.hash.as_str());
                                 if drifted {
                                     warn!("drift check: the router's maas- entities differ from what was applied; repairing");
@@ -617,10 +620,14 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
 /// Read the router once and compute the plan (for `plan --router-url`).
 pub async fn plan_against_router(
     client: &RouterClient,
-    desired: &EntitySet,
+    desired: &maas_model::EntitySet,
     metrics: &Metrics,
 ) -> Result<Plan, MgmtError> {
     let rows = read_router(client, metrics, false).await?;
-    let known = Known::from_reported(desired, &rows);
-    Ok(diff(desired, &known))
+    let known = Known::from_reported(&rows, |f| {
+        for e in desired.iter() {
+            f(e.clone())
+        }
+    });
+    Ok(diff(&desired.digests(), &known))
 }

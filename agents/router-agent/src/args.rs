@@ -18,8 +18,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Reconcile the router continuously (or once with --once) from an address directory.
-    Run(RunArgs),
+    /// Reconcile the router continuously (or once with --once) from an address directory, a config-service or the
+    /// Kubernetes API.
+    Run(Box<RunArgs>),
     /// Print the entities the addresses map to; with --router-url also the DELETE/CREATE it would send. Changes nothing.
     Plan(PlanArgs),
     /// Check an address directory (and flavors); exit 0, or print one line per problem and exit 1.
@@ -106,13 +107,44 @@ pub struct RunArgs {
     #[command(flatten)]
     pub conn: RouterConnArgs,
 
-    /// Subscribe to a config-service for addresses instead of a directory (not available yet).
-    #[arg(long, env = "CONFIG_SERVICE_URL")]
+    /// Subscribe to a config-service (amqp://host:port) for addresses and flavors instead of a directory; broker
+    /// pods come from its `podsense` source unless --brokers-file is given. Reconnects with backoff.
+    #[arg(long, env = "CONFIG_SERVICE_URL", conflicts_with_all = ["addresses_dir", "kube"])]
     pub config_service_url: Option<String>,
 
-    /// Watch address ConfigMaps through the Kubernetes API instead of a directory (not available yet).
-    #[arg(long, env = "KUBE", default_value_t = false)]
+    /// SASL PLAIN user for the config-service (default: ANONYMOUS).
+    #[arg(
+        long,
+        env = "CONFIG_SERVICE_USERNAME",
+        requires = "config_service_password_file"
+    )]
+    pub config_service_username: Option<String>,
+
+    /// File holding the config-service SASL PLAIN password.
+    #[arg(
+        long,
+        env = "CONFIG_SERVICE_PASSWORD_FILE",
+        requires = "config_service_username"
+    )]
+    pub config_service_password_file: Option<PathBuf>,
+
+    /// CA certificate (PEM) to verify the config-service's TLS certificate (with an amqps:// URL).
+    #[arg(long, env = "CONFIG_SERVICE_CA_FILE")]
+    pub config_service_ca_file: Option<PathBuf>,
+
+    /// Watch address ConfigMaps (label type=address-config), the `flavor` ConfigMap and broker pods through the
+    /// Kubernetes API (in-cluster config or KUBECONFIG) instead of a directory.
+    #[arg(
+        long,
+        env = "KUBE",
+        default_value_t = false,
+        conflicts_with = "addresses_dir"
+    )]
     pub kube: bool,
+
+    /// Namespace of the ConfigMaps and pods in --kube mode.
+    #[arg(long, env = "NAMESPACE", default_value = "default")]
+    pub namespace: String,
 
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]

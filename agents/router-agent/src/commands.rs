@@ -17,7 +17,7 @@ use crate::agent::{AgentConfig, Outcome, plan_against_router, run_agent};
 use crate::args::{
     Cli, Command, PlanArgs, RouterConnArgs, RunArgs, ShowArgs, SourceArgs, ValidateArgs,
 };
-use crate::desired::{FileSources, load_once, spawn_file_sources};
+use crate::desired::{BrokersInput, FileSources, load_once, spawn_desired, spawn_file_sources};
 use crate::metrics::Metrics;
 
 /// Run the command; `shutdown` resolves on SIGTERM/SIGINT (tests pass their own future).
@@ -31,7 +31,7 @@ pub async fn main_with(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'st
                 shutdown.await;
                 t.cancel();
             });
-            match run(args, token).await {
+            match run(*args, token).await {
                 Ok(code) => code,
                 Err(msg) => fail(&msg),
             }
@@ -107,23 +107,81 @@ fn client_config(conn: &RouterConnArgs) -> ClientConfig {
 }
 
 async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode, String> {
-    if args.config_service_url.is_some() || args.kube {
-        return Err("--config-service-url and --kube are not available in this version; use --addresses-dir".into());
-    }
-    let Some(dir) = args.source.addresses_dir.clone() else {
-        return Err("no address source: give --addresses-dir DIR (env ADDRESSES_DIR)".into());
-    };
-    if !dir.is_dir() {
-        return Err(format!(
-            "--addresses-dir {}: not a directory",
-            dir.display()
-        ));
-    }
     let router = connect_options(&args.router_url, &args.conn)?;
     let entity_options = entity_options(&args.source)?;
     let (metrics, registry) = Metrics::new();
     let health = Health::new();
     health.set_not_ready("starting");
+    let watch = WatchOptions {
+        debounce: args.debounce,
+        resync: args.resync_interval,
+    };
+
+    let desired_rx = if let Some(url) = &args.config_service_url {
+        let connect = config_service_options(url, &args)?;
+        let brokers_file = brokers_file_input(&args.source, watch)?;
+        let pods_selector = brokers_file.is_none().then(|| {
+            [(
+                maas_model::pods::COMPONENT_LABEL.to_string(),
+                maas_model::pods::BROKER_COMPONENT.to_string(),
+            )]
+            .into_iter()
+            .collect()
+        });
+        let (config_rx, pods_rx) = maas_source::spawn_config_subscription(
+            maas_source::ConfigSubscription {
+                connect,
+                backoff: Backoff::default(),
+                pods_selector,
+            },
+            shutdown.clone(),
+        );
+        let brokers = match (brokers_file, pods_rx) {
+            (Some(b), _) => b,
+            (None, Some(rx)) => BrokersInput::Pods(rx),
+            (None, None) => BrokersInput::None,
+        };
+        spawn_desired(config_rx, brokers, entity_options, metrics.clone())
+    } else if args.kube {
+        let client = kube::Client::try_default().await.map_err(|e| {
+            format!("--kube: no usable Kubernetes configuration (in-cluster or KUBECONFIG): {e}")
+        })?;
+        let config_rx = maas_source::spawn_kube_config(
+            client.clone(),
+            maas_source::KubeConfigOptions::new(args.namespace.clone(), "maas-router-agent"),
+        );
+        let brokers = match brokers_file_input(&args.source, watch)? {
+            Some(b) => b,
+            None => {
+                BrokersInput::Pods(maas_source::spawn_kube_pods(client, args.namespace.clone()))
+            }
+        };
+        spawn_desired(config_rx, brokers, entity_options, metrics.clone())
+    } else {
+        let Some(dir) = args.source.addresses_dir.clone() else {
+            return Err(
+                "no address source: give --addresses-dir DIR, --config-service-url URL or --kube"
+                    .into(),
+            );
+        };
+        if !dir.is_dir() {
+            return Err(format!(
+                "--addresses-dir {}: not a directory",
+                dir.display()
+            ));
+        }
+        spawn_file_sources(
+            FileSources {
+                addresses_dir: dir,
+                flavors_file: args.source.flavors_file.clone(),
+                brokers_file: args.source.brokers_file.clone(),
+                entity_options,
+                watch,
+            },
+            metrics.clone(),
+        )
+        .map_err(|e| e.to_string())?
+    };
 
     let http = HttpServer::bind(args.http_addr, health.clone(), registry)
         .await
@@ -131,21 +189,6 @@ async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode, Str
     info!(addr = %http.local_addr(), "serving /healthz /readyz /metrics");
     let http_shutdown = shutdown.clone();
     let http_task = tokio::spawn(http.serve(async move { http_shutdown.cancelled().await }));
-
-    let desired_rx = spawn_file_sources(
-        FileSources {
-            addresses_dir: dir,
-            flavors_file: args.source.flavors_file.clone(),
-            brokers_file: args.source.brokers_file.clone(),
-            entity_options,
-            watch: WatchOptions {
-                debounce: args.debounce,
-                resync: args.resync_interval,
-            },
-        },
-        metrics.clone(),
-    )
-    .map_err(|e| e.to_string())?;
 
     let cfg = AgentConfig {
         router,
@@ -178,6 +221,49 @@ async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode, Str
             eprintln!("router-agent: router did not converge: {reason}");
             Ok(ExitCode::from(1))
         }
+    }
+}
+
+/// Connection options for the config-service.
+fn config_service_options(url: &str, args: &RunArgs) -> Result<ConnectOptions, String> {
+    let mut opts =
+        ConnectOptions::from_url(url).map_err(|e| format!("--config-service-url {url:?}: {e}"))?;
+    if let Some(ca) = &args.config_service_ca_file {
+        let mut tls = opts.tls.clone().unwrap_or(TlsOptions {
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            server_name: None,
+        });
+        tls.ca_file = Some(ca.clone());
+        opts.tls = Some(tls);
+    }
+    if let (Some(user), Some(pw)) = (
+        &args.config_service_username,
+        &args.config_service_password_file,
+    ) {
+        let password = Secret::from_file(pw)
+            .map_err(|e| format!("--config-service-password-file {}: {e}", pw.display()))?;
+        opts.sasl = SaslOptions::Plain {
+            username: user.clone(),
+            password,
+        };
+    }
+    Ok(opts)
+}
+
+/// The brokers file as a broker input, when given.
+fn brokers_file_input(
+    src: &SourceArgs,
+    watch: WatchOptions,
+) -> Result<Option<BrokersInput>, String> {
+    match &src.brokers_file {
+        Some(p) => Ok(Some(BrokersInput::File {
+            path: p.clone(),
+            rx: maas_source::watch_file(p.clone(), watch)
+                .map_err(|e| format!("--brokers-file: {e}"))?,
+        })),
+        None => Ok(None),
     }
 }
 
@@ -243,8 +329,10 @@ async fn plan(args: PlanArgs) -> Result<ExitCode, String> {
         for (t, name) in &plan.deletes {
             println!("DELETE {:<10} {name}", t.short_name());
         }
-        for e in &plan.creates {
-            println!("CREATE {}", entity_line(e));
+        for (t, name) in &plan.creates {
+            if let Some(e) = desired.get(*t, name) {
+                println!("CREATE {}", entity_line(e));
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

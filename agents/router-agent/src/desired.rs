@@ -6,8 +6,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use maas_model::{AddressKind, Brokers, Config, EntityOptions, EntitySet, desired_entities};
-use maas_source::{ConfigState, FileConfig, FileSnapshot, LastGood, WatchOptions};
+use std::collections::BTreeSet;
+
+use maas_model::{
+    AddressKind, Brokers, Config, DigestSet, Entity, EntityOptions, EntityType, desired_digests,
+    for_each_desired_entity,
+};
+use maas_source::{ConfigState, FileConfig, FileSnapshot, LastGood, PodsState, WatchOptions};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -30,12 +35,51 @@ pub struct Desired {
     pub generation: u64,
     /// `EntitySet::generation_hash` of `entities` (carried by the router's marker entity once applied).
     pub hash: String,
-    pub entities: Arc<EntitySet>,
+    /// The desired entities in compact form (type, name -> digest).
+    pub digests: Arc<DigestSet>,
+    /// What the entities are generated from, to produce the few that must be created.
+    pub inputs: Arc<DesiredInputs>,
     pub addresses_by_kind: BTreeMap<AddressKind, usize>,
     /// Current configuration problems (the last good input stays in force while there are any).
     pub errors: Vec<String>,
     /// False until a valid address configuration has been read once: nothing is reconciled before that.
     pub loaded: bool,
+}
+
+/// The inputs the desired entities are generated from. Entities are produced on demand ([`Self::for_each`],
+/// [`Self::entities`]) instead of being held: ~25,000 entities with their attribute maps would cost tens of MB.
+#[derive(Debug, Clone, Default)]
+pub struct DesiredInputs {
+    pub config: Arc<Config>,
+    pub brokers: Brokers,
+    pub options: EntityOptions,
+}
+
+impl DesiredInputs {
+    /// Every desired entity, one at a time.
+    pub fn for_each(&self, f: impl FnMut(Entity)) {
+        for_each_desired_entity(
+            &self.config.addresses,
+            &self.config.flavors,
+            &self.brokers,
+            &self.options,
+            f,
+        );
+    }
+
+    /// The desired entities with these keys.
+    pub fn entities(&self, keys: &BTreeSet<(EntityType, String)>) -> Vec<Entity> {
+        let mut out = Vec::with_capacity(keys.len());
+        if keys.is_empty() {
+            return out;
+        }
+        self.for_each(|e| {
+            if keys.contains(&(e.entity_type, e.name.clone())) {
+                out.push(e);
+            }
+        });
+        out
+    }
 }
 
 /// Parse everything once (for `plan`, `validate`, and tests). Errors are one line each.
@@ -77,43 +121,66 @@ pub fn spawn_file_sources(
         flavors_file: src.flavors_file.clone(),
         watch: src.watch,
     })?;
-    let brokers_rx = match &src.brokers_file {
-        Some(p) => Some(maas_source::watch_file(p.clone(), src.watch)?),
-        None => None,
+    let brokers = match &src.brokers_file {
+        Some(p) => BrokersInput::File {
+            path: p.clone(),
+            rx: maas_source::watch_file(p.clone(), src.watch)?,
+        },
+        None => BrokersInput::None,
     };
     Ok(spawn_desired(
         config_rx,
-        brokers_rx,
-        src.brokers_file.clone(),
+        brokers,
         src.entity_options,
         metrics,
     ))
 }
 
-/// Combine a configuration source (any kind) with the brokers file into the desired router state.
+/// Where the broker pods come from.
+pub enum BrokersInput {
+    /// No brokers: queues get only their router address.
+    None,
+    /// `--brokers-file`, re-read on change, last good kept.
+    File {
+        path: PathBuf,
+        rx: watch::Receiver<Arc<FileSnapshot>>,
+    },
+    /// Pods (Kubernetes API or config-service `podsense`): ready pods labelled as brokers of a cluster.
+    Pods(watch::Receiver<Arc<PodsState>>),
+}
+
+impl BrokersInput {
+    async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+        match self {
+            BrokersInput::None => std::future::pending().await,
+            BrokersInput::File { rx, .. } => rx.changed().await,
+            BrokersInput::Pods(rx) => rx.changed().await,
+        }
+    }
+}
+
+/// Combine a configuration source (any kind) with the broker pods into the desired router state.
 pub fn spawn_desired(
     mut config_rx: watch::Receiver<Arc<ConfigState>>,
-    mut brokers_rx: Option<watch::Receiver<Arc<FileSnapshot>>>,
-    brokers_path: Option<PathBuf>,
+    mut brokers: BrokersInput,
     entity_options: EntityOptions,
     metrics: Metrics,
 ) -> watch::Receiver<Arc<Desired>> {
     let mut state = DesiredState {
-        brokers_path,
         entity_options,
         ..DesiredState::default()
     };
-    let first = state.recompute(&config_rx, brokers_rx.as_ref(), &metrics);
+    let first = state.recompute(&config_rx, &brokers, &metrics);
     let (tx, rx) = watch::channel(Arc::new(first));
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 r = config_rx.changed() => if r.is_err() { break },
-                r = changed(&mut brokers_rx) => if r.is_err() { break },
+                r = brokers.changed() => if r.is_err() { break },
                 _ = tx.closed() => break,
             }
             let prev = tx.borrow().clone();
-            let next = state.recompute(&config_rx, brokers_rx.as_ref(), &metrics);
+            let next = state.recompute(&config_rx, &brokers, &metrics);
             if next.hash != prev.hash || next.errors != prev.errors || next.loaded != prev.loaded {
                 let _ = tx.send(Arc::new(next));
             }
@@ -122,17 +189,9 @@ pub fn spawn_desired(
     rx
 }
 
-async fn changed<T>(rx: &mut Option<watch::Receiver<T>>) -> Result<(), watch::error::RecvError> {
-    match rx {
-        Some(rx) => rx.changed().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// The brokers file's last good value, and the generation counter.
 #[derive(Default)]
 struct DesiredState {
-    brokers_path: Option<PathBuf>,
     entity_options: EntityOptions,
     brokers: LastGood<Brokers>,
     config_error_events: u64,
@@ -144,7 +203,7 @@ impl DesiredState {
     fn recompute(
         &mut self,
         config_rx: &watch::Receiver<Arc<ConfigState>>,
-        brokers_rx: Option<&watch::Receiver<Arc<FileSnapshot>>>,
+        brokers_in: &BrokersInput,
         metrics: &Metrics,
     ) -> Desired {
         let cfg = config_rx.borrow().clone();
@@ -154,16 +213,28 @@ impl DesiredState {
                 .inc_by(cfg.error_events - self.config_error_events);
             self.config_error_events = cfg.error_events;
         }
-        if let (Some(rx), Some(path)) = (brokers_rx, &self.brokers_path) {
-            let snap = rx.borrow().clone();
-            let offer = self
-                .brokers
-                .offer(&snap.hash, parse_brokers(path, &snap.content));
-            if offer.new_errors {
-                metrics.config_errors.inc();
-                for e in self.brokers.errors() {
-                    warn!(error = %e, "invalid brokers file; the last good one stays in force");
+        // Without the broker pods known, a desired set would drop every broker link: wait for them.
+        let mut brokers_synced = true;
+        match brokers_in {
+            BrokersInput::None => {}
+            BrokersInput::File { path, rx } => {
+                let snap = rx.borrow().clone();
+                let offer = self
+                    .brokers
+                    .offer(&snap.hash, parse_brokers(path, &snap.content));
+                if offer.new_errors {
+                    metrics.config_errors.inc();
+                    for e in self.brokers.errors() {
+                        warn!(error = %e, "invalid brokers file; the last good one stays in force");
+                    }
                 }
+            }
+            BrokersInput::Pods(rx) => {
+                let pods = rx.borrow().clone();
+                brokers_synced = pods.synced;
+                let b = maas_model::brokers_from_pods(&pods.pods);
+                let key = format!("{b:?}");
+                self.brokers.offer(&key, Ok(b));
             }
         }
         let mut errors = cfg.errors.clone();
@@ -172,7 +243,7 @@ impl DesiredState {
             .config_error_active
             .set(i64::from(!errors.is_empty()));
 
-        let Some(config) = cfg.config.clone() else {
+        let Some(config) = cfg.config.clone().filter(|_| brokers_synced && cfg.synced) else {
             return Desired {
                 errors,
                 ..Desired::default()
@@ -183,20 +254,20 @@ impl DesiredState {
             .good()
             .map(|b| b.as_ref().clone())
             .unwrap_or_default();
-        let entities = desired_entities(
+        let digests = desired_digests(
             &config.addresses,
             &config.flavors,
             &brokers,
             &self.entity_options,
         );
-        let hash = entities.generation_hash();
+        let hash = digests.generation_hash();
         if hash != self.last_hash {
             self.generation += 1;
             self.last_hash = hash.clone();
             info!(
                 generation = self.generation,
                 addresses = config.addresses.len(),
-                entities = entities.len(),
+                entities = digests.len(),
                 %hash,
                 "new desired state"
             );
@@ -216,12 +287,17 @@ impl DesiredState {
                 })
                 .set(n as i64);
         }
-        metrics.desired_entities.set(entities.len() as i64);
+        metrics.desired_entities.set(digests.len() as i64);
         metrics.desired_generation.set(self.generation as i64);
         Desired {
             generation: self.generation,
             hash,
-            entities: Arc::new(entities),
+            digests: Arc::new(digests),
+            inputs: Arc::new(DesiredInputs {
+                config,
+                brokers,
+                options: self.entity_options.clone(),
+            }),
             addresses_by_kind,
             errors,
             loaded: true,

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     maas_ops::init_tracing("router-agent");
     let cli = router_agent::args::Cli::parse();

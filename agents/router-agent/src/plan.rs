@@ -6,11 +6,9 @@
 //! left alone.
 
 use std::collections::BTreeMap;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 
 use maas_model::entity::NAME_PREFIX;
-use maas_model::{Entity, EntitySet, EntityType};
+use maas_model::{DigestSet, Entity, EntityType, entity_digest};
 use serde_json::{Map, Value};
 
 /// Name of the marker entity that records which generation of the desired set the router holds. It is written
@@ -44,21 +42,9 @@ pub fn marker_hash(reported: &Map<String, Value>) -> Option<String> {
         .map(str::to_string)
 }
 
-/// A fingerprint of an entity's type, name and the attributes maas sets. Used to remember compactly (a few bytes
-/// per entity instead of the router's full attribute map) which desired entity a router entity was verified equal to.
-pub fn fingerprint(e: &Entity) -> u64 {
-    let mut h = DefaultHasher::new();
-    e.entity_type.hash(&mut h);
-    e.name.hash(&mut h);
-    for (k, v) in &e.attributes {
-        k.hash(&mut h);
-        v.to_string().hash(&mut h);
-    }
-    h.finish()
-}
-
-/// What the agent knows the router holds: its `maas-` entities (except the marker), each with the fingerprint of
-/// the desired entity it was verified equal to (None: it matches nothing desired and must go), and the marker.
+/// What the agent knows the router holds: its `maas-` entities (except the marker), each with the digest
+/// ([`entity_digest`]) of the desired entity it was verified equal to (None: it matches nothing desired and must
+/// go), and the marker. A few dozen bytes per entity, whatever the router reports about it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Known {
     pub entities: BTreeMap<(EntityType, String), Option<u64>>,
@@ -68,44 +54,55 @@ pub struct Known {
 
 impl Known {
     /// The router holds exactly `desired` and its marker (proved by the marker: nothing needs reading).
-    pub fn from_desired(desired: &EntitySet, hash: &str) -> Known {
+    pub fn from_desired(desired: &DigestSet, hash: &str) -> Known {
         Known {
             entities: desired
+                .digests
                 .iter()
-                .map(|e| ((e.entity_type, e.name.clone()), Some(fingerprint(e))))
+                .map(|(k, d)| (k.clone(), Some(*d)))
                 .collect(),
             marker: Some(hash.to_string()),
         }
     }
 
-    /// Build from rows the router reported (QUERY), keeping only `maas-` names, comparing each with `desired`.
-    pub fn from_reported(desired: &EntitySet, rows: &[(EntityType, Map<String, Value>)]) -> Known {
+    /// Build from rows the router reported (QUERY), keeping only `maas-` names. `for_each_desired` hands every
+    /// desired entity to the given closure once (so the desired set never has to be held whole); each reported row
+    /// is compared attribute by attribute with the desired entity of the same type and name.
+    pub fn from_reported(
+        rows: &[(EntityType, Map<String, Value>)],
+        for_each_desired: impl FnOnce(&mut dyn FnMut(Entity)),
+    ) -> Known {
         let mut known = Known::default();
+        let mut by_key: BTreeMap<(EntityType, &str), &Map<String, Value>> = BTreeMap::new();
         for (t, row) in rows {
-            let t = *t;
             let Some(name) = row.get("name").and_then(Value::as_str) else {
                 continue;
             };
             if !name.starts_with(NAME_PREFIX) {
                 continue;
             }
-            if t == EntityType::Address && name == MARKER_NAME {
+            if *t == EntityType::Address && name == MARKER_NAME {
                 known.marker = marker_hash(row);
                 continue;
             }
-            let fp = desired
-                .get(t, name)
-                .filter(|d| d.matches_reported(row))
-                .map(fingerprint);
-            known.entities.insert((t, name.to_string()), fp);
+            known.entities.insert((*t, name.to_string()), None);
+            by_key.insert((*t, name), row);
         }
+        for_each_desired(&mut |e: Entity| {
+            if let Some(row) = by_key.get(&(e.entity_type, e.name.as_str()))
+                && e.matches_reported(row)
+            {
+                let d = entity_digest(&e);
+                known.entities.insert((e.entity_type, e.name), Some(d));
+            }
+        });
         known
     }
 
     /// Record a verified CREATE.
     pub fn created(&mut self, e: &Entity) {
         self.entities
-            .insert((e.entity_type, e.name.clone()), Some(fingerprint(e)));
+            .insert((e.entity_type, e.name.clone()), Some(entity_digest(e)));
     }
 
     /// Record a DELETE (or a 404 on DELETE: it is gone either way).
@@ -123,12 +120,12 @@ impl Known {
 }
 
 /// The operations that bring the router from `known` to `desired`: all DELETEs first (wrong or extra entities),
-/// then all CREATEs (missing or changed). Within each phase the order is deterministic; connectors are created
-/// first and deleted last.
+/// then all CREATEs (missing or changed). Within each phase the order is deterministic; deletes go links first,
+/// connectors last.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
     pub deletes: Vec<(EntityType, String)>,
-    pub creates: Vec<Entity>,
+    pub creates: Vec<(EntityType, String)>,
 }
 
 impl Plan {
@@ -142,27 +139,20 @@ impl Plan {
 }
 
 /// Diff desired against known. Only changed entities cause operations.
-pub fn diff(desired: &EntitySet, known: &Known) -> Plan {
+pub fn diff(desired: &DigestSet, known: &Known) -> Plan {
     let mut plan = Plan::default();
-    for ((t, name), fp) in &known.entities {
-        let keep = match (desired.get(*t, name), fp) {
-            (Some(d), Some(fp)) => fingerprint(d) == *fp,
-            _ => false,
-        };
+    for (key, fp) in &known.entities {
+        let keep = matches!((desired.digests.get(key), fp), (Some(d), Some(fp)) if d == fp);
         if !keep {
-            plan.deletes.push((*t, name.clone()));
+            plan.deletes.push(key.clone());
         }
     }
     // Delete autoLinks/linkRoutes before addresses before connectors: the reverse of creation order.
     plan.deletes
         .sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-    for d in desired.iter() {
-        let ok = matches!(
-            known.entities.get(&(d.entity_type, d.name.clone())),
-            Some(Some(fp)) if *fp == fingerprint(d)
-        );
-        if !ok {
-            plan.creates.push(d.clone());
+    for (key, d) in &desired.digests {
+        if !matches!(known.entities.get(key), Some(Some(fp)) if fp == d) {
+            plan.creates.push(key.clone());
         }
     }
     plan
@@ -171,6 +161,7 @@ pub fn diff(desired: &EntitySet, known: &Known) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use maas_model::EntitySet;
 
     fn addr(name: &str, prefix: &str, dist: &str) -> Entity {
         let mut attributes = BTreeMap::new();
@@ -202,6 +193,18 @@ mod tests {
         s
     }
 
+    fn from_rows(d: &EntitySet, rows: &[(EntityType, Map<String, Value>)]) -> Known {
+        Known::from_reported(rows, |f| {
+            for e in d.iter() {
+                f(e.clone())
+            }
+        })
+    }
+
+    fn keys(es: &[Entity]) -> Vec<(EntityType, String)> {
+        es.iter().map(|e| (e.entity_type, e.name.clone())).collect()
+    }
+
     fn row(e: &Entity) -> Map<String, Value> {
         let mut m: Map<String, Value> = e.attributes.clone().into_iter().collect();
         m.insert("name".into(), Value::from(e.name.clone()));
@@ -216,7 +219,7 @@ mod tests {
             addr("maas-address/a", "a", "balanced"),
             autolink("maas-autolink/q/b0/in"),
         ]);
-        let p = diff(&d, &Known::default());
+        let p = diff(&d.digests(), &Known::default());
         assert!(p.deletes.is_empty());
         assert_eq!(p.creates.len(), 2);
     }
@@ -224,14 +227,14 @@ mod tests {
     #[test]
     fn router_holding_desired_needs_nothing() {
         let d = set(&[addr("maas-address/a", "a", "balanced")]);
-        assert!(diff(&d, &Known::from_desired(&d, "h")).is_empty());
+        assert!(diff(&d.digests(), &Known::from_desired(&d.digests(), "h")).is_empty());
         let rows = [(
             EntityType::Address,
             row(&addr("maas-address/a", "a", "balanced")),
         )];
-        let known = Known::from_reported(&d, &rows);
+        let known = from_rows(&d, &rows);
         assert!(
-            diff(&d, &known).is_empty(),
+            diff(&d.digests(), &known).is_empty(),
             "extra reported attributes are ignored"
         );
     }
@@ -240,12 +243,12 @@ mod tests {
     fn changed_entity_is_deleted_then_created() {
         let old = set(&[addr("maas-address/a", "a", "balanced")]);
         let new = set(&[addr("maas-address/a", "a", "multicast")]);
-        let p = diff(&new, &Known::from_desired(&old, "h"));
+        let p = diff(&new.digests(), &Known::from_desired(&old.digests(), "h"));
         assert_eq!(
             p.deletes,
             vec![(EntityType::Address, "maas-address/a".to_string())]
         );
-        assert_eq!(p.creates, vec![addr("maas-address/a", "a", "multicast")]);
+        assert_eq!(p.creates, keys(&[addr("maas-address/a", "a", "multicast")]));
     }
 
     #[test]
@@ -261,8 +264,8 @@ mod tests {
                 row(&addr("override-x", "x", "closest")),
             ),
         ];
-        let known = Known::from_reported(&d, &rows);
-        let p = diff(&d, &known);
+        let known = from_rows(&d, &rows);
+        let p = diff(&d.digests(), &known);
         assert_eq!(
             p.deletes,
             vec![(EntityType::Address, "maas-address/gone".to_string())]
@@ -279,8 +282,8 @@ mod tests {
             EntityType::Address,
             row(&addr("maas-address/a", "a", "balanced")),
         )];
-        let known = Known::from_reported(&d, &rows);
-        let p = diff(&d, &known);
+        let known = from_rows(&d, &rows);
+        let p = diff(&d.digests(), &known);
         assert_eq!(p.deletes.len(), 1);
         assert_eq!(p.creates.len(), 1);
     }
@@ -291,10 +294,11 @@ mod tests {
             &set(&[
                 addr("maas-address/q", "q", "balanced"),
                 autolink("maas-autolink/q/b0/in"),
-            ]),
+            ])
+            .digests(),
             "h",
         );
-        let p = diff(&EntitySet::default(), &known);
+        let p = diff(&DigestSet::default(), &known);
         assert_eq!(p.deletes[0].0, EntityType::AutoLink);
         assert_eq!(p.deletes[1].0, EntityType::Address);
     }
@@ -304,8 +308,7 @@ mod tests {
         let m = marker_entity("abc123");
         let r = row(&m);
         assert_eq!(marker_hash(&r).as_deref(), Some("abc123"));
-        let known =
-            Known::from_reported(&EntitySet::default(), &[(EntityType::Address, r.clone())]);
+        let known = from_rows(&EntitySet::default(), &[(EntityType::Address, r.clone())]);
         assert_eq!(known.marker.as_deref(), Some("abc123"));
         assert!(known.is_empty());
     }

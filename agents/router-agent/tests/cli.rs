@@ -260,12 +260,9 @@ async fn run_serves_health_ready_metrics_logs_json_and_stops_on_sigterm() {
         .status()
         .unwrap();
     assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || {
-        let out = child.wait_with_output().expect("wait");
-        out
-    })
-    .await
-    .unwrap();
+    let exit = tokio::task::spawn_blocking(move || child.wait_with_output().expect("wait"))
+        .await
+        .unwrap();
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "took {:?}",

@@ -102,7 +102,6 @@ pub fn start_agent(dir: &Path, router_url: &str, opts: Options) -> TestAgent {
         client: ClientConfig {
             window: opts.window,
             request_timeout: opts.request_timeout,
-            ..ClientConfig::default()
         },
         drift_check_interval: opts.drift,
         backoff: Backoff {

@@ -1,0 +1,1216 @@
+//! A reusable AMQP 1.0 server skeleton on fe2o3-amqp's acceptors, for config-service and the emulators.
+//!
+//! It owns everything below the application's decision "what does this link get":
+//! - the accept loop on a [`TcpListener`] (`TCP_NODELAY` on every socket: without it request/response
+//!   traffic stalls on Nagle + delayed ACK);
+//! - one task per connection running the TLS (optional, rustls, plain TLS on the socket as qdrouterd and
+//!   Artemis expect — no AMQP TLS header), SASL and AMQP open handshake under a timeout, so a slow or silent
+//!   client blocks only itself;
+//! - SASL ANONYMOUS and/or PLAIN with users from a file ([`Users`]); a wrong password gets a SASL `auth`
+//!   outcome and the server keeps serving; passwords are never logged;
+//! - limits: open connections, links per connection, frame size; refusals carry
+//!   `amqp:resource-limit-exceeded` and a description saying which limit;
+//! - one task per session; every incoming attach is handed to the application's [`LinkHandler`] as an
+//!   [`IncomingLink`] (source/target address, filter map, the session) which accepts or refuses it;
+//! - lifetimes: the connection and session handles live in their tasks (dropping one ends it); each session
+//!   has a [`CancellationToken`] fired when it ends (or its connection, or the server), which application
+//!   tasks serving a link must select on — a pending send never wakes by itself when the peer goes away.
+//!
+//! [`Server::serve`] returns once the shutdown future resolved, every connection got a `close`, and every
+//! task spawned through the server ended (bounded by [`ServerOptions::close_timeout`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::io::BufReader;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fe2o3_amqp::acceptor::sasl_acceptor::SaslServerFrame;
+use fe2o3_amqp::acceptor::{
+    ConnectionAcceptor, LinkAcceptor, LinkEndpoint, ListenerConnectionHandle,
+    ListenerSessionHandle, SaslAcceptor, SessionAcceptor, SupportedSenderSettleModes,
+};
+use fe2o3_amqp::connection::OpenError;
+use fe2o3_amqp::link::Sender;
+use fe2o3_amqp::types::definitions::SenderSettleMode;
+use fe2o3_amqp::types::definitions::{AmqpError, Error as AmqpErrorBody, ErrorCondition, Role};
+use fe2o3_amqp::types::performatives::Attach;
+use fe2o3_amqp::types::primitives::{Array, Symbol, Value};
+use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslOutcome, SaslResponse};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::options::{Secret, install_crypto_provider};
+
+/// SASL mechanism name ANONYMOUS.
+pub const ANONYMOUS: &str = "ANONYMOUS";
+/// SASL mechanism name PLAIN.
+pub const PLAIN: &str = "PLAIN";
+
+/// Why a server could not be configured or started. Texts name the file or flag, never a password.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A users file could not be read.
+    #[error("cannot read users file {path}: {source}")]
+    UsersFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A users file line is malformed (the line's content is not shown: it may hold a password).
+    #[error("users file {path}, line {line}: {reason}")]
+    UsersLine {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The SASL mechanism list is unusable.
+    #[error("SASL mechanisms: {0}")]
+    Mechanisms(String),
+    /// TLS certificate or key files are unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// Binding the listener failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+impl ServerError {
+    /// A short, stable label for metrics and logs.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ServerError::UsersFile { .. } | ServerError::UsersLine { .. } => "users_file",
+            ServerError::Mechanisms(_) => "sasl_mechanisms",
+            ServerError::Tls(_) => "tls",
+            ServerError::Bind { .. } => "bind",
+        }
+    }
+}
+
+/// SASL PLAIN users: name -> password. `Debug` never shows a password.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Users {
+    users: HashMap<String, Secret>,
+}
+
+impl fmt::Debug for Users {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<&String> = self.users.keys().collect();
+        names.sort();
+        f.debug_struct("Users").field("names", &names).finish()
+    }
+}
+
+impl Users {
+    /// Reads a users file: one `user:password` per line (the password is everything after the first `:`),
+    /// blank lines and lines starting with `#` ignored.
+    pub fn from_file(path: &Path) -> Result<Users, ServerError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ServerError::UsersFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Users::parse(path, &text)
+    }
+
+    /// Parses the text of a users file; `path` only names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Users, ServerError> {
+        let mut users = HashMap::new();
+        for (index, raw) in text.lines().enumerate() {
+            let line = raw.trim_end_matches('\r');
+            if line.trim().is_empty() || line.trim_start().starts_with('#') {
+                continue;
+            }
+            let bad = |reason: &str| ServerError::UsersLine {
+                path: path.to_path_buf(),
+                line: index + 1,
+                reason: reason.to_string(),
+            };
+            let Some((user, password)) = line.split_once(':') else {
+                return Err(bad("expected user:password"));
+            };
+            let user = user.trim();
+            if user.is_empty() {
+                return Err(bad("empty user name"));
+            }
+            if users
+                .insert(user.to_string(), Secret::new(password))
+                .is_some()
+            {
+                return Err(bad(&format!("user {user:?} defined twice")));
+            }
+        }
+        Ok(Users { users })
+    }
+
+    /// Adds or replaces one user (tests, programmatic set-up).
+    pub fn insert(&mut self, user: impl Into<String>, password: impl Into<Secret>) {
+        self.users.insert(user.into(), password.into());
+    }
+
+    /// Number of users.
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    /// True when there is no user.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// True when `user` exists and `password` is its password (compared in constant time).
+    pub fn check(&self, user: &[u8], password: &[u8]) -> bool {
+        let Ok(user) = std::str::from_utf8(user) else {
+            return false;
+        };
+        match self.users.get(user) {
+            Some(secret) => constant_time_eq(secret.expose().as_bytes(), password),
+            None => false,
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Which SASL mechanisms the server offers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaslConfig {
+    /// Offer ANONYMOUS (anyone gets in).
+    pub anonymous: bool,
+    /// Offer PLAIN, checked against these users.
+    pub plain: Option<Arc<Users>>,
+}
+
+impl Default for SaslConfig {
+    /// ANONYMOUS only.
+    fn default() -> Self {
+        SaslConfig {
+            anonymous: true,
+            plain: None,
+        }
+    }
+}
+
+impl SaslConfig {
+    /// From a mechanism list (`ANONYMOUS`, `PLAIN`, case-insensitive) and an optional users file. PLAIN needs
+    /// a users file; a users file without PLAIN is an error too (it would silently do nothing).
+    pub fn from_mechanisms<S: AsRef<str>>(
+        mechanisms: &[S],
+        users_file: Option<&Path>,
+    ) -> Result<SaslConfig, ServerError> {
+        let mut anonymous = false;
+        let mut plain = false;
+        for m in mechanisms {
+            match m.as_ref().trim().to_ascii_uppercase().as_str() {
+                ANONYMOUS => anonymous = true,
+                PLAIN => plain = true,
+                "" => {}
+                other => {
+                    return Err(ServerError::Mechanisms(format!(
+                        "unsupported mechanism {other:?} (supported: ANONYMOUS, PLAIN)"
+                    )));
+                }
+            }
+        }
+        if !anonymous && !plain {
+            return Err(ServerError::Mechanisms(
+                "no mechanism given (use ANONYMOUS and/or PLAIN)".to_string(),
+            ));
+        }
+        let plain = match (plain, users_file) {
+            (true, Some(path)) => Some(Arc::new(Users::from_file(path)?)),
+            (true, None) => {
+                return Err(ServerError::Mechanisms(
+                    "PLAIN needs a users file".to_string(),
+                ));
+            }
+            (false, Some(path)) => {
+                return Err(ServerError::Mechanisms(format!(
+                    "a users file ({}) is given but PLAIN is not offered",
+                    path.display()
+                )));
+            }
+            (false, None) => None,
+        };
+        Ok(SaslConfig { anonymous, plain })
+    }
+
+    /// The mechanism names offered, in preference order (PLAIN first).
+    pub fn mechanism_names(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if self.plain.is_some() {
+            names.push(PLAIN);
+        }
+        if self.anonymous {
+            names.push(ANONYMOUS);
+        }
+        names
+    }
+}
+
+/// The per-connection SASL acceptor: checks the mechanism and credentials and records who authenticated.
+#[derive(Clone)]
+struct ConnSasl {
+    config: SaslConfig,
+    /// (mechanism, identity) once an init arrived; identity is the user name (PLAIN) or `anonymous`.
+    seen: Arc<Mutex<Option<(String, String)>>>,
+}
+
+impl ConnSasl {
+    fn record(&self, mechanism: &str, identity: &str) {
+        if let Ok(mut guard) = self.seen.lock() {
+            *guard = Some((mechanism.to_string(), identity.to_string()));
+        }
+    }
+
+    fn seen(&self) -> Option<(String, String)> {
+        self.seen.lock().ok().and_then(|g| g.clone())
+    }
+}
+
+fn outcome(code: SaslCode) -> SaslServerFrame {
+    SaslServerFrame::Outcome(SaslOutcome {
+        code,
+        additional_data: None,
+    })
+}
+
+impl SaslAcceptor for ConnSasl {
+    fn mechanisms(&self) -> Array<Symbol> {
+        Array::from(
+            self.config
+                .mechanism_names()
+                .into_iter()
+                .map(Symbol::from)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn on_init(&mut self, init: SaslInit) -> SaslServerFrame {
+        let mechanism = init.mechanism.0.as_str();
+        match mechanism {
+            ANONYMOUS if self.config.anonymous => {
+                self.record(ANONYMOUS, "anonymous");
+                outcome(SaslCode::Ok)
+            }
+            PLAIN => {
+                let Some(users) = self.config.plain.clone() else {
+                    self.record(PLAIN, "");
+                    return outcome(SaslCode::Auth);
+                };
+                let response = init
+                    .initial_response
+                    .map(|b| b.into_vec())
+                    .unwrap_or_default();
+                let mut parts = response.split(|b| *b == 0);
+                let (_authzid, user, password) = (parts.next(), parts.next(), parts.next());
+                match (user, password) {
+                    (Some(user), Some(password)) => {
+                        self.record(PLAIN, &String::from_utf8_lossy(user));
+                        if users.check(user, password) {
+                            outcome(SaslCode::Ok)
+                        } else {
+                            outcome(SaslCode::Auth)
+                        }
+                    }
+                    _ => {
+                        self.record(PLAIN, "");
+                        outcome(SaslCode::Auth)
+                    }
+                }
+            }
+            other => {
+                self.record(other, "");
+                outcome(SaslCode::Auth)
+            }
+        }
+    }
+
+    fn on_response(&mut self, _response: SaslResponse) -> SaslServerFrame {
+        // Neither ANONYMOUS nor PLAIN sends challenges, so a response is a protocol error.
+        outcome(SaslCode::Sys)
+    }
+}
+
+/// Builds a rustls TLS acceptor from PEM certificate chain and private key files.
+pub fn tls_acceptor(
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<tokio_rustls::TlsAcceptor, ServerError> {
+    install_crypto_provider();
+    let file = std::fs::File::open(cert_file).map_err(|e| {
+        ServerError::Tls(format!(
+            "cannot read certificate file {}: {e}",
+            cert_file.display()
+        ))
+    })?;
+    let chain = rustls_pemfile::certs(&mut BufReader::new(file))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            ServerError::Tls(format!(
+                "cannot parse certificates in {}: {e}",
+                cert_file.display()
+            ))
+        })?;
+    if chain.is_empty() {
+        return Err(ServerError::Tls(format!(
+            "certificate file {} holds no certificate",
+            cert_file.display()
+        )));
+    }
+    let file = std::fs::File::open(key_file).map_err(|e| {
+        ServerError::Tls(format!("cannot read key file {}: {e}", key_file.display()))
+    })?;
+    let key = rustls_pemfile::private_key(&mut BufReader::new(file))
+        .map_err(|e| {
+            ServerError::Tls(format!("cannot parse key file {}: {e}", key_file.display()))
+        })?
+        .ok_or_else(|| {
+            ServerError::Tls(format!(
+                "key file {} holds no private key",
+                key_file.display()
+            ))
+        })?;
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| ServerError::Tls(format!("certificate/key rejected: {e}")))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// How the server behaves.
+#[derive(Clone)]
+pub struct ServerOptions {
+    /// Our container id in the `open` frame.
+    pub container_id: String,
+    /// SASL mechanisms offered.
+    pub sasl: SaslConfig,
+    /// TLS on every accepted socket, when set.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Most connections open at once; one more is opened and closed with `amqp:resource-limit-exceeded`.
+    pub max_connections: usize,
+    /// Most links attached at once on one connection; one more is attached and closed with
+    /// `amqp:resource-limit-exceeded`.
+    pub max_links_per_connection: usize,
+    /// Largest frame we accept (announced in `open`; at least 512).
+    pub max_frame_size: u32,
+    /// Idle timeout announced in `open`: a peer silent for this long is dropped (it heartbeats at half of it).
+    pub idle_timeout: Duration,
+    /// Bound on TLS + SASL + AMQP open of one connection.
+    pub handshake_timeout: Duration,
+    /// Bound on closing one connection or link (waiting for the peer's answer), and on the final drain.
+    pub close_timeout: Duration,
+}
+
+impl fmt::Debug for ServerOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerOptions")
+            .field("container_id", &self.container_id)
+            .field("sasl", &self.sasl.mechanism_names())
+            .field("tls", &self.tls.is_some())
+            .field("max_connections", &self.max_connections)
+            .field("max_links_per_connection", &self.max_links_per_connection)
+            .field("max_frame_size", &self.max_frame_size)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("close_timeout", &self.close_timeout)
+            .finish()
+    }
+}
+
+impl ServerOptions {
+    /// Defaults: ANONYMOUS, no TLS, 1000 connections, 100 links per connection, 1 MiB frames, 60 s idle
+    /// timeout, 10 s handshake timeout, 2 s close timeout.
+    pub fn new(container_id: impl Into<String>) -> Self {
+        ServerOptions {
+            container_id: container_id.into(),
+            sasl: SaslConfig::default(),
+            tls: None,
+            max_connections: 1000,
+            max_links_per_connection: 100,
+            max_frame_size: 1024 * 1024,
+            idle_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Live counters of a server; read them for metrics.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Connections open now (handshake done, not refused).
+    pub open_connections: AtomicUsize,
+    /// Connections accepted since start.
+    pub accepted_connections: AtomicU64,
+    /// Connections refused because of `max_connections`.
+    pub refused_connections: AtomicU64,
+    /// Links refused because of `max_links_per_connection`.
+    pub refused_links: AtomicU64,
+    /// SASL handshakes that failed (wrong credentials, unknown mechanism).
+    pub sasl_failures: AtomicU64,
+    /// Handshakes that failed otherwise (TLS, protocol, timeout).
+    pub handshake_failures: AtomicU64,
+    /// Links open now, over all connections.
+    pub open_links: AtomicUsize,
+}
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    /// Server-local connection number (log correlation).
+    pub id: u64,
+    /// The peer's socket address.
+    pub peer: SocketAddr,
+    /// The SASL mechanism used.
+    pub mechanism: String,
+    /// The authenticated user (`anonymous` for ANONYMOUS).
+    pub user: String,
+}
+
+/// Held by the task serving an accepted link: counts against `max_links_per_connection` until dropped.
+#[derive(Debug)]
+pub struct LinkGuard {
+    links: Arc<AtomicUsize>,
+    stats: Arc<ServerStats>,
+}
+
+impl Drop for LinkGuard {
+    fn drop(&mut self) {
+        self.links.fetch_sub(1, Ordering::AcqRel);
+        self.stats.open_links.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a handler gets for an accepted sending link.
+#[derive(Debug)]
+pub struct AcceptedSender {
+    /// Our sending end (the peer receives).
+    pub sender: Sender,
+    /// Cancelled when the session, the connection or the server ends: select on it around every send.
+    pub scope: CancellationToken,
+    /// Keep it as long as the link is served.
+    pub guard: LinkGuard,
+    /// Spawn the task serving this link here: [`Server::serve`] waits for it on shutdown.
+    pub tracker: TaskTracker,
+}
+
+/// Why an incoming link could not be accepted as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkAcceptError {
+    /// The peer attached a sending link where a receiving one was expected (or the reverse).
+    #[error("the peer's link has role {0:?}, not the one expected")]
+    WrongRole(Role),
+    /// fe2o3 could not complete the attach.
+    #[error("attach failed: {0}")]
+    Attach(String),
+}
+
+/// One incoming attach, handed to the [`LinkHandler`]. Dropping it without accepting or refusing it refuses
+/// it with `amqp:internal-error`.
+pub struct IncomingLink<'s> {
+    attach: Option<Attach>,
+    session: &'s mut ListenerSessionHandle,
+    connection: Arc<ConnectionInfo>,
+    scope: CancellationToken,
+    tracker: TaskTracker,
+    links: Arc<AtomicUsize>,
+    stats: Arc<ServerStats>,
+    close_timeout: Duration,
+}
+
+impl fmt::Debug for IncomingLink<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IncomingLink")
+            .field("name", &self.name())
+            .field("source", &self.source_address())
+            .field("target", &self.target_address())
+            .field("connection", &self.connection)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'s> IncomingLink<'s> {
+    /// The raw attach frame.
+    pub fn attach(&self) -> Option<&Attach> {
+        self.attach.as_ref()
+    }
+
+    /// The link name.
+    pub fn name(&self) -> &str {
+        self.attach.as_ref().map_or("", |a| a.name.as_str())
+    }
+
+    /// True when the peer RECEIVES on this link (it attached as receiver, so we are the sender).
+    pub fn peer_receives(&self) -> bool {
+        self.attach
+            .as_ref()
+            .is_some_and(|a| matches!(a.role, Role::Receiver))
+    }
+
+    /// The source address the peer asked for (`None` without a source or address).
+    pub fn source_address(&self) -> Option<String> {
+        let source = self.attach.as_ref()?.source.as_ref()?;
+        source.address.as_ref().map(|a| a.to_string())
+    }
+
+    /// True when the peer asked for a dynamic source.
+    pub fn source_dynamic(&self) -> bool {
+        self.attach
+            .as_ref()
+            .and_then(|a| a.source.as_ref())
+            .is_some_and(|s| s.dynamic)
+    }
+
+    /// The target address of the peer's attach.
+    pub fn target_address(&self) -> Option<String> {
+        let target = self.attach.as_ref()?.target.as_ref()?;
+        match target.as_ref() {
+            fe2o3_amqp::types::messaging::TargetArchetype::Target(t) => {
+                t.address.as_ref().map(|a| a.to_string())
+            }
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// The source's filter map as strings: keys and string/symbol values (a described value holding a
+    /// string counts too). `Err(key)` names the first entry whose value is not a string.
+    pub fn filter_strings(&self) -> Result<BTreeMap<String, String>, String> {
+        let mut out = BTreeMap::new();
+        let Some(filter) = self
+            .attach
+            .as_ref()
+            .and_then(|a| a.source.as_ref())
+            .and_then(|s| s.filter.as_ref())
+        else {
+            return Ok(out);
+        };
+        for (key, value) in filter.iter() {
+            let text = match value {
+                Value::String(s) => s.clone(),
+                Value::Symbol(s) => s.0.clone(),
+                Value::Described(d) => match &d.value {
+                    Value::String(s) => s.clone(),
+                    Value::Symbol(s) => s.0.clone(),
+                    _ => return Err(key.0.clone()),
+                },
+                _ => return Err(key.0.clone()),
+            };
+            out.insert(key.0.clone(), text);
+        }
+        Ok(out)
+    }
+
+    /// Who is on the other end.
+    pub fn connection(&self) -> &Arc<ConnectionInfo> {
+        &self.connection
+    }
+
+    /// Cancelled when the session, the connection or the server ends.
+    pub fn scope(&self) -> CancellationToken {
+        self.scope.clone()
+    }
+
+    /// Spawns a task the server waits for on shutdown (serve accepted links from such tasks).
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tracker.spawn(task);
+    }
+
+    /// Accepts the link as our SENDER (the peer receives). Pre-settled sends work: the sender settle mode is
+    /// `settled` or `mixed` (an `unsettled` request is answered with `settled`).
+    pub async fn accept_sender(mut self) -> Result<AcceptedSender, LinkAcceptError> {
+        let Some(attach) = self.attach.take() else {
+            return Err(LinkAcceptError::Attach("attach already consumed".into()));
+        };
+        if !matches!(attach.role, Role::Receiver) {
+            let role = attach.role.clone();
+            self.attach = Some(attach);
+            self.refuse_now(
+                AmqpError::NotAllowed,
+                "this server only sends on its links; attach a receiver".to_string(),
+            )
+            .await;
+            return Err(LinkAcceptError::WrongRole(role));
+        }
+        let acceptor = sender_link_acceptor();
+        match acceptor.accept_incoming_attach(attach, self.session).await {
+            Ok(LinkEndpoint::Sender(sender)) => {
+                self.links.fetch_add(1, Ordering::AcqRel);
+                self.stats.open_links.fetch_add(1, Ordering::AcqRel);
+                Ok(AcceptedSender {
+                    sender,
+                    scope: self.scope.clone(),
+                    guard: LinkGuard {
+                        links: Arc::clone(&self.links),
+                        stats: Arc::clone(&self.stats),
+                    },
+                    tracker: self.tracker.clone(),
+                })
+            }
+            Ok(LinkEndpoint::Receiver(receiver)) => {
+                drop(receiver);
+                Err(LinkAcceptError::WrongRole(Role::Sender))
+            }
+            Err(e) => Err(LinkAcceptError::Attach(e.to_string())),
+        }
+    }
+
+    /// Refuses the link: attaches it (with a null source, as the spec suggests) and closes it at once with
+    /// `condition` and `description`. The close handshake runs in a tracked task so a silent peer does not
+    /// stall the session.
+    pub async fn refuse(mut self, condition: impl Into<ErrorCondition>, description: String) {
+        self.refuse_now(condition, description).await;
+    }
+
+    async fn refuse_now(&mut self, condition: impl Into<ErrorCondition>, description: String) {
+        let Some(mut attach) = self.attach.take() else {
+            return;
+        };
+        let condition = condition.into();
+        debug!(
+            connection = self.connection.id,
+            link = %attach.name,
+            ?condition,
+            %description,
+            "refusing link"
+        );
+        if matches!(attach.role, Role::Receiver) {
+            attach.source = None;
+        }
+        let error = AmqpErrorBody::new(condition, Some(description), None);
+        let close_timeout = self.close_timeout;
+        match sender_link_acceptor()
+            .accept_incoming_attach(attach, self.session)
+            .await
+        {
+            Ok(LinkEndpoint::Sender(sender)) => {
+                self.tracker.spawn(async move {
+                    let _ =
+                        tokio::time::timeout(close_timeout, sender.close_with_error(error)).await;
+                });
+            }
+            Ok(LinkEndpoint::Receiver(receiver)) => {
+                self.tracker.spawn(async move {
+                    let _ =
+                        tokio::time::timeout(close_timeout, receiver.close_with_error(error)).await;
+                });
+            }
+            Err(e) => debug!(error = %e, "attach of a refused link failed"),
+        }
+    }
+}
+
+impl Drop for IncomingLink<'_> {
+    fn drop(&mut self) {
+        if self.attach.is_some() {
+            warn!(
+                link = self.name(),
+                "link handler neither accepted nor refused a link; the peer's attach stays unanswered"
+            );
+        }
+    }
+}
+
+/// The link acceptor with plain function pointers for the dynamic-node hooks (no dynamic nodes here).
+type PlainLinkAcceptor = LinkAcceptor<
+    fn(fe2o3_amqp::types::messaging::Source) -> Option<fe2o3_amqp::types::messaging::Source>,
+    fn(fe2o3_amqp::types::messaging::Target) -> Option<fe2o3_amqp::types::messaging::Target>,
+>;
+
+fn sender_link_acceptor() -> PlainLinkAcceptor {
+    LinkAcceptor::builder()
+        .supported_sender_settle_modes(SupportedSenderSettleModes::SettledAndMixed)
+        .fallback_sender_settle_mode(SenderSettleMode::Settled)
+        .build()
+}
+
+/// The application's decision per incoming link.
+pub trait LinkHandler: Send + Sync + 'static {
+    /// Called for every incoming attach (within the link limit). Must accept or refuse `link` promptly (the
+    /// session's other attaches wait) and serve an accepted link from a task spawned with
+    /// [`IncomingLink::spawn`].
+    fn on_attach<'a>(&'a self, link: IncomingLink<'a>) -> impl Future<Output = ()> + Send + 'a;
+}
+
+/// A bound AMQP server.
+pub struct Server<H> {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    options: Arc<ServerOptions>,
+    handler: Arc<H>,
+    stats: Arc<ServerStats>,
+}
+
+impl<H> fmt::Debug for Server<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the connection tasks share.
+struct Shared<H> {
+    options: Arc<ServerOptions>,
+    handler: Arc<H>,
+    stats: Arc<ServerStats>,
+    tracker: TaskTracker,
+}
+
+impl<H: LinkHandler> Server<H> {
+    /// Binds `addr` (port 0 picks a free port).
+    pub async fn bind(
+        addr: SocketAddr,
+        options: ServerOptions,
+        handler: H,
+    ) -> Result<Server<H>, ServerError> {
+        Self::bind_with_stats(addr, options, handler, Arc::new(ServerStats::default())).await
+    }
+
+    /// Like [`Server::bind`], counting into `stats` (created earlier, e.g. to register metrics first).
+    pub async fn bind_with_stats(
+        addr: SocketAddr,
+        options: ServerOptions,
+        handler: H,
+        stats: Arc<ServerStats>,
+    ) -> Result<Server<H>, ServerError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        Ok(Server {
+            listener,
+            local_addr,
+            options: Arc::new(options),
+            handler: Arc::new(handler),
+            stats,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The live counters (shared; valid after `serve` started too).
+    pub fn stats(&self) -> Arc<ServerStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Accepts connections until `shutdown` resolves; then stops accepting, closes every connection, and
+    /// waits (at most `close_timeout` plus a second) for every task it spawned.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) {
+        let Server {
+            listener,
+            local_addr,
+            options,
+            handler,
+            stats,
+        } = self;
+        let root = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let shared = Arc::new(Shared {
+            options: Arc::clone(&options),
+            handler,
+            stats: Arc::clone(&stats),
+            tracker: tracker.clone(),
+        });
+        info!(
+            addr = %local_addr,
+            sasl = ?options.sasl.mechanism_names(),
+            tls = options.tls.is_some(),
+            "AMQP server listening"
+        );
+        let mut next_id: u64 = 0;
+        // Counts connection tasks (handshaking or open): refuse-by-closing needs a bound too.
+        let in_progress = Arc::new(AtomicUsize::new(0));
+        tokio::pin!(shutdown);
+        loop {
+            let accepted = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // E.g. EMFILE: back off briefly instead of spinning.
+                    warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if let Err(error) = stream.set_nodelay(true) {
+                debug!(%peer, %error, "cannot set TCP_NODELAY");
+            }
+            next_id += 1;
+            let tasks = in_progress.fetch_add(1, Ordering::AcqRel) + 1;
+            // Beyond twice the limit even the polite refusal is skipped: the socket is just dropped.
+            if tasks > options.max_connections.saturating_mul(2).max(4) {
+                in_progress.fetch_sub(1, Ordering::AcqRel);
+                stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+                warn!(%peer, limit = options.max_connections, "connection dropped: far over the connection limit");
+                continue;
+            }
+            let shared = Arc::clone(&shared);
+            let token = root.child_token();
+            let in_progress = Arc::clone(&in_progress);
+            tracker.spawn(async move {
+                connection_task(stream, peer, next_id, shared, token).await;
+                in_progress.fetch_sub(1, Ordering::AcqRel);
+            });
+        }
+        drop(listener);
+        info!(addr = %local_addr, "AMQP server stopping: closing connections");
+        root.cancel();
+        tracker.close();
+        let limit = options.close_timeout + Duration::from_secs(1);
+        if tokio::time::timeout(limit, tracker.wait()).await.is_err() {
+            warn!(
+                remaining = tracker.len(),
+                "AMQP tasks still running after shutdown; abandoning them"
+            );
+        }
+        info!(addr = %local_addr, "AMQP server stopped");
+    }
+}
+
+/// Decrements the open connection count when the connection task ends.
+struct OpenGuard(Arc<ServerStats>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn resource_limit(description: String) -> AmqpErrorBody {
+    AmqpErrorBody::new(AmqpError::ResourceLimitExceeded, Some(description), None)
+}
+
+async fn handshake(
+    stream: TcpStream,
+    options: &ServerOptions,
+    sasl: ConnSasl,
+) -> Result<ListenerConnectionHandle, HandshakeError> {
+    let max_frame = options.max_frame_size.max(512);
+    let idle_ms = u32::try_from(options.idle_timeout.as_millis()).unwrap_or(u32::MAX);
+    let acceptor = ConnectionAcceptor::builder()
+        .container_id(options.container_id.clone())
+        .max_frame_size(max_frame)
+        .idle_time_out(idle_ms)
+        .sasl_acceptor(sasl)
+        .build();
+    match &options.tls {
+        None => acceptor.accept(stream).await.map_err(HandshakeError::from),
+        Some(tls) => {
+            let tls_stream = tls
+                .accept(stream)
+                .await
+                .map_err(|e| HandshakeError::Other(format!("TLS handshake failed: {e}")))?;
+            acceptor
+                .accept(tls_stream)
+                .await
+                .map_err(HandshakeError::from)
+        }
+    }
+}
+
+enum HandshakeError {
+    Sasl(SaslCode),
+    Other(String),
+}
+
+impl From<OpenError> for HandshakeError {
+    fn from(e: OpenError) -> Self {
+        match e {
+            OpenError::SaslError { code, .. } => HandshakeError::Sasl(code),
+            other => HandshakeError::Other(other.to_string()),
+        }
+    }
+}
+
+async fn connection_task<H: LinkHandler>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    shared: Arc<Shared<H>>,
+    token: CancellationToken,
+) {
+    let options = &shared.options;
+    let stats = &shared.stats;
+    let sasl = ConnSasl {
+        config: options.sasl.clone(),
+        seen: Arc::new(Mutex::new(None)),
+    };
+    let opened = tokio::select! {
+        () = token.cancelled() => return,
+        r = tokio::time::timeout(options.handshake_timeout, handshake(stream, options, sasl.clone())) => r,
+    };
+    let seen = sasl.seen();
+    let mut connection = match opened {
+        Ok(Ok(c)) => c,
+        Ok(Err(HandshakeError::Sasl(code))) => {
+            stats.sasl_failures.fetch_add(1, Ordering::Relaxed);
+            let (mechanism, user) = seen.unwrap_or_default();
+            info!(connection = id, %peer, %mechanism, %user, ?code, "SASL authentication failed");
+            return;
+        }
+        Ok(Err(HandshakeError::Other(reason))) => {
+            stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            info!(connection = id, %peer, %reason, "connection handshake failed");
+            return;
+        }
+        Err(_) => {
+            stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            info!(connection = id, %peer, timeout = ?options.handshake_timeout, "connection handshake timed out");
+            return;
+        }
+    };
+    let (mechanism, user) = seen.unwrap_or_default();
+    // Reserve a slot atomically, so concurrent handshakes cannot overshoot the limit.
+    let max = options.max_connections;
+    let reserved = stats
+        .open_connections
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .is_ok();
+    if !reserved {
+        stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+        let description =
+            format!("connection limit reached: this server allows {max} open connections");
+        warn!(connection = id, %peer, %user, limit = max, "refusing connection: connection limit reached");
+        let _ = tokio::time::timeout(
+            options.close_timeout,
+            connection.close_with_error(resource_limit(description)),
+        )
+        .await;
+        return;
+    }
+    stats.accepted_connections.fetch_add(1, Ordering::Relaxed);
+    let _open = OpenGuard(Arc::clone(stats));
+    let info = Arc::new(ConnectionInfo {
+        id,
+        peer,
+        mechanism,
+        user,
+    });
+    debug!(connection = id, %peer, user = %info.user, "connection open");
+    let links = Arc::new(AtomicUsize::new(0));
+    let mut closed = false;
+    loop {
+        tokio::select! {
+            () = token.cancelled() => {
+                let _ = tokio::time::timeout(options.close_timeout, connection.close()).await;
+                closed = true;
+                break;
+            }
+            incoming = connection.next_incoming_session() => {
+                let Some(incoming) = incoming else { break };
+                match SessionAcceptor::new().accept_incoming_session(incoming, &mut connection).await {
+                    Ok(session) => {
+                        let shared2 = Arc::clone(&shared);
+                        let session_token = token.child_token();
+                        let info = Arc::clone(&info);
+                        let links = Arc::clone(&links);
+                        shared.tracker.spawn(session_task(session, shared2, info, links, session_token));
+                    }
+                    Err(error) => {
+                        debug!(connection = id, %error, "session begin failed");
+                    }
+                }
+            }
+        }
+    }
+    // Ends every session task and every link task of this connection.
+    token.cancel();
+    if !closed {
+        let _ = tokio::time::timeout(options.close_timeout, connection.on_close()).await;
+    }
+    debug!(connection = id, %peer, "connection closed");
+}
+
+async fn session_task<H: LinkHandler>(
+    mut session: ListenerSessionHandle,
+    shared: Arc<Shared<H>>,
+    info: Arc<ConnectionInfo>,
+    links: Arc<AtomicUsize>,
+    token: CancellationToken,
+) {
+    let options = &shared.options;
+    loop {
+        let attach = tokio::select! {
+            () = token.cancelled() => break,
+            attach = session.next_incoming_attach() => attach,
+        };
+        let Some(attach) = attach else { break };
+        let link = IncomingLink {
+            attach: Some(attach),
+            session: &mut session,
+            connection: Arc::clone(&info),
+            scope: token.clone(),
+            tracker: shared.tracker.clone(),
+            links: Arc::clone(&links),
+            stats: Arc::clone(&shared.stats),
+            close_timeout: options.close_timeout,
+        };
+        if links.load(Ordering::Acquire) >= options.max_links_per_connection {
+            shared.stats.refused_links.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                connection = info.id,
+                peer = %info.peer,
+                limit = options.max_links_per_connection,
+                "refusing link: link limit per connection reached"
+            );
+            let description = format!(
+                "link limit reached: this server allows {} links per connection",
+                options.max_links_per_connection
+            );
+            link.refuse(AmqpError::ResourceLimitExceeded, description)
+                .await;
+            continue;
+        }
+        let handled =
+            tokio::time::timeout(options.handshake_timeout, shared.handler.on_attach(link));
+        tokio::select! {
+            () = token.cancelled() => break,
+            r = handled => if r.is_err() {
+                warn!(connection = info.id, "link handler did not answer an attach in time");
+            },
+        }
+    }
+    // Ends the link tasks of this session (their sends would otherwise wait forever for credit).
+    token.cancel();
+    drop(session);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_file_parses_and_checks_without_showing_passwords() {
+        let text = "# admins\nadmin:s3cret:with:colons\n\n  # another comment\nbob:\n";
+        let users = Users::parse(Path::new("users"), text).unwrap();
+        assert_eq!(users.len(), 2);
+        assert!(users.check(b"admin", b"s3cret:with:colons"));
+        assert!(!users.check(b"admin", b"s3cret"));
+        assert!(users.check(b"bob", b""));
+        assert!(!users.check(b"carol", b""));
+        let shown = format!("{users:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("admin"), "{shown}");
+    }
+
+    #[test]
+    fn bad_users_lines_name_the_line_not_the_content() {
+        let err = Users::parse(Path::new("u.txt"), "ok:1\nnopasswordhere\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(!err.contains("nopasswordhere"), "{err}");
+        let err = Users::parse(Path::new("u.txt"), "a:1\na:2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("defined twice"), "{err}");
+    }
+
+    fn init(mechanism: &str, response: Option<&[u8]>) -> SaslInit {
+        SaslInit {
+            mechanism: Symbol::from(mechanism),
+            initial_response: response.map(|r| r.to_vec().into()),
+            hostname: None,
+        }
+    }
+
+    fn code(frame: SaslServerFrame) -> SaslCode {
+        match frame {
+            SaslServerFrame::Outcome(o) => o.code,
+            SaslServerFrame::Challenge(_) => SaslCode::Sys,
+        }
+    }
+
+    #[test]
+    fn sasl_acceptor_checks_mechanism_and_credentials() {
+        let mut users = Users::default();
+        users.insert("u", "p");
+        let mut plain_only = ConnSasl {
+            config: SaslConfig {
+                anonymous: false,
+                plain: Some(Arc::new(users)),
+            },
+            seen: Arc::new(Mutex::new(None)),
+        };
+        assert_eq!(
+            code(plain_only.on_init(init(ANONYMOUS, None))),
+            SaslCode::Auth
+        );
+        assert_eq!(
+            code(plain_only.on_init(init(PLAIN, Some(b"\0u\0p")))),
+            SaslCode::Ok
+        );
+        assert_eq!(
+            plain_only.seen(),
+            Some((PLAIN.to_string(), "u".to_string()))
+        );
+        assert_eq!(
+            code(plain_only.on_init(init(PLAIN, Some(b"\0u\0x")))),
+            SaslCode::Auth
+        );
+        assert_eq!(
+            code(plain_only.on_init(init(PLAIN, Some(b"garbage")))),
+            SaslCode::Auth
+        );
+        assert_eq!(
+            code(plain_only.on_init(init("EXTERNAL", None))),
+            SaslCode::Auth
+        );
+        let mut anonymous = ConnSasl {
+            config: SaslConfig::default(),
+            seen: Arc::new(Mutex::new(None)),
+        };
+        assert_eq!(code(anonymous.on_init(init(ANONYMOUS, None))), SaslCode::Ok);
+        assert_eq!(
+            code(anonymous.on_init(init(PLAIN, Some(b"\0u\0p")))),
+            SaslCode::Auth
+        );
+    }
+
+    #[test]
+    fn mechanism_lists() {
+        let c = SaslConfig::from_mechanisms(&["anonymous"], None).unwrap();
+        assert_eq!(c.mechanism_names(), vec![ANONYMOUS]);
+        let err = SaslConfig::from_mechanisms(&["PLAIN"], None).unwrap_err();
+        assert!(err.to_string().contains("users file"), "{err}");
+        let err = SaslConfig::from_mechanisms(&["GSSAPI"], None).unwrap_err();
+        assert!(err.to_string().contains("GSSAPI"), "{err}");
+        let err = SaslConfig::from_mechanisms::<&str>(&[], None).unwrap_err();
+        assert!(err.to_string().contains("no mechanism"), "{err}");
+    }
+}

@@ -1,0 +1,219 @@
+//! The command line (every flag has an environment variable) and its validation into a [`Mode`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::Error;
+
+/// Serves full address, flavor and pod snapshots over AMQP 1.0 to any number of subscribers.
+///
+/// A subscriber attaches a receiving link whose source address is `v1/addresses`, `maas`, `v1/flavors` or
+/// `podsense` (with a label selector as the source's filter map).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "config-service", version)]
+pub struct Args {
+    /// AMQP listen address (host:port).
+    #[arg(long, env = "LISTEN", default_value = "127.0.0.1:5672")]
+    pub listen: SocketAddr,
+
+    /// File mode: the directory an address ConfigMap is mounted at (kubelet-style updates are followed).
+    #[arg(long, env = "ADDRESSES_DIR")]
+    pub addresses_dir: Option<PathBuf>,
+
+    /// File mode: the flavor file (else the `flavor.json` key of the addresses directory).
+    #[arg(long, env = "FLAVORS_FILE")]
+    pub flavors_file: Option<PathBuf>,
+
+    /// File mode: a JSON list of pods ({name, host, phase, ready, ports, labels}) served on `podsense`.
+    #[arg(long, env = "PODS_FILE")]
+    pub pods_file: Option<PathBuf>,
+
+    /// Kubernetes API mode: watch ConfigMaps labelled `type=address-config`, the flavor ConfigMap and pods.
+    #[arg(long, env = "KUBE")]
+    pub kube: bool,
+
+    /// Namespace watched in Kubernetes API mode.
+    #[arg(long, env = "NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// SASL mechanisms offered, comma-separated: ANONYMOUS, PLAIN.
+    #[arg(
+        long,
+        env = "SASL_MECHANISMS",
+        value_delimiter = ',',
+        default_value = "ANONYMOUS"
+    )]
+    pub sasl_mechanisms: Vec<String>,
+
+    /// Users for SASL PLAIN: one `user:password` per line, `#` comments.
+    #[arg(long, env = "USERS_FILE")]
+    pub users_file: Option<PathBuf>,
+
+    /// TLS: PEM certificate chain of the server (TLS directly on the socket); needs --tls-key-file.
+    #[arg(long, env = "TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// TLS: PEM private key of --tls-cert-file.
+    #[arg(long, env = "TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// Most AMQP connections open at once; more are closed with amqp:resource-limit-exceeded.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1000)]
+    pub max_connections: usize,
+
+    /// Most links on one connection; more are closed with amqp:resource-limit-exceeded.
+    #[arg(long, env = "MAX_LINKS_PER_CONNECTION", default_value_t = 100)]
+    pub max_links_per_connection: usize,
+
+    /// Largest AMQP frame accepted, in bytes (at least 512; snapshots larger than a frame are split).
+    #[arg(long, env = "MAX_FRAME_SIZE", default_value_t = 65536)]
+    pub max_frame_size: u32,
+
+    /// HTTP address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+}
+
+impl Args {
+    /// Arguments for a file-mode service on `127.0.0.1:0` (AMQP and HTTP), for tests and embedding.
+    pub fn for_dir(addresses_dir: impl Into<PathBuf>) -> Args {
+        Args {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            addresses_dir: Some(addresses_dir.into()),
+            flavors_file: None,
+            pods_file: None,
+            kube: false,
+            namespace: None,
+            sasl_mechanisms: vec!["ANONYMOUS".to_string()],
+            users_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            max_connections: 1000,
+            max_links_per_connection: 100,
+            max_frame_size: 65536,
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        }
+    }
+
+    /// Checks the combination of flags; the error is one line naming the flags.
+    pub fn mode(&self) -> Result<Mode, Error> {
+        let invalid = |s: &str| Err(Error::Config(s.to_string()));
+        if self.max_frame_size < 512 {
+            return invalid("--max-frame-size must be at least 512 (the AMQP minimum)");
+        }
+        if self.max_connections == 0 {
+            return invalid("--max-connections must be at least 1");
+        }
+        if self.max_links_per_connection == 0 {
+            return invalid("--max-links-per-connection must be at least 1");
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return invalid("--tls-cert-file and --tls-key-file go together");
+        }
+        match (&self.addresses_dir, self.kube) {
+            (Some(_), true) => invalid("--addresses-dir and --kube exclude each other"),
+            (None, false) => invalid("no address source: give --addresses-dir DIR or --kube"),
+            (Some(dir), false) => {
+                if self.namespace.is_some() {
+                    return invalid("--namespace needs --kube");
+                }
+                Ok(Mode::Files {
+                    addresses_dir: dir.clone(),
+                    flavors_file: self.flavors_file.clone(),
+                    pods_file: self.pods_file.clone(),
+                })
+            }
+            (None, true) => {
+                if self.flavors_file.is_some() || self.pods_file.is_some() {
+                    return invalid(
+                        "--flavors-file and --pods-file are file mode; not with --kube",
+                    );
+                }
+                match &self.namespace {
+                    Some(ns) if !ns.is_empty() => Ok(Mode::Kube {
+                        namespace: ns.clone(),
+                    }),
+                    _ => invalid("--kube needs --namespace (or NAMESPACE)"),
+                }
+            }
+        }
+    }
+}
+
+/// Where the snapshots come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Mounted ConfigMap directory, optional flavor and pods files.
+    Files {
+        /// `--addresses-dir`.
+        addresses_dir: PathBuf,
+        /// `--flavors-file`.
+        flavors_file: Option<PathBuf>,
+        /// `--pods-file`.
+        pods_file: Option<PathBuf>,
+    },
+    /// Kubernetes API watches in one namespace.
+    Kube {
+        /// `--namespace`.
+        namespace: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("config-service").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn defaults_and_modes() {
+        let a = parse(&["--addresses-dir", "/cfg"]);
+        assert_eq!(a.listen.to_string(), "127.0.0.1:5672");
+        assert_eq!(a.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(a.sasl_mechanisms, vec!["ANONYMOUS"]);
+        assert!(matches!(a.mode().unwrap(), Mode::Files { .. }));
+        let a = parse(&["--kube", "--namespace", "ns"]);
+        assert_eq!(
+            a.mode().unwrap(),
+            Mode::Kube {
+                namespace: "ns".into()
+            }
+        );
+        let a = parse(&[
+            "--addresses-dir",
+            "/c",
+            "--sasl-mechanisms",
+            "ANONYMOUS,PLAIN",
+        ]);
+        assert_eq!(a.sasl_mechanisms, vec!["ANONYMOUS", "PLAIN"]);
+    }
+
+    #[test]
+    fn bad_combinations_say_which_flags() {
+        let cases: &[(&[&str], &str)] = &[
+            (&[], "--addresses-dir DIR or --kube"),
+            (&["--addresses-dir", "/c", "--kube"], "exclude each other"),
+            (&["--kube"], "--namespace"),
+            (
+                &["--addresses-dir", "/c", "--tls-cert-file", "c.pem"],
+                "go together",
+            ),
+            (
+                &["--addresses-dir", "/c", "--max-frame-size", "100"],
+                "at least 512",
+            ),
+            (
+                &["--kube", "--namespace", "n", "--pods-file", "p"],
+                "file mode",
+            ),
+        ];
+        for (args, want) in cases {
+            let err = parse(args).mode().unwrap_err().to_string();
+            assert!(err.contains(want), "{args:?}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+}
