@@ -1,6 +1,8 @@
 //! AMQP plumbing shared by the maas binaries: connection options (TLS, SASL, idle timeout,
 //! reconnect backoff) in [`options`], opening a connection in [`connect`], the JSON <-> AMQP value
-//! mapping in [`value`], the qdrouterd `$management` client in [`router`], and a reusable AMQP server
+//! mapping in [`value`], the generic pipelined request/response client in [`request`] and the two
+//! management clients over it — qdrouterd `$management` in [`router`], Artemis
+//! `activemq.management` in [`artemis`] — and a reusable AMQP server
 //! skeleton (accept loop, SASL, TLS, limits, per-link decisions) in [`server`].
 //!
 //! The clients never reconnect by themselves: a caller waits for `closed()`, sleeps
@@ -8,8 +10,10 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod artemis;
 pub mod connect;
 pub mod options;
+pub mod request;
 pub mod router;
 pub mod server;
 pub mod subscriber;

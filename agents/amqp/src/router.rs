@@ -8,34 +8,26 @@
 //! `correlation-id` per request. Replies (pre-settled, `statusCode` int32, `statusDescription`)
 //! are matched to requests by correlation-id.
 //!
-//! Concurrency: a semaphore bounds the requests in flight (the window); one task sends
-//! (`send_batchable`), another receives, so neither waits on the other (one task doing both
-//! deadlocks against the router at large windows). Each request has its own timeout.
+//! The request/response machinery (window, separate send and receive tasks, per-request timeout,
+//! correlation) is [`crate::request::RequestClient`]; this module is the typed qdrouterd layer
+//! over it: it builds the application properties and turns `statusCode` into success or
+//! [`MgmtError::Status`].
 //!
-//! Failure: when the connection dies (peer closes, I/O error, idle timeout, a send or receive
-//! fails) every pending request fails with [`MgmtError::Disconnected`], the client is marked
-//! closed and [`RouterClient::closed`] resolves. The client never reconnects by itself: callers
-//! wait for `closed()`, then connect again with [`crate::options::Backoff`] and replay what the
-//! router lost.
+//! Failure: when the connection dies every pending request fails with
+//! [`MgmtError::Disconnected`], the client is marked closed and [`RouterClient::closed`]
+//! resolves. The client never reconnects by itself: callers wait for `closed()`, then connect
+//! again with [`crate::options::Backoff`] and replay what the router lost.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fe2o3_amqp::link::{CreditMode, RecvError};
-use fe2o3_amqp::types::messaging::{
-    AmqpValue, ApplicationProperties, Body, Message, MessageId, Properties, Source, Target,
-};
+use fe2o3_amqp::types::messaging::ApplicationProperties;
 use fe2o3_amqp::types::primitives::{SimpleValue, Value};
-use fe2o3_amqp::{Receiver, Sender, Session};
 use serde_json::Value as Json;
-use tokio::sync::{Semaphore, mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 
-use crate::connect::open_connection;
 use crate::options::ConnectOptions;
-use crate::value::{amqp_to_json, json_map_to_amqp};
+pub use crate::request::ClientConfig;
+use crate::request::{RequestClient, RequestError, Response};
+use crate::value::json_map_to_amqp;
 
 /// Address of the router's management node.
 pub const MANAGEMENT_ADDRESS: &str = "$management";
@@ -45,27 +37,6 @@ pub const MANAGEMENT_TYPE: &str = "org.amqp.management";
 pub const MANAGEMENT_SELF: &str = "self";
 /// Rows asked per QUERY page by [`RouterClient::query`] (what qdmanage asks).
 pub const QUERY_PAGE_SIZE: u64 = 500;
-
-/// Tuning of a [`RouterClient`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientConfig {
-    /// Most requests in flight at once; also the credit granted to the reply receiver. The router
-    /// grants 250 credit on `$management`, so more than 250 only queues in our sender.
-    pub window: usize,
-    /// How long one request waits for its reply once sent (the real router never answers
-    /// UPDATE, and a QUERY deep into a large table can take seconds).
-    pub request_timeout: Duration,
-}
-
-impl Default for ClientConfig {
-    /// Window 250, 10 s per request.
-    fn default() -> Self {
-        ClientConfig {
-            window: 250,
-            request_timeout: Duration::from_secs(10),
-        }
-    }
-}
 
 /// A failed management request or connection.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -164,126 +135,18 @@ pub struct Reply {
     pub body: Json,
 }
 
-/// A reply as it comes off the wire (any status).
-struct RawReply {
-    status_code: i32,
-    status_description: String,
-    body: Json,
-}
-
-/// What the send task needs for one request.
-struct Outgoing {
-    message: Message<AmqpValue<Value>>,
-}
-
-type PendingMap = HashMap<u64, oneshot::Sender<Result<RawReply, MgmtError>>>;
-
-/// State shared by the client handles and the connection tasks.
-struct Shared {
-    /// correlation-id -> waiting request; `None` once the connection is gone, so no request can
-    /// be registered after the final sweep.
-    pending: Mutex<Option<PendingMap>>,
-    /// Why the connection ended (first reason wins).
-    close_reason: Mutex<Option<String>>,
-    /// Cancelled when the connection is gone; wakes `closed()` and stops the tasks.
-    gone: CancellationToken,
-    /// Cancelled when the caller asks for a clean close (or drops the last handle).
-    close_requested: CancellationToken,
-    /// Bounds the requests in flight.
-    window: Arc<Semaphore>,
-}
-
-impl Shared {
-    /// Marks the connection gone and fails every pending request with `Disconnected`.
-    fn shut_down(&self, reason: &str) {
-        if let Ok(mut r) = self.close_reason.lock()
-            && r.is_none()
-        {
-            *r = Some(reason.to_string());
-        }
-        let drained = self.pending.lock().ok().and_then(|mut p| p.take());
-        self.window.close();
-        self.gone.cancel();
-        if let Some(map) = drained {
-            if !map.is_empty() {
-                tracing::warn!(
-                    pending = map.len(),
-                    reason,
-                    "management connection lost with requests in flight"
-                );
-            }
-            for (_, tx) in map {
-                let _ = tx.send(Err(MgmtError::Disconnected(reason.to_string())));
-            }
-        }
-    }
-
-    fn reason(&self) -> String {
-        self.close_reason
-            .lock()
-            .ok()
-            .and_then(|r| r.clone())
-            .unwrap_or_else(|| "connection closed".to_string())
-    }
-
-    fn complete(&self, id: u64, reply: RawReply) {
-        let waiter = self
-            .pending
-            .lock()
-            .ok()
-            .and_then(|mut p| p.as_mut().and_then(|m| m.remove(&id)));
-        match waiter {
-            Some(tx) => {
-                let _ = tx.send(Ok(reply));
-            }
-            None => tracing::debug!(
-                correlation_id = id,
-                "reply for no pending request (timed out?)"
-            ),
-        }
-    }
-
-    fn forget(&self, id: u64) {
-        if let Ok(mut p) = self.pending.lock()
-            && let Some(m) = p.as_mut()
-        {
-            m.remove(&id);
-        }
-    }
-}
-
-/// Owned by the [`RouterClient`] handles only; when the last one is dropped the connection is
-/// closed.
-struct Handle {
-    shared: Arc<Shared>,
-    tx: mpsc::Sender<Outgoing>,
-    reply_to: String,
-    next_id: AtomicU64,
-    cfg: ClientConfig,
-    peer_properties: Option<serde_json::Map<String, Json>>,
-    peer_container_id: Option<String>,
-    /// Finishes when the connection task has closed the connection.
-    done: tokio::sync::watch::Receiver<bool>,
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        self.shared.close_requested.cancel();
-    }
-}
-
 /// A qdrouterd `$management` client over one AMQP connection. Cheap to clone; all clones share
 /// the connection and the window. See the module docs for the failure model (no reconnect inside).
 #[derive(Clone)]
 pub struct RouterClient {
-    handle: Arc<Handle>,
+    inner: RequestClient,
 }
 
 impl std::fmt::Debug for RouterClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RouterClient")
-            .field("reply_to", &self.handle.reply_to)
-            .field("peer", &self.handle.peer_container_id)
+            .field("reply_to", &self.inner.reply_to())
+            .field("peer", &self.inner.peer_container_id())
             .field("closed", &self.is_closed())
             .finish()
     }
@@ -296,93 +159,13 @@ impl RouterClient {
         opts: &ConnectOptions,
         cfg: ClientConfig,
     ) -> Result<RouterClient, MgmtError> {
-        if cfg.window == 0 {
-            return Err(MgmtError::Connect("window must be at least 1".to_string()));
-        }
-        let opened = open_connection(opts)
+        let inner = RequestClient::connect(opts, MANAGEMENT_ADDRESS, cfg)
             .await
-            .map_err(|e| MgmtError::Connect(e.to_string()))?;
-        let mut connection = opened.connection;
-        let peer = opts.to_string();
-        let setup = async {
-            let mut session = Session::begin(&mut connection)
-                .await
-                .map_err(|e| format!("begin session: {e}"))?;
-            let sender = Sender::builder()
-                .name(format!("{}-$management", opts.container_id))
-                .target(MANAGEMENT_ADDRESS)
-                .attach(&mut session)
-                .await
-                .map_err(|e| format!("attach sender to {MANAGEMENT_ADDRESS}: {e}"))?;
-            let credit = u32::try_from(cfg.window).unwrap_or(u32::MAX);
-            let receiver = Receiver::builder()
-                .name(format!("{}-replies", opts.container_id))
-                .source(Source::builder().dynamic(true).build())
-                .target(Target::builder().build())
-                .credit_mode(CreditMode::Auto(credit))
-                .auto_accept(true)
-                .attach(&mut session)
-                .await
-                .map_err(|e| format!("attach dynamic reply receiver: {e}"))?;
-            let reply_to = receiver
-                .source()
-                .as_ref()
-                .and_then(|s| s.address.clone())
-                .ok_or("the peer assigned no address to the dynamic reply receiver")?;
-            Ok::<_, String>((session, sender, receiver, reply_to))
-        };
-        let (session, sender, receiver, reply_to) =
-            match tokio::time::timeout(opts.connect_timeout, setup).await {
-                Ok(Ok(parts)) => parts,
-                Ok(Err(reason)) => {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), connection.close()).await;
-                    return Err(MgmtError::Connect(format!("{peer}: {reason}")));
-                }
-                Err(_) => {
-                    return Err(MgmtError::Connect(format!(
-                        "{peer}: management links not attached within {:?}",
-                        opts.connect_timeout
-                    )));
-                }
-            };
-        tracing::debug!(
-            peer = %peer,
-            router = opened.peer_container_id.as_deref().unwrap_or("?"),
-            reply_to = %reply_to,
-            window = cfg.window,
-            "management connection open"
-        );
-
-        let shared = Arc::new(Shared {
-            pending: Mutex::new(Some(HashMap::new())),
-            close_reason: Mutex::new(None),
-            gone: CancellationToken::new(),
-            close_requested: CancellationToken::new(),
-            window: Arc::new(Semaphore::new(cfg.window)),
-        });
-        let (tx, rx) = mpsc::channel(cfg.window);
-        let (done_tx, done_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(send_task(sender, rx, shared.clone()));
-        tokio::spawn(recv_task(receiver, shared.clone()));
-        tokio::spawn(connection_task(
-            connection,
-            session,
-            shared.clone(),
-            done_tx,
-        ));
-
-        Ok(RouterClient {
-            handle: Arc::new(Handle {
-                shared,
-                tx,
-                reply_to,
-                next_id: AtomicU64::new(1),
-                cfg,
-                peer_properties: opened.peer_properties,
-                peer_container_id: opened.peer_container_id,
-                done: done_rx,
-            }),
-        })
+            .map_err(|e| match e {
+                RequestError::Connect(reason) => MgmtError::Connect(reason),
+                other => MgmtError::Connect(other.to_string()),
+            })?;
+        Ok(RouterClient { inner })
     }
 
     /// CREATE an entity. `attributes` are sent as the body together with `name`; the reply body
@@ -548,55 +331,43 @@ impl RouterClient {
 
     /// The `properties` of the router's `open` frame (qdrouterd: `product`, `version`).
     pub fn peer_properties(&self) -> Option<serde_json::Map<String, Json>> {
-        self.handle.peer_properties.clone()
+        self.inner.peer_properties()
     }
 
     /// The router's container id (its router id, e.g. `Router.A`).
     pub fn peer_container_id(&self) -> Option<&str> {
-        self.handle.peer_container_id.as_deref()
+        self.inner.peer_container_id()
     }
 
     /// The dynamic address replies come to.
     pub fn reply_to(&self) -> &str {
-        &self.handle.reply_to
+        self.inner.reply_to()
     }
 
     /// Requests sent and not yet answered (or timed out).
     pub fn in_flight(&self) -> usize {
-        self.handle
-            .shared
-            .pending
-            .lock()
-            .ok()
-            .and_then(|p| p.as_ref().map(HashMap::len))
-            .unwrap_or(0)
+        self.inner.in_flight()
     }
 
     /// True once the connection is gone; every further request fails with `Disconnected`.
     pub fn is_closed(&self) -> bool {
-        self.handle.shared.gone.is_cancelled()
+        self.inner.is_closed()
     }
 
     /// Resolves once the connection is gone (peer closed, I/O error, idle timeout, or `close`).
     pub async fn closed(&self) {
-        self.handle.shared.gone.cancelled().await;
+        self.inner.closed().await;
     }
 
     /// Why the connection ended, once it has.
     pub fn close_reason(&self) -> Option<String> {
-        if self.is_closed() {
-            Some(self.handle.shared.reason())
-        } else {
-            None
-        }
+        self.inner.close_reason()
     }
 
     /// Closes the connection cleanly (for every clone): pending requests fail with
     /// `Disconnected`; waits up to 2 s for the peer to confirm.
     pub async fn close(self) {
-        self.handle.shared.close_requested.cancel();
-        let mut done = self.handle.done.clone();
-        let _ = tokio::time::timeout(Duration::from_secs(2), done.wait_for(|d| *d)).await;
+        self.inner.close().await;
     }
 
     async fn request(
@@ -608,82 +379,48 @@ impl RouterClient {
         extra: &[(&str, SimpleValue)],
         body: serde_json::Map<String, Json>,
     ) -> Result<Reply, MgmtError> {
-        let h = &self.handle;
-        let shared = &h.shared;
-        let _permit = shared
-            .window
-            .acquire()
+        let props = request_properties(operation, type_property, name, extra);
+        let response = self
+            .inner
+            .request(props, Value::Map(json_map_to_amqp(&body)))
             .await
-            .map_err(|_| MgmtError::Disconnected(shared.reason()))?;
-        let id = h.next_id.fetch_add(1, Ordering::Relaxed);
-        let (reply_tx, reply_rx) = oneshot::channel();
-        {
-            let mut pending = shared
-                .pending
-                .lock()
-                .map_err(|_| MgmtError::Disconnected("client state poisoned".to_string()))?;
-            match pending.as_mut() {
-                Some(map) => {
-                    map.insert(id, reply_tx);
-                }
-                None => return Err(MgmtError::Disconnected(shared.reason())),
-            }
-        }
-        let message = build_request(
-            operation,
-            type_property,
-            name,
-            extra,
-            &body,
-            &h.reply_to,
-            id,
-        );
-        if h.tx.send(Outgoing { message }).await.is_err() {
-            shared.forget(id);
-            return Err(MgmtError::Disconnected(shared.reason()));
-        }
-        let raw = match tokio::time::timeout(h.cfg.request_timeout, reply_rx).await {
-            Ok(Ok(result)) => result?,
-            Ok(Err(_)) => return Err(MgmtError::Disconnected(shared.reason())),
-            Err(_) => {
-                shared.forget(id);
-                return Err(MgmtError::Timeout {
+            .map_err(|e| match e {
+                RequestError::Timeout { after } => MgmtError::Timeout {
                     operation: operation.to_string(),
                     entity_type: entity_type_for_errors.to_string(),
                     name: name.to_string(),
-                    after: h.cfg.request_timeout,
-                });
-            }
-        };
-        if (200..300).contains(&raw.status_code) {
+                    after,
+                },
+                RequestError::Disconnected(reason) => MgmtError::Disconnected(reason),
+                RequestError::Connect(reason) => MgmtError::Connect(reason),
+                RequestError::Protocol(reason) => MgmtError::Protocol(reason),
+            })?;
+        let raw = parse_status(&response)?;
+        if (200..300).contains(&raw.0) {
             Ok(Reply {
-                status_code: raw.status_code,
-                status_description: raw.status_description,
-                body: raw.body,
+                status_code: raw.0,
+                status_description: raw.1,
+                body: crate::value::amqp_to_json(response.body),
             })
         } else {
             Err(MgmtError::Status {
                 operation: operation.to_string(),
                 entity_type: entity_type_for_errors.to_string(),
                 name: name.to_string(),
-                code: raw.status_code,
-                description: raw.status_description,
+                code: raw.0,
+                description: raw.1,
             })
         }
     }
 }
 
-/// Builds one request message exactly as qdmanage does (frames.txt), but with a ulong
-/// correlation-id.
-fn build_request(
+/// The application properties of one request, exactly as qdmanage sends them (frames.txt).
+fn request_properties(
     operation: &str,
     type_property: &str,
     name: &str,
     extra: &[(&str, SimpleValue)],
-    body: &serde_json::Map<String, Json>,
-    reply_to: &str,
-    id: u64,
-) -> Message<AmqpValue<Value>> {
+) -> ApplicationProperties {
     let mut props = ApplicationProperties::builder()
         .insert("operation", SimpleValue::String(operation.to_string()))
         .insert("type", SimpleValue::String(type_property.to_string()))
@@ -691,140 +428,23 @@ fn build_request(
     for (k, v) in extra {
         props = props.insert(*k, v.clone());
     }
-    let properties = Properties::builder()
-        .reply_to(reply_to.to_string())
-        .correlation_id(MessageId::Ulong(id))
-        .build();
-    Message::builder()
-        .properties(properties)
-        .application_properties(props.build())
-        .body(AmqpValue(Value::Map(json_map_to_amqp(body))))
-        .build()
+    props.build()
 }
 
-/// Sends queued requests without waiting for their settlement (the reply is the answer).
-async fn send_task(mut sender: Sender, mut rx: mpsc::Receiver<Outgoing>, shared: Arc<Shared>) {
-    loop {
-        let outgoing = tokio::select! {
-            _ = shared.gone.cancelled() => break,
-            o = rx.recv() => match o {
-                Some(o) => o,
-                None => break,
-            },
-        };
-        // Waiting for link credit must not outlive the connection.
-        let sent = tokio::select! {
-            _ = shared.gone.cancelled() => break,
-            r = sender.send_batchable(outgoing.message) => r,
-        };
-        if let Err(e) = sent {
-            shared.shut_down(&format!("sending a request failed: {e}"));
-            break;
-        }
-    }
-    if !shared.gone.is_cancelled() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), sender.close()).await;
-    }
-}
-
-/// Receives replies and hands each to the request waiting for its correlation-id.
-async fn recv_task(mut receiver: Receiver, shared: Arc<Shared>) {
-    loop {
-        let delivery = tokio::select! {
-            _ = shared.gone.cancelled() => break,
-            d = receiver.recv::<Body<Value>>() => d,
-        };
-        match delivery {
-            Ok(delivery) => {
-                let message = delivery.into_message();
-                match parse_reply(message) {
-                    Ok((id, reply)) => shared.complete(id, reply),
-                    Err(e) => tracing::warn!(error = %e, "ignoring a management reply"),
-                }
-            }
-            Err(RecvError::MessageDecode(e)) => {
-                tracing::warn!(error = %e, "ignoring an undecodable management reply");
-            }
-            Err(e) => {
-                shared.shut_down(&format!("reply link failed: {e}"));
-                break;
-            }
-        }
-    }
-}
-
-/// Owns the connection and session: notices when the connection ends, and closes it on request.
-async fn connection_task(
-    mut connection: fe2o3_amqp::connection::ConnectionHandle<()>,
-    mut session: fe2o3_amqp::session::SessionHandle<()>,
-    shared: Arc<Shared>,
-    done: tokio::sync::watch::Sender<bool>,
-) {
-    tokio::select! {
-        result = connection.on_close() => {
-            let reason = match result {
-                Ok(()) => "peer closed the connection".to_string(),
-                Err(e) => format!("connection ended: {e}"),
-            };
-            tracing::warn!(reason = %reason, "management connection lost");
-            shared.shut_down(&reason);
-        }
-        _ = shared.gone.cancelled() => {
-            // A link task failed: drop the connection too.
-            let _ = tokio::time::timeout(Duration::from_secs(1), connection.close()).await;
-        }
-        _ = shared.close_requested.cancelled() => {
-            shared.shut_down("client closed");
-            let _ = tokio::time::timeout(Duration::from_secs(1), session.end()).await;
-            let _ = tokio::time::timeout(Duration::from_secs(1), connection.close()).await;
-            tracing::debug!("management connection closed");
-        }
-    }
-    let _ = done.send(true);
-}
-
-fn parse_reply(message: Message<Body<Value>>) -> Result<(u64, RawReply), String> {
-    let id = match message
-        .properties
-        .as_ref()
-        .and_then(|p| p.correlation_id.as_ref())
-    {
-        Some(MessageId::Ulong(id)) => *id,
-        Some(MessageId::String(s)) => s
-            .parse()
-            .map_err(|_| format!("correlation-id {s:?} is not ours"))?,
-        Some(other) => return Err(format!("correlation-id {other:?} is not ours")),
-        None => return Err("reply without correlation-id".to_string()),
-    };
-    let props = message
-        .application_properties
-        .as_ref()
-        .ok_or("reply without application properties")?;
+/// `statusCode` (any integer width) and `statusDescription` of a reply.
+fn parse_status(response: &Response) -> Result<(i32, String), MgmtError> {
+    let props = &response.application_properties.0;
     let status_code = props
-        .0
         .get("statusCode")
         .and_then(simple_to_i32)
-        .ok_or("reply without an integer statusCode")?;
-    let status_description = match props.0.get("statusDescription") {
+        .ok_or_else(|| MgmtError::Protocol("reply without an integer statusCode".to_string()))?;
+    let status_description = match props.get("statusDescription") {
         Some(SimpleValue::String(s)) => s.clone(),
         Some(SimpleValue::Symbol(s)) => s.0.clone(),
         _ => String::new(),
     };
-    let body = match message.body {
-        Body::Value(AmqpValue(v)) => amqp_to_json(v),
-        Body::Empty => Json::Null,
-        _ => return Err("reply body is not an amqp-value".to_string()),
-    };
-    Ok((
-        id,
-        RawReply {
-            status_code,
-            status_description,
-            body,
-        },
-    ))
+    Ok((status_code, status_description))
 }
-
 fn simple_to_i32(v: &SimpleValue) -> Option<i32> {
     match v {
         SimpleValue::Int(n) => Some(*n),
@@ -908,18 +528,19 @@ mod tests {
             ("offset", SimpleValue::Uint(0)),
             ("count", SimpleValue::Ulong(500)),
         ];
-        let m = build_request(
-            "QUERY",
-            MANAGEMENT_TYPE,
-            "self",
-            &extra,
-            &body,
+        let props = request_properties("QUERY", MANAGEMENT_TYPE, "self", &extra);
+        let m = crate::request::build_request(
+            props,
+            Value::Map(json_map_to_amqp(&body)),
             "amqp:/_topo/0/R/temp.x",
             7,
         );
         let p = m.properties.as_ref().unwrap();
         assert_eq!(p.reply_to.as_deref(), Some("amqp:/_topo/0/R/temp.x"));
-        assert_eq!(p.correlation_id, Some(MessageId::Ulong(7)));
+        assert_eq!(
+            p.correlation_id,
+            Some(fe2o3_amqp::types::messaging::MessageId::Ulong(7))
+        );
         let ap = &m.application_properties.as_ref().unwrap().0;
         assert_eq!(
             ap.get("operation"),
@@ -933,7 +554,7 @@ mod tests {
         assert_eq!(ap.get("offset"), Some(&SimpleValue::Uint(0)));
         assert_eq!(ap.get("count"), Some(&SimpleValue::Ulong(500)));
         assert_eq!(
-            amqp_to_json(m.body.0.clone()),
+            crate::value::amqp_to_json(m.body.0.clone()),
             json!({"attributeNames": ["name"]})
         );
     }

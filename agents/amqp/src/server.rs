@@ -514,6 +514,20 @@ pub struct AcceptedSender {
     pub tracker: TaskTracker,
 }
 
+/// What a handler gets for an accepted receiving link (the peer sends).
+#[derive(Debug)]
+pub struct AcceptedReceiver {
+    /// Our receiving end, with the credit asked for already granted; fe2o3's automatic credit mode grants
+    /// it again as deliveries are accepted (so at most about that many are outstanding).
+    pub receiver: fe2o3_amqp::link::Receiver,
+    /// Cancelled when the session, the connection or the server ends: select on it around every receive.
+    pub scope: CancellationToken,
+    /// Keep it as long as the link is served.
+    pub guard: LinkGuard,
+    /// Spawn the task serving this link here: [`Server::serve`] waits for it on shutdown.
+    pub tracker: TaskTracker,
+}
+
 /// Why an incoming link could not be accepted as asked.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkAcceptError {
@@ -640,8 +654,41 @@ impl<'s> IncomingLink<'s> {
     }
 
     /// Accepts the link as our SENDER (the peer receives). Pre-settled sends work: the sender settle mode is
-    /// `settled` or `mixed` (an `unsettled` request is answered with `settled`).
-    pub async fn accept_sender(mut self) -> Result<AcceptedSender, LinkAcceptError> {
+    /// `settled` or `mixed` (an `unsettled` request is answered with `settled`). A dynamic source is answered
+    /// with a null source; use [`IncomingLink::accept_dynamic_sender`] to give it an address.
+    pub async fn accept_sender(self) -> Result<AcceptedSender, LinkAcceptError> {
+        self.accept_sender_with(sender_link_acceptor()).await
+    }
+
+    /// Accepts the link as our SENDER like [`IncomingLink::accept_sender`], answering a DYNAMIC source with
+    /// `address` (the node the server created for it, e.g. a temporary reply queue).
+    pub async fn accept_dynamic_sender(
+        self,
+        address: String,
+    ) -> Result<AcceptedSender, LinkAcceptError> {
+        let acceptor = LinkAcceptor::builder()
+            .supported_sender_settle_modes(SupportedSenderSettleModes::SettledAndMixed)
+            .fallback_sender_settle_mode(SenderSettleMode::Settled)
+            .on_dynamic_source(move |mut source: fe2o3_amqp::types::messaging::Source| {
+                source.address = Some(address.clone());
+                Some(source)
+            })
+            .build();
+        self.accept_sender_with(acceptor).await
+    }
+
+    async fn accept_sender_with<FS, FT>(
+        mut self,
+        acceptor: LinkAcceptor<FS, FT>,
+    ) -> Result<AcceptedSender, LinkAcceptError>
+    where
+        FS: Fn(
+            fe2o3_amqp::types::messaging::Source,
+        ) -> Option<fe2o3_amqp::types::messaging::Source>,
+        FT: Fn(
+            fe2o3_amqp::types::messaging::Target,
+        ) -> Option<fe2o3_amqp::types::messaging::Target>,
+    {
         let Some(attach) = self.attach.take() else {
             return Err(LinkAcceptError::Attach("attach already consumed".into()));
         };
@@ -655,7 +702,6 @@ impl<'s> IncomingLink<'s> {
             .await;
             return Err(LinkAcceptError::WrongRole(role));
         }
-        let acceptor = sender_link_acceptor();
         match acceptor.accept_incoming_attach(attach, self.session).await {
             Ok(LinkEndpoint::Sender(sender)) => {
                 self.links.fetch_add(1, Ordering::AcqRel);
@@ -673,6 +719,56 @@ impl<'s> IncomingLink<'s> {
             Ok(LinkEndpoint::Receiver(receiver)) => {
                 drop(receiver);
                 Err(LinkAcceptError::WrongRole(Role::Sender))
+            }
+            Err(e) => Err(LinkAcceptError::Attach(e.to_string())),
+        }
+    }
+
+    /// Accepts the link as our RECEIVER (the peer sends) and grants it `credit` (at least 1); the credit is
+    /// granted again as the serving task accepts deliveries (fe2o3's automatic credit mode), which bounds what
+    /// a fast sender can queue.
+    pub async fn accept_receiver(
+        mut self,
+        credit: u32,
+    ) -> Result<AcceptedReceiver, LinkAcceptError> {
+        let Some(attach) = self.attach.take() else {
+            return Err(LinkAcceptError::Attach("attach already consumed".into()));
+        };
+        if !matches!(attach.role, Role::Sender) {
+            let role = attach.role.clone();
+            self.attach = Some(attach);
+            self.refuse_now(
+                AmqpError::NotAllowed,
+                "this link only receives; attach a sender".to_string(),
+            )
+            .await;
+            return Err(LinkAcceptError::WrongRole(role));
+        }
+        match sender_link_acceptor()
+            .accept_incoming_attach(attach, self.session)
+            .await
+        {
+            Ok(LinkEndpoint::Receiver(mut receiver)) => {
+                self.links.fetch_add(1, Ordering::AcqRel);
+                self.stats.open_links.fetch_add(1, Ordering::AcqRel);
+                let guard = LinkGuard {
+                    links: Arc::clone(&self.links),
+                    stats: Arc::clone(&self.stats),
+                };
+                receiver
+                    .set_credit(credit.max(1))
+                    .await
+                    .map_err(|e| LinkAcceptError::Attach(format!("granting credit: {e}")))?;
+                Ok(AcceptedReceiver {
+                    receiver,
+                    scope: self.scope.clone(),
+                    guard,
+                    tracker: self.tracker.clone(),
+                })
+            }
+            Ok(LinkEndpoint::Sender(sender)) => {
+                drop(sender);
+                Err(LinkAcceptError::WrongRole(Role::Receiver))
             }
             Err(e) => Err(LinkAcceptError::Attach(e.to_string())),
         }
@@ -753,6 +849,15 @@ pub trait LinkHandler: Send + Sync + 'static {
     /// session's other attaches wait) and serve an accepted link from a task spawned with
     /// [`IncomingLink::spawn`].
     fn on_attach<'a>(&'a self, link: IncomingLink<'a>) -> impl Future<Output = ()> + Send + 'a;
+
+    /// Called once per connection after the AMQP open (SASL done), before any session is served.
+    /// `Err((condition, description))` closes the connection with that error at once (ActiveMQ Artemis, for
+    /// example, lets SASL ANONYMOUS through and then closes the connection with `amqp:unauthorized-access`).
+    /// The default admits every connection.
+    fn on_connection(&self, connection: &ConnectionInfo) -> Result<(), (ErrorCondition, String)> {
+        let _ = connection;
+        Ok(())
+    }
 }
 
 /// A bound AMQP server.
@@ -1021,6 +1126,13 @@ async fn connection_task<H: LinkHandler>(
         mechanism,
         user,
     });
+    if let Err((condition, description)) = shared.handler.on_connection(&info) {
+        info!(connection = id, %peer, user = %info.user, %description, "connection refused by the application");
+        let error = AmqpErrorBody::new(condition, Some(description), None);
+        let _ =
+            tokio::time::timeout(options.close_timeout, connection.close_with_error(error)).await;
+        return;
+    }
     debug!(connection = id, %peer, user = %info.user, "connection open");
     let links = Arc::new(AtomicUsize::new(0));
     let mut closed = false;

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::Error;
 
@@ -72,6 +73,33 @@ pub struct Args {
     /// HTTP address of /healthz, /readyz and /metrics.
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
+
+    /// File mode: quiet time after the last change in the watched files before they are re-read (the kubelet
+    /// writes a ConfigMap in several steps). E.g. `200ms`, `1s`.
+    #[arg(long, env = "DEBOUNCE", default_value = "200ms", value_parser = parse_duration)]
+    pub debounce: Duration,
+}
+
+/// Parses `250ms`, `10s`, `5m`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 250ms, 10s, 5m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s or m")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("invalid duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 impl Args {
@@ -92,6 +120,7 @@ impl Args {
             max_links_per_connection: 100,
             max_frame_size: 65536,
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            debounce: Duration::from_millis(200),
         }
     }
 
@@ -174,6 +203,12 @@ mod tests {
         assert_eq!(a.listen.to_string(), "127.0.0.1:5672");
         assert_eq!(a.http_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(a.sasl_mechanisms, vec!["ANONYMOUS"]);
+        assert_eq!(a.debounce, Duration::from_millis(200));
+        assert_eq!(
+            parse(&["--addresses-dir", "/c", "--debounce", "20ms"]).debounce,
+            Duration::from_millis(20)
+        );
+        assert!(parse_duration("5 parsecs").is_err());
         assert!(matches!(a.mode().unwrap(), Mode::Files { .. }));
         let a = parse(&["--kube", "--namespace", "ns"]);
         assert_eq!(

@@ -78,16 +78,27 @@ pub struct Sources {
     pub pods: Option<watch::Receiver<Arc<PodsState>>>,
 }
 
-/// Kubernetes API mode sources.
-///
-/// NOT WIRED YET (the lead wires it to `maas_source::kube::{spawn_kube_config, spawn_kube_pods}`): it must return
-/// the ConfigMap-backed [`ConfigState`] channel and the namespace's pods as [`PodsState`].
-pub fn kube_sources(namespace: &str, _metrics: &Metrics) -> Result<Sources, Error> {
-    let _ = namespace;
-    Err(Error::Config("--kube: not wired yet".to_string()))
+/// Kubernetes API mode sources: the labelled address ConfigMaps and the flavor ConfigMap of `namespace` (last good
+/// kept per ConfigMap, `InvalidAddressConfig` Events on bad ones) and the namespace's pods for `podsense`. The
+/// cluster comes from the in-cluster configuration or `KUBECONFIG`.
+pub async fn kube_sources(namespace: &str, _metrics: &Metrics) -> Result<Sources, Error> {
+    let client = kube::Client::try_default().await.map_err(|e| {
+        Error::Source(format!(
+            "--kube: no usable Kubernetes configuration (in-cluster or KUBECONFIG): {e}"
+        ))
+    })?;
+    let config = maas_source::spawn_kube_config(
+        client.clone(),
+        maas_source::KubeConfigOptions::new(namespace, "maas-config-service"),
+    );
+    let pods = maas_source::spawn_kube_pods(client, namespace.to_string());
+    Ok(Sources {
+        config,
+        pods: Some(pods),
+    })
 }
 
-fn file_sources(mode: &Mode, metrics: &Metrics) -> Result<Sources, Error> {
+fn file_sources(mode: &Mode, watch: WatchOptions, metrics: &Metrics) -> Result<Sources, Error> {
     let Mode::Files {
         addresses_dir,
         flavors_file,
@@ -99,13 +110,13 @@ fn file_sources(mode: &Mode, metrics: &Metrics) -> Result<Sources, Error> {
     let config = maas_source::spawn_file_config(FileConfig {
         addresses_dir: addresses_dir.clone(),
         flavors_file: flavors_file.clone(),
-        watch: WatchOptions::default(),
+        watch,
     })
     .map_err(|e| Error::Source(e.to_string()))?;
     let pods = match pods_file {
         Some(p) => Some(snapshot::spawn_pods_file(
             p.clone(),
-            WatchOptions::default(),
+            watch,
             metrics.clone(),
         )?),
         None => None,
@@ -172,8 +183,14 @@ pub async fn start(
     let stats = Arc::new(maas_amqp::server::ServerStats::default());
     let metrics = Metrics::register(sources_metrics_registry, Arc::clone(&stats));
     let sources = match &mode {
-        Mode::Files { .. } => file_sources(&mode, &metrics)?,
-        Mode::Kube { namespace } => kube_sources(namespace, &metrics)?,
+        Mode::Files { .. } => {
+            let watch = WatchOptions {
+                debounce: args.debounce,
+                ..WatchOptions::default()
+            };
+            file_sources(&mode, watch, &metrics)?
+        }
+        Mode::Kube { namespace } => kube_sources(namespace, &metrics).await?,
     };
 
     let with_pods = sources.pods.is_some();

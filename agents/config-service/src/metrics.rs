@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use maas_amqp::server::ServerStats;
 use prometheus_client::collector::Collector;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
@@ -39,6 +40,7 @@ pub struct Metrics {
     config_errors_active: Gauge,
     addresses: Gauge,
     config_generation: Gauge,
+    configmaps: Family<StateLabel, Gauge>,
 }
 
 impl Metrics {
@@ -52,6 +54,7 @@ impl Metrics {
             config_errors_active: Gauge::default(),
             addresses: Gauge::default(),
             config_generation: Gauge::default(),
+            configmaps: Family::default(),
         };
         registry.register(
             "subscribers",
@@ -87,6 +90,12 @@ impl Metrics {
             "config_generation",
             "Generation of the served configuration (bumps on every change)",
             m.config_generation.clone(),
+        );
+        registry.register(
+            "configmaps",
+            "Address configuration inputs by state: ConfigMaps in --kube mode, the directory in file mode (an invalid \
+             one keeps its last good content in force)",
+            m.configmaps.clone(),
         );
         registry.register_collector(Box::new(ServerCollector(server)));
         m
@@ -126,6 +135,15 @@ impl Metrics {
         self.source_errors.get_or_create(&label(source)).inc_by(n);
     }
 
+    /// Sets the ConfigMaps-by-state gauge (in file mode: the directory).
+    pub fn inputs(&self, valid: usize, invalid: usize) {
+        for (state, n) in [("valid", valid), ("invalid", invalid)] {
+            self.configmaps
+                .get_or_create(&StateLabel { state })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
     /// Sets the configuration state gauges.
     pub fn config_state(&self, errors_active: usize, addresses: usize, generation: u64) {
         self.config_errors_active
@@ -135,6 +153,13 @@ impl Metrics {
         self.config_generation
             .set(i64::try_from(generation).unwrap_or(i64::MAX));
     }
+}
+
+/// Label of the ConfigMaps-by-state gauge.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    /// `valid` or `invalid`.
+    pub state: &'static str,
 }
 
 /// Decrements the subscribers gauge of its source when dropped.

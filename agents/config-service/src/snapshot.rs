@@ -133,14 +133,7 @@ impl Snapshots {
     }
 }
 
-/// Pods as a source holds them (the same shape as the Kubernetes pod watch's state).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PodsState {
-    /// Every pod, sorted by name.
-    pub pods: Vec<PodInfo>,
-    /// True once the first complete list (or a good file) was read.
-    pub synced: bool,
-}
+pub use maas_source::PodsState;
 
 /// The `podsense` body for a selector: the matching pods as a JSON list.
 pub fn podsense_body(pods: &[PodInfo], selector: &BTreeMap<String, String>) -> String {
@@ -191,6 +184,7 @@ pub fn spawn_config_publisher(
             }
             let addresses = state.config.as_ref().map_or(0, |c| c.addresses.len());
             metrics.config_state(state.errors.len(), addresses, state.generation);
+            metrics.inputs(state.inputs_valid, state.inputs_invalid);
             if let Some(cfg) = &state.config {
                 for (source, tx) in &txs {
                     let next = build(*source, cfg, &metrics);

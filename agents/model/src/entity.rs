@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::placement::{BrokerPod, hex};
-use crate::{AddressKind, AddressSet, Brokers, FlavorSet, cluster_for};
+use crate::{Address, AddressKind, AddressSet, Brokers, FlavorSet, cluster_for};
 
 /// Prefix of every entity name maas creates; entities without it are never touched.
 pub const NAME_PREFIX: &str = "maas-";
@@ -386,6 +386,21 @@ pub fn for_each_desired_entity(
     opts: &EntityOptions,
     mut f: impl FnMut(Entity),
 ) {
+    for e in connector_entities(addresses, flavors, brokers, opts) {
+        f(e);
+    }
+    for a in addresses.iter() {
+        for_each_entity_of_address(a, flavors, brokers, &mut f);
+    }
+}
+
+/// The connectors to the broker pods of every cluster some address uses.
+pub fn connector_entities(
+    addresses: &AddressSet,
+    flavors: &FlavorSet,
+    brokers: &Brokers,
+    opts: &EntityOptions,
+) -> Vec<Entity> {
     let mut used_clusters = BTreeSet::new();
     for a in addresses.iter() {
         if let Some(cluster) = cluster_for(a, flavors)
@@ -394,73 +409,79 @@ pub fn for_each_desired_entity(
             used_clusters.insert(cluster);
         }
     }
-    for cluster in &used_clusters {
-        for pod in brokers.pods(cluster) {
-            f(connector_entity(pod, opts));
-        }
-    }
-    let set = &mut f;
-    for a in addresses.iter() {
-        let prefix = &a.address;
-        match a.kind {
-            AddressKind::Anycast => set(Entity {
-                entity_type: EntityType::Address,
-                name: address_entity_name(prefix),
-                attributes: attrs([
-                    ("prefix", json!(prefix)),
-                    ("distribution", json!("balanced")),
-                    ("waypoint", json!(false)),
-                ]),
-            }),
-            AddressKind::Broadcast => set(Entity {
-                entity_type: EntityType::Address,
-                name: address_entity_name(prefix),
-                attributes: attrs([
-                    ("prefix", json!(prefix)),
-                    ("distribution", json!("multicast")),
-                ]),
-            }),
-            AddressKind::Queue | AddressKind::Topic => {
-                if a.kind == AddressKind::Queue {
-                    set(Entity {
-                        entity_type: EntityType::Address,
-                        name: address_entity_name(prefix),
-                        attributes: attrs([
-                            ("prefix", json!(prefix)),
-                            ("distribution", json!("balanced")),
-                            ("waypoint", json!(true)),
-                        ]),
-                    });
-                }
-                let Some(cluster) = cluster_for(a, flavors) else {
-                    continue;
-                };
-                for pod in brokers.pods(&cluster) {
-                    let connection = connector_name(&pod.name);
-                    for &dir in Direction::for_pod(pod) {
-                        let e = if a.kind == AddressKind::Queue {
-                            Entity {
-                                entity_type: EntityType::AutoLink,
-                                name: autolink_name(prefix, &pod.name, dir),
-                                attributes: attrs([
-                                    ("address", json!(prefix)),
-                                    ("direction", json!(dir.as_str())),
-                                    ("connection", json!(connection)),
-                                ]),
-                            }
-                        } else {
-                            Entity {
-                                entity_type: EntityType::LinkRoute,
-                                name: linkroute_name(prefix, &pod.name, dir),
-                                attributes: attrs([
-                                    ("prefix", json!(prefix)),
-                                    ("direction", json!(dir.as_str())),
-                                    ("connection", json!(connection)),
-                                ]),
-                            }
-                        };
-                        set(e);
-                    }
+    used_clusters
+        .iter()
+        .flat_map(|cluster| brokers.pods(cluster))
+        .map(|pod| connector_entity(pod, opts))
+        .collect()
+}
+
+/// Hand the entities of one address (its router address, autoLinks, linkRoutes; not the connectors) to `set`.
+pub fn for_each_entity_of_address(
+    a: &Address,
+    flavors: &FlavorSet,
+    brokers: &Brokers,
+    mut set: impl FnMut(Entity),
+) {
+    let prefix = &a.address;
+    match a.kind {
+        AddressKind::Anycast => set(Entity {
+            entity_type: EntityType::Address,
+            name: address_entity_name(prefix),
+            attributes: attrs([
+                ("prefix", json!(prefix)),
+                ("distribution", json!("balanced")),
+                ("waypoint", json!(false)),
+            ]),
+        }),
+        AddressKind::Broadcast => set(Entity {
+            entity_type: EntityType::Address,
+            name: address_entity_name(prefix),
+            attributes: attrs([
+                ("prefix", json!(prefix)),
+                ("distribution", json!("multicast")),
+            ]),
+        }),
+        AddressKind::Queue | AddressKind::Topic => {
+            if a.kind == AddressKind::Queue {
+                set(Entity {
+                    entity_type: EntityType::Address,
+                    name: address_entity_name(prefix),
+                    attributes: attrs([
+                        ("prefix", json!(prefix)),
+                        ("distribution", json!("balanced")),
+                        ("waypoint", json!(true)),
+                    ]),
+                });
+            }
+            let Some(cluster) = cluster_for(a, flavors) else {
+                return;
+            };
+            for pod in brokers.pods(&cluster) {
+                let connection = connector_name(&pod.name);
+                for &dir in Direction::for_pod(pod) {
+                    let e = if a.kind == AddressKind::Queue {
+                        Entity {
+                            entity_type: EntityType::AutoLink,
+                            name: autolink_name(prefix, &pod.name, dir),
+                            attributes: attrs([
+                                ("address", json!(prefix)),
+                                ("direction", json!(dir.as_str())),
+                                ("connection", json!(connection)),
+                            ]),
+                        }
+                    } else {
+                        Entity {
+                            entity_type: EntityType::LinkRoute,
+                            name: linkroute_name(prefix, &pod.name, dir),
+                            attributes: attrs([
+                                ("prefix", json!(prefix)),
+                                ("direction", json!(dir.as_str())),
+                                ("connection", json!(connection)),
+                            ]),
+                        }
+                    };
+                    set(e);
                 }
             }
         }

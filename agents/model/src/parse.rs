@@ -242,6 +242,26 @@ fn collect(
 ) {
     match format {
         KeyFormat::Flavor => {}
+        // A JSON object is read entry by entry: 10,000 addresses never exist as one JSON tree in memory.
+        KeyFormat::Legacy if text.trim_start().starts_with('{') => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            let visitor = LegacyVisitor {
+                origin,
+                key,
+                raws: &mut *raws,
+                errors: &mut *errors,
+            };
+            if let Err(e) =
+                serde::Deserializer::deserialize_map(&mut de, visitor).and_then(|()| de.end())
+            {
+                errors.push(ConfigError::new(
+                    origin,
+                    key,
+                    None,
+                    format!("invalid JSON: {e}"),
+                ));
+            }
+        }
         KeyFormat::Legacy => match serde_json::from_str::<Value>(text) {
             Ok(v) => collect_legacy(origin, key, v, raws, errors),
             Err(e) => errors.push(ConfigError::new(
@@ -281,6 +301,37 @@ fn collect(
     }
 }
 
+/// Reads a 2016-format object one entry at a time.
+struct LegacyVisitor<'a> {
+    origin: &'a str,
+    key: Option<&'a str>,
+    raws: &'a mut Vec<Raw>,
+    errors: &'a mut Vec<ConfigError>,
+}
+
+impl<'de> serde::de::Visitor<'de> for LegacyVisitor<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object from address to its properties")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(address) = map.next_key::<String>()? {
+            let props: Value = map.next_value()?;
+            legacy_entry(
+                self.origin,
+                self.key,
+                address,
+                props,
+                self.raws,
+                self.errors,
+            );
+        }
+        Ok(())
+    }
+}
+
 /// The 2016 format: `{"<address>": {"store_and_forward": b, "multicast": b, "flavor": f}}`.
 fn collect_legacy(
     origin: &str,
@@ -303,35 +354,47 @@ fn collect_legacy(
         return;
     };
     for (address, props) in map {
-        let err = |msg: String| ConfigError::new(origin, key, Some(&address), msg);
-        let Value::Object(props) = props else {
-            errors.push(err(format!(
-                "properties must be an object like {{\"store_and_forward\": true, \"multicast\": false, \
-                 \"flavor\": \"vanilla-queue\"}}, found {}",
-                json_type_name(&props)
-            )));
-            continue;
-        };
-        let mut problems = Vec::new();
-        let store_and_forward = flag(
-            &props,
-            "store_and_forward",
-            Some("store-and-forward"),
-            &mut problems,
-        );
-        let multicast = flag(&props, "multicast", None, &mut problems);
-        let flavor = flavor_field(props.get("flavor"), "\"flavor\"", &mut problems);
-        if !problems.is_empty() {
-            errors.extend(problems.into_iter().map(err));
-            continue;
-        }
-        raws.push(Raw {
-            kind: AddressKind::from_flags(store_and_forward, multicast),
-            address,
-            flavor,
-            key: key.map(str::to_string),
-        });
+        legacy_entry(origin, key, address, props, raws, errors);
     }
+}
+
+/// One entry of the 2016 format.
+fn legacy_entry(
+    origin: &str,
+    key: Option<&str>,
+    address: String,
+    props: Value,
+    raws: &mut Vec<Raw>,
+    errors: &mut Vec<ConfigError>,
+) {
+    let err = |msg: String| ConfigError::new(origin, key, Some(&address), msg);
+    let Value::Object(props) = props else {
+        errors.push(err(format!(
+            "properties must be an object like {{\"store_and_forward\": true, \"multicast\": false, \
+             \"flavor\": \"vanilla-queue\"}}, found {}",
+            json_type_name(&props)
+        )));
+        return;
+    };
+    let mut problems = Vec::new();
+    let store_and_forward = flag(
+        &props,
+        "store_and_forward",
+        Some("store-and-forward"),
+        &mut problems,
+    );
+    let multicast = flag(&props, "multicast", None, &mut problems);
+    let flavor = flavor_field(props.get("flavor"), "\"flavor\"", &mut problems);
+    if !problems.is_empty() {
+        errors.extend(problems.into_iter().map(err));
+        return;
+    }
+    raws.push(Raw {
+        kind: AddressKind::from_flags(store_and_forward, multicast),
+        address,
+        flavor,
+        key: key.map(str::to_string),
+    });
 }
 
 /// A boolean of the 2016 format (missing = false), accepting an alternative spelling.

@@ -154,7 +154,7 @@ fn attributes_json(e: &Entity) -> Map<String, Value> {
 pub async fn execute(
     client: &RouterClient,
     deletes: &[(EntityType, String)],
-    creates: Vec<Entity>,
+    creates: impl Iterator<Item = Entity>,
     known: &mut Known,
     metrics: &Metrics,
     window: usize,
@@ -189,7 +189,7 @@ pub async fn execute(
         return Err(ReconcileError::Connection(e));
     }
 
-    let creates = creates.into_iter().map(|e| {
+    let creates = creates.map(|e| {
         let c = client.clone();
         async move {
             let r = c
@@ -206,7 +206,7 @@ pub async fn execute(
             Ok(body) => {
                 // The router accepted but stored something else (it silently ignores unknown attributes and
                 // stores an invalid distribution as `balanced`): record it as wrong so it is replaced.
-                known.entities.insert((t, e.name.clone()), None);
+                known.mark_wrong(t, &e.name);
                 failures.push(format!(
                     "CREATE {} {}: router stored different values ({})",
                     t.short_name(),
@@ -370,9 +370,10 @@ async fn apply(
         known.marker = None;
     }
     writes += plan.len();
-    let create_keys = plan.creates.iter().cloned().collect();
-    let creates = desired.inputs.entities(&create_keys);
-    execute(client, &plan.deletes, creates, known, metrics, window).await?;
+    let (deletes, creates) = (plan.deletes, plan.creates);
+    let (n_deletes, n_creates) = (deletes.len(), creates.len());
+    let creates = desired.inputs.entities(creates.into_iter().collect());
+    execute(client, &deletes, creates, known, metrics, window).await?;
     let marker = marker_entity(&desired.hash);
     let r = client
         .create(
@@ -384,12 +385,14 @@ async fn apply(
     metrics.op("CREATE", EntityType::Address.short_name(), result_label(&r));
     writes += 1;
     match r {
-        Ok(_) => known.marker = Some(desired.hash.clone()),
+        // Every operation was verified: the router holds exactly the desired set. Share it instead of keeping a
+        // copy of what we learned.
+        Ok(_) => *known = Known::from_desired(&desired.digests, &desired.hash),
         Err(e) => return Err(ReconcileError::from_mgmt(e)),
     }
     info!(
-        deletes = plan.deletes.len(),
-        creates = plan.creates.len(),
+        deletes = n_deletes,
+        creates = n_creates,
         "router holds generation {}",
         desired.generation
     );

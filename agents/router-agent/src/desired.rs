@@ -67,18 +67,33 @@ impl DesiredInputs {
         );
     }
 
-    /// The desired entities with these keys.
-    pub fn entities(&self, keys: &BTreeSet<(EntityType, String)>) -> Vec<Entity> {
-        let mut out = Vec::with_capacity(keys.len());
-        if keys.is_empty() {
-            return out;
-        }
-        self.for_each(|e| {
-            if keys.contains(&(e.entity_type, e.name.clone())) {
-                out.push(e);
-            }
+    /// The desired entities with these keys, produced lazily (address by address), so that even creating
+    /// everything on an empty router never holds more than a few entities at a time.
+    pub fn entities(
+        &self,
+        keys: BTreeSet<(EntityType, String)>,
+    ) -> impl Iterator<Item = Entity> + Send + '_ {
+        let connectors = maas_model::connector_entities(
+            &self.config.addresses,
+            &self.config.flavors,
+            &self.brokers,
+            &self.options,
+        );
+        let keys = Arc::new(keys);
+        let k2 = keys.clone();
+        let per_address = self.config.addresses.iter().flat_map(move |a| {
+            let mut out = Vec::new();
+            maas_model::for_each_entity_of_address(a, &self.config.flavors, &self.brokers, |e| {
+                if k2.contains(&(e.entity_type, e.name.clone())) {
+                    out.push(e);
+                }
+            });
+            out
         });
-        out
+        connectors
+            .into_iter()
+            .filter(move |e| keys.contains(&(e.entity_type, e.name.clone())))
+            .chain(per_address)
     }
 }
 

@@ -5,7 +5,8 @@
 //! a CREATE. Only names starting with `maas-` are ever deleted; static configuration and other tools' entities are
 //! left alone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use maas_model::entity::NAME_PREFIX;
 use maas_model::{DigestSet, Entity, EntityType, entity_digest};
@@ -42,25 +43,39 @@ pub fn marker_hash(reported: &Map<String, Value>) -> Option<String> {
         .map(str::to_string)
 }
 
+type Key = (EntityType, String);
+
 /// What the agent knows the router holds: its `maas-` entities (except the marker), each with the digest
 /// ([`entity_digest`]) of the desired entity it was verified equal to (None: it matches nothing desired and must
-/// go), and the marker. A few dozen bytes per entity, whatever the router reports about it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// go), and the marker.
+///
+/// Stored as an overlay on a shared [`DigestSet`]: after a generation is applied, what the router holds IS the
+/// desired set, so `Known` points at the same `Arc` and costs nothing; only differences are stored.
+#[derive(Debug, Clone, Default)]
 pub struct Known {
-    pub entities: BTreeMap<(EntityType, String), Option<u64>>,
+    /// Entities known to be on the router as this set says (unless overridden or removed below).
+    base: Arc<DigestSet>,
+    /// Entities whose state differs from `base`: Some(digest) = present with that digest, None = present but wrong.
+    overrides: BTreeMap<Key, Option<u64>>,
+    /// Entities of `base` that are gone.
+    removed: BTreeSet<Key>,
     /// The hash carried by the marker entity, if the router holds one.
     pub marker: Option<String>,
 }
 
+impl PartialEq for Known {
+    fn eq(&self, other: &Self) -> bool {
+        self.marker == other.marker && self.iter().eq(other.iter())
+    }
+}
+
 impl Known {
     /// The router holds exactly `desired` and its marker (proved by the marker: nothing needs reading).
-    pub fn from_desired(desired: &DigestSet, hash: &str) -> Known {
+    pub fn from_desired(desired: &Arc<DigestSet>, hash: &str) -> Known {
         Known {
-            entities: desired
-                .digests
-                .iter()
-                .map(|(k, d)| (k.clone(), Some(*d)))
-                .collect(),
+            base: desired.clone(),
+            overrides: BTreeMap::new(),
+            removed: BTreeSet::new(),
             marker: Some(hash.to_string()),
         }
     }
@@ -85,7 +100,7 @@ impl Known {
                 known.marker = marker_hash(row);
                 continue;
             }
-            known.entities.insert((*t, name.to_string()), None);
+            known.overrides.insert((*t, name.to_string()), None);
             by_key.insert((*t, name), row);
         }
         for_each_desired(&mut |e: Entity| {
@@ -93,29 +108,84 @@ impl Known {
                 && e.matches_reported(row)
             {
                 let d = entity_digest(&e);
-                known.entities.insert((e.entity_type, e.name), Some(d));
+                known.overrides.insert((e.entity_type, e.name), Some(d));
             }
         });
         known
     }
 
+    /// What is known of one entity: None = not on the router; Some(None) = there but wrong; Some(Some(d)) = there,
+    /// equal to the desired entity with digest d.
+    pub fn get(&self, key: &Key) -> Option<Option<u64>> {
+        if let Some(v) = self.overrides.get(key) {
+            return Some(*v);
+        }
+        if self.removed.contains(key) {
+            return None;
+        }
+        self.base.digests.get(key).map(|d| Some(*d))
+    }
+
+    /// Every entity known to be on the router, in (type, name) order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Key, Option<u64>)> {
+        let base = self
+            .base
+            .digests
+            .iter()
+            .filter(|(k, _)| !self.removed.contains(*k) && !self.overrides.contains_key(*k))
+            .map(|(k, d)| (k, Some(*d)));
+        let over = self.overrides.iter().map(|(k, v)| (k, *v));
+        // Both are sorted; merge them so the order stays (type, name).
+        let mut out: Vec<(&Key, Option<u64>)> = base.chain(over).collect();
+        out.sort_by(|a, b| a.0.cmp(b.0));
+        out.into_iter()
+    }
+
     /// Record a verified CREATE.
     pub fn created(&mut self, e: &Entity) {
-        self.entities
-            .insert((e.entity_type, e.name.clone()), Some(entity_digest(e)));
+        let key = (e.entity_type, e.name.clone());
+        let d = entity_digest(e);
+        self.removed.remove(&key);
+        if self.base.digests.get(&key) == Some(&d) {
+            self.overrides.remove(&key);
+        } else {
+            self.overrides.insert(key, Some(d));
+        }
+    }
+
+    /// Record that an entity is on the router but not as desired (it must be replaced).
+    pub fn mark_wrong(&mut self, t: EntityType, name: &str) {
+        self.overrides.insert((t, name.to_string()), None);
     }
 
     /// Record a DELETE (or a 404 on DELETE: it is gone either way).
     pub fn deleted(&mut self, t: EntityType, name: &str) {
-        self.entities.remove(&(t, name.to_string()));
+        let key = (t, name.to_string());
+        self.overrides.remove(&key);
+        if self.base.digests.contains_key(&key) {
+            self.removed.insert(key);
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.entities.len()
+        self.base.digests.len() - self.removed.len()
+            + self
+                .overrides
+                .keys()
+                .filter(|k| !self.base.digests.contains_key(*k) || self.removed.contains(*k))
+                .count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entities.is_empty()
+        self.len() == 0
+    }
+
+    /// True when nothing differs from the shared set `desired` (cheap: no walk when it is the same `Arc`).
+    pub fn holds_exactly(&self, desired: &Arc<DigestSet>) -> bool {
+        if Arc::ptr_eq(&self.base, desired) {
+            return self.overrides.is_empty() && self.removed.is_empty();
+        }
+        diff(desired, self).is_empty()
     }
 }
 
@@ -141,8 +211,8 @@ impl Plan {
 /// Diff desired against known. Only changed entities cause operations.
 pub fn diff(desired: &DigestSet, known: &Known) -> Plan {
     let mut plan = Plan::default();
-    for (key, fp) in &known.entities {
-        let keep = matches!((desired.digests.get(key), fp), (Some(d), Some(fp)) if d == fp);
+    for (key, fp) in known.iter() {
+        let keep = matches!((desired.digests.get(key), fp), (Some(d), Some(fp)) if *d == fp);
         if !keep {
             plan.deletes.push(key.clone());
         }
@@ -151,7 +221,7 @@ pub fn diff(desired: &DigestSet, known: &Known) -> Plan {
     plan.deletes
         .sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
     for (key, d) in &desired.digests {
-        if !matches!(known.entities.get(key), Some(Some(fp)) if fp == d) {
+        if !matches!(known.get(key), Some(Some(fp)) if fp == *d) {
             plan.creates.push(key.clone());
         }
     }
@@ -227,7 +297,13 @@ mod tests {
     #[test]
     fn router_holding_desired_needs_nothing() {
         let d = set(&[addr("maas-address/a", "a", "balanced")]);
-        assert!(diff(&d.digests(), &Known::from_desired(&d.digests(), "h")).is_empty());
+        assert!(
+            diff(
+                &d.digests(),
+                &Known::from_desired(&Arc::new(d.digests()), "h")
+            )
+            .is_empty()
+        );
         let rows = [(
             EntityType::Address,
             row(&addr("maas-address/a", "a", "balanced")),
@@ -243,7 +319,10 @@ mod tests {
     fn changed_entity_is_deleted_then_created() {
         let old = set(&[addr("maas-address/a", "a", "balanced")]);
         let new = set(&[addr("maas-address/a", "a", "multicast")]);
-        let p = diff(&new.digests(), &Known::from_desired(&old.digests(), "h"));
+        let p = diff(
+            &new.digests(),
+            &Known::from_desired(&Arc::new(old.digests()), "h"),
+        );
         assert_eq!(
             p.deletes,
             vec![(EntityType::Address, "maas-address/a".to_string())]
@@ -295,7 +374,8 @@ mod tests {
                 addr("maas-address/q", "q", "balanced"),
                 autolink("maas-autolink/q/b0/in"),
             ])
-            .digests(),
+            .digests()
+            .into(),
             "h",
         );
         let p = diff(&DigestSet::default(), &known);

@@ -26,6 +26,10 @@ pub struct ConfigState {
     pub error_events: u64,
     /// True once the first full read (or list) is done.
     pub synced: bool,
+    /// Inputs (ConfigMaps, directories, subscriptions) whose current content is valid.
+    pub inputs_valid: usize,
+    /// Inputs whose current content is invalid (their last good content is in force).
+    pub inputs_invalid: usize,
 }
 
 /// Where a file-mode configuration comes from.
@@ -166,6 +170,12 @@ impl FileConfigState {
             generation: self.config.generation(),
             error_events: self.error_events,
             synced: true,
+            inputs_valid: usize::from(
+                self.config.errors().is_empty() && self.flavors.errors().is_empty(),
+            ),
+            inputs_invalid: usize::from(
+                !(self.config.errors().is_empty() && self.flavors.errors().is_empty()),
+            ),
         }
     }
 }

@@ -142,6 +142,8 @@ impl SubscriptionState {
             generation: self.config.generation(),
             error_events: self.error_events,
             synced: true,
+            inputs_valid: usize::from(self.config.errors().is_empty()),
+            inputs_invalid: usize::from(!self.config.errors().is_empty()),
         })
     }
 }

@@ -223,6 +223,16 @@ impl ConfigMerger {
             generation: self.generation,
             error_events: self.error_events,
             synced: true,
+            inputs_valid: self
+                .entries
+                .values()
+                .filter(|e| e.last_good.errors().is_empty())
+                .count(),
+            inputs_invalid: self
+                .entries
+                .values()
+                .filter(|e| !e.last_good.errors().is_empty())
+                .count(),
         };
         (state, notices)
     }

@@ -1,0 +1,673 @@
+//! Bench: config-service fan-out of `v1/addresses` with 10,000 addresses, every figure measured in ONE run so the
+//! ratios survive a noisy shared 2-core machine.
+//!
+//! 1. Snapshot build: the `v1/addresses` body (JSON) of 10,000 addresses (4,000 anycast, 2,000 broadcast, 3,000
+//!    queue, 1,000 topic), wrapped in its message and AMQP-encoded once — median and max over 20 builds (target
+//!    <= 20 ms). The server's whole per-change work (all three static sources) is printed for information.
+//! 2. Fan-out: the `config-service` binary runs as a SEPARATE process in file mode on a directory written by
+//!    [`KubeletWriter`], with `--debounce 20ms`; 1,000 fe2o3 subscribers (one AMQP connection each) attach in this
+//!    process. Per edit (each flips one anycast address to broadcast) the latency is the time from the start of
+//!    the kubelet-style write until a subscriber holds the new snapshot; p50/p99 over all (edit, subscriber)
+//!    pairs and the per-edit max (target p99 <= 250 ms). The latency includes the watcher's debounce (quiet
+//!    time); it is also printed without it.
+//! 3. RSS (VmRSS, /proc/<pid>/status) of the config-service process holding 10,000 addresses and 1,000
+//!    subscribers (target <= 64 MB); the peak (VmHWM) is printed too.
+//! 4. Slow subscriber: blocks of edits alternate without / with one extra subscriber that got its first snapshot
+//!    and never grants credit again; both p99s and their ratio (target: within noise, <= 1.25).
+//!
+//! Environment (for quick runs): `FANOUT_SUBSCRIBERS` (default 1000), `FANOUT_EDITS` (edits per block, default
+//! 10; four blocks), `FANOUT_DEBOUNCE_MS` (default 20). Run with `cargo bench -p config-service --bench fanout`.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use config_service::{Snapshot, Source};
+use fe2o3_amqp::connection::ConnectionHandle;
+use fe2o3_amqp::link::CreditMode;
+use fe2o3_amqp::sasl_profile::SaslProfile;
+use fe2o3_amqp::session::SessionHandle;
+use fe2o3_amqp::types::messaging::message::__private::Serializable;
+use fe2o3_amqp::{Connection, Receiver, Session};
+use maas_model::Config;
+use maas_source::kubelet::KubeletWriter;
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, mpsc};
+
+const BIN: &str = env!("CARGO_BIN_EXE_config-service");
+const ADDRESS: &str = "v1/addresses";
+const BUILDS: usize = 20;
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The whole bench stops adding edits past this (it must stay around two minutes).
+const BUDGET: Duration = Duration::from_secs(110);
+
+type Conn = ConnectionHandle<()>;
+type Sess = SessionHandle<()>;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The address directory's files with `anycast-1` .. `anycast-{flipped}` turned into broadcast addresses (each
+/// flip is one edit of one address, and makes the `v1/addresses` body 2 bytes longer).
+fn address_set(flipped: usize) -> BTreeMap<String, String> {
+    let mut m = serde_json::Map::new();
+    let mut put = |name: String, sf: bool, mc: bool, flavor: Option<&str>| {
+        let mut v = json!({"store_and_forward": sf, "multicast": mc});
+        if let Some(f) = flavor {
+            v["flavor"] = Value::from(f);
+        }
+        m.insert(name, v);
+    };
+    for i in 0..4000 {
+        put(
+            format!("anycast-{i}"),
+            false,
+            (1..=flipped).contains(&i),
+            None,
+        );
+    }
+    for i in 0..2000 {
+        put(format!("broadcast-{i}"), false, true, None);
+    }
+    for i in 0..3000 {
+        put(format!("queue-{i}"), true, false, Some("shared"));
+    }
+    for i in 0..1000 {
+        put(format!("topic-{i}"), true, true, Some("shared"));
+    }
+    let mut files = BTreeMap::new();
+    files.insert("json".to_string(), Value::Object(m).to_string());
+    files.insert(
+        "flavor.json".to_string(),
+        json!({"shared": {"type": "queue", "shared": true, "templateName": "queue-persisted"}})
+            .to_string(),
+    );
+    files
+}
+
+fn config_of(files: &BTreeMap<String, String>) -> Config {
+    maas_model::parse_config("bench", files, None).expect("the bench's address set is valid")
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+/// `(VmRSS, VmHWM)` of `pid` in KiB.
+fn rss_kb(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// `(soft, hard)` open-files limit of this process.
+fn nofile_limits() -> Option<(u64, u64)> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut it = line.split_whitespace().skip(3);
+    let parse = |s: Option<&str>| match s? {
+        "unlimited" => Some(u64::MAX),
+        v => v.parse().ok(),
+    };
+    Some((parse(it.next())?, parse(it.next())?))
+}
+
+/// Makes sure this process (and the config-service child, which inherits the limit) may open `needed` files:
+/// raises the soft limit up to the hard one with `prlimit` (no unsafe code), or exits with what to do.
+fn ensure_open_files(needed: u64) {
+    let Some((soft, hard)) = nofile_limits() else {
+        println!("open files: cannot read /proc/self/limits; assuming the limit is high enough");
+        return;
+    };
+    if soft >= needed {
+        println!("open files: soft limit {soft} >= {needed} needed");
+        return;
+    }
+    if hard < needed {
+        eprintln!(
+            "open files: the hard limit {hard} is below the {needed} this bench needs (one socket per subscriber \
+             on each side); raise it (e.g. `ulimit -Hn {needed}` as root) and run again"
+        );
+        std::process::exit(2);
+    }
+    let target = if hard == u64::MAX {
+        needed.to_string()
+    } else {
+        hard.to_string()
+    };
+    let pid = std::process::id().to_string();
+    let ok = Command::new("prlimit")
+        .args(["--pid", &pid, &format!("--nofile={target}:{target}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    match nofile_limits() {
+        Some((now, _)) if ok && now >= needed => {
+            println!("open files: raised the soft limit from {soft} to {now} (needs {needed})");
+        }
+        _ => {
+            eprintln!(
+                "open files: the soft limit {soft} is below the {needed} needed and `prlimit` could not raise it; \
+                 run `ulimit -n {needed}` in the shell first"
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
+/// The config-service child; terminated (SIGTERM, then waited for) when dropped.
+struct Service {
+    child: Child,
+    url: String,
+}
+
+impl Service {
+    fn spawn(dir: &Path, debounce_ms: u64, max_connections: usize) -> Service {
+        let amqp = free_port();
+        let http = free_port();
+        let child = Command::new(BIN)
+            .args(["--addresses-dir", dir.to_str().unwrap_or_default()])
+            .args(["--listen", &format!("127.0.0.1:{amqp}")])
+            .args(["--http-addr", &format!("127.0.0.1:{http}")])
+            .args(["--max-connections", &max_connections.to_string()])
+            .args(["--debounce", &format!("{debounce_ms}ms")])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn config-service");
+        let started = Instant::now();
+        loop {
+            if let Some((200, _)) = http_get(http, "/readyz") {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "config-service not ready within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Service {
+            child,
+            url: format!("amqp://127.0.0.1:{amqp}"),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// One subscriber's report: it holds a snapshot of `len` bytes since `at`.
+struct Event {
+    len: usize,
+    at: Instant,
+}
+
+async fn attach(
+    url: &str,
+    name: &str,
+    credit: CreditMode,
+) -> Result<(Conn, Sess, Receiver), String> {
+    let mut c = tokio::time::timeout(
+        STEP_TIMEOUT,
+        Connection::builder()
+            .container_id(name.to_string())
+            .sasl_profile(SaslProfile::Anonymous)
+            .open(url),
+    )
+    .await
+    .map_err(|_| "open timed out".to_string())?
+    .map_err(|e| format!("open: {e:?}"))?;
+    let mut s = tokio::time::timeout(STEP_TIMEOUT, Session::begin(&mut c))
+        .await
+        .map_err(|_| "begin timed out".to_string())?
+        .map_err(|e| format!("begin: {e:?}"))?;
+    let r = tokio::time::timeout(
+        STEP_TIMEOUT,
+        Receiver::builder()
+            .name(name.to_string())
+            .source(ADDRESS)
+            .credit_mode(credit)
+            .auto_accept(false)
+            .attach(&mut s),
+    )
+    .await
+    .map_err(|_| "attach timed out".to_string())?
+    .map_err(|e| format!("attach: {e:?}"))?;
+    Ok((c, s, r))
+}
+
+/// Receives snapshots until the link ends, reporting each (and checking one subscriber's bodies in full).
+async fn subscriber_loop(
+    mut receiver: Receiver,
+    events: mpsc::UnboundedSender<Event>,
+    full_check: Option<Arc<BTreeMap<usize, String>>>,
+) {
+    while let Ok(delivery) = receiver.recv::<String>().await {
+        let at = Instant::now();
+        let body = delivery.body();
+        if let Some(expected) = &full_check {
+            assert_eq!(
+                expected.get(&body.len()).map(String::as_str),
+                Some(body.as_str()),
+                "subscriber 0 got a body that is no expected snapshot"
+            );
+        }
+        if events
+            .send(Event {
+                len: body.len(),
+                at,
+            })
+            .is_err()
+        {
+            break;
+        }
+    }
+}
+
+/// Waits until `n` subscribers reported a snapshot of `len` bytes; their arrival instants, and how many reports
+/// of another length came meanwhile.
+async fn collect(
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    len: usize,
+    n: usize,
+    within: Duration,
+) -> Result<(Vec<Instant>, usize), String> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut arrivals = Vec::with_capacity(n);
+    let mut stray = 0;
+    while arrivals.len() < n {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(e)) if e.len == len => arrivals.push(e.at),
+            Ok(Some(_)) => stray += 1,
+            Ok(None) => return Err("every subscriber ended".into()),
+            Err(_) => {
+                return Err(format!(
+                    "only {} of {n} subscribers got the snapshot within {within:?}",
+                    arrivals.len()
+                ));
+            }
+        }
+    }
+    Ok((arrivals, stray))
+}
+
+/// Figures of one block of edits.
+#[derive(Default)]
+struct Block {
+    latencies: Vec<Duration>,
+    firsts: Vec<Duration>,
+    per_edit_max: Vec<Duration>,
+    stray: usize,
+}
+
+impl Block {
+    fn absorb(&mut self, other: Block) {
+        self.latencies.extend(other.latencies);
+        self.firsts.extend(other.firsts);
+        self.per_edit_max.extend(other.per_edit_max);
+        self.stray += other.stray;
+    }
+}
+
+struct Fanout<'a> {
+    writer: &'a KubeletWriter,
+    events: &'a mut mpsc::UnboundedReceiver<Event>,
+    /// Body length of the `v1/addresses` snapshot per number of flipped addresses.
+    lengths: &'a [usize],
+    subscribers: usize,
+    flipped: usize,
+    started: Instant,
+}
+
+impl Fanout<'_> {
+    /// `edits` edits, one at a time: each waits until every subscriber holds it.
+    async fn run(&mut self, edits: usize) -> Block {
+        let mut block = Block::default();
+        for _ in 0..edits {
+            if self.started.elapsed() > BUDGET || self.flipped + 1 >= self.lengths.len() {
+                println!("  (time budget reached: this block stops early)");
+                break;
+            }
+            let next = self.flipped + 1;
+            let files = address_set(next);
+            let t0 = Instant::now();
+            self.writer.write(&files).expect("kubelet-style write");
+            let (arrivals, stray) = collect(
+                self.events,
+                self.lengths[next],
+                self.subscribers,
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("edit {next}: {e}"));
+            self.flipped = next;
+            let mut lat: Vec<Duration> = arrivals.iter().map(|a| *a - t0).collect();
+            lat.sort();
+            block.firsts.push(lat[0]);
+            block.per_edit_max.push(lat[lat.len() - 1]);
+            block.latencies.extend(lat);
+            block.stray += stray;
+        }
+        block
+    }
+}
+
+/// Attaches the slow subscriber: it takes the current snapshot with a credit of one and never grants more.
+async fn attach_slow(url: &str, n: usize) -> (Conn, Sess, Receiver) {
+    let (c, s, mut r) = attach(url, &format!("slow-{n}"), CreditMode::Manual)
+        .await
+        .expect("slow subscriber attach");
+    r.set_credit(1).await.expect("slow subscriber credit");
+    tokio::time::timeout(STEP_TIMEOUT, r.recv::<String>())
+        .await
+        .expect("slow subscriber: first snapshot in time")
+        .expect("slow subscriber: first snapshot");
+    (c, s, r)
+}
+
+fn print_block(label: &str, b: &Block, debounce: Duration) {
+    let mut lat = b.latencies.clone();
+    lat.sort();
+    let mut firsts = b.firsts.clone();
+    firsts.sort();
+    let p99 = percentile(&lat, 0.99);
+    println!(
+        "  {label}: {} edits x {} pairs: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; first subscriber p50 {:.0} ms; \
+         p99 minus the {:.0} ms debounce {:.0} ms",
+        b.per_edit_max.len(),
+        lat.len() / b.per_edit_max.len().max(1),
+        ms(percentile(&lat, 0.5)),
+        ms(p99),
+        ms(lat.last().copied().unwrap_or_default()),
+        ms(percentile(&firsts, 0.5)),
+        ms(debounce),
+        ms(p99.saturating_sub(debounce)),
+    );
+    let maxes: Vec<String> = b
+        .per_edit_max
+        .iter()
+        .map(|d| format!("{:.0}", ms(*d)))
+        .collect();
+    println!("    per-edit max (ms): {}", maxes.join(" "));
+    if b.stray > 0 {
+        println!("    {} reports of an unexpected snapshot length", b.stray);
+    }
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(bench());
+}
+
+async fn bench() {
+    let started = Instant::now();
+    let subscribers = env_usize("FANOUT_SUBSCRIBERS", 1000);
+    let edits_per_block = env_usize("FANOUT_EDITS", 10);
+    let debounce = Duration::from_millis(env_usize("FANOUT_DEBOUNCE_MS", 20) as u64);
+    let mut summary: Vec<String> = Vec::new();
+
+    // 1. Snapshot build and encoding.
+    let base = config_of(&address_set(0));
+    assert_eq!(base.addresses.len(), 10_000);
+    let mut builds = Vec::with_capacity(BUILDS);
+    let mut whole = Vec::with_capacity(BUILDS);
+    let mut encoded_len = 0;
+    for _ in 0..BUILDS {
+        let t = Instant::now();
+        let snapshot = Snapshot::new(Source::Addresses, base.addresses.to_address_list_json());
+        let encoded =
+            serde_amqp::to_vec(&Serializable(&snapshot.sendable.message)).expect("encode");
+        builds.push(t.elapsed());
+        encoded_len = encoded.len();
+        let t = Instant::now();
+        let _maas = Snapshot::new(Source::Maas, base.addresses.to_2016_json());
+        let _flavors = Snapshot::new(Source::Flavors, base.flavors.to_json());
+        whole.push(builds[builds.len() - 1] + t.elapsed());
+        drop((snapshot, encoded));
+    }
+    builds.sort();
+    whole.sort();
+    let (median, max) = (percentile(&builds, 0.5), builds[builds.len() - 1]);
+    println!(
+        "1. snapshot build: 10,000 addresses -> v1/addresses JSON + message + AMQP encoding ({} bytes): median \
+         {:.1} ms, max {:.1} ms over {BUILDS} (target <= 20 ms: {}); all three sources per change: median {:.1} ms",
+        encoded_len,
+        ms(median),
+        ms(max),
+        verdict(median <= Duration::from_millis(20)),
+        ms(percentile(&whole, 0.5)),
+    );
+    summary.push(format!(
+        "snapshot build+encode, 10,000 addresses  median {:>6.1} ms  max {:>6.1} ms   target <= 20 ms     {}",
+        ms(median),
+        ms(max),
+        verdict(median <= Duration::from_millis(20))
+    ));
+
+    // Expected bodies: the v1/addresses body length identifies the edit (each flip adds 2 bytes).
+    let max_flips = 4 * edits_per_block + 1;
+    let mut lengths = Vec::with_capacity(max_flips + 1);
+    let mut bodies = BTreeMap::new();
+    for flipped in 0..=max_flips {
+        let body = config_of(&address_set(flipped))
+            .addresses
+            .to_address_list_json();
+        lengths.push(body.len());
+        bodies.insert(body.len(), body);
+    }
+    assert_eq!(bodies.len(), lengths.len(), "every edit has its own length");
+    let bodies = Arc::new(bodies);
+
+    // 2. The service as a separate process, and the subscribers.
+    ensure_open_files(subscribers as u64 + 256);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("addresses");
+    let writer = KubeletWriter::new(&dir).expect("address dir");
+    writer.write(&address_set(0)).expect("initial write");
+    let service = Service::spawn(&dir, debounce.as_millis() as u64, subscribers + 16);
+    let (idle_rss, _) = rss_kb(service.pid());
+
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let t_attach = Instant::now();
+    let gate = Arc::new(Semaphore::new(32));
+    let mut attaching = tokio::task::JoinSet::new();
+    for id in 0..subscribers {
+        let url = service.url.clone();
+        let gate = Arc::clone(&gate);
+        attaching.spawn(async move {
+            let _permit = gate.acquire_owned().await.expect("semaphore");
+            attach(&url, &format!("sub-{id}"), CreditMode::Auto(8)).await
+        });
+    }
+    let mut handles = Vec::with_capacity(subscribers);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut id = 0usize;
+    while let Some(result) = attaching.join_next().await {
+        let (c, s, r) = result
+            .expect("attach task")
+            .unwrap_or_else(|e| panic!("subscriber attach: {e}"));
+        let check = (id == 0).then(|| Arc::clone(&bodies));
+        tasks.spawn(subscriber_loop(r, tx.clone(), check));
+        handles.push((c, s));
+        id += 1;
+    }
+    let (initial, _) = collect(
+        &mut events,
+        lengths[0],
+        subscribers,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("initial snapshot: {e}"));
+    let all_initial = initial
+        .iter()
+        .max()
+        .map(|t| *t - t_attach)
+        .unwrap_or_default();
+    let (rss_subscribed, _) = rss_kb(service.pid());
+    println!(
+        "2. fan-out: {subscribers} subscribers on {ADDRESS} (one AMQP connection each) attached and holding the \
+         initial snapshot after {:.1} s; config-service RSS idle {:.1} MB, with subscribers {:.1} MB",
+        all_initial.as_secs_f64(),
+        idle_rss as f64 / 1024.0,
+        rss_subscribed as f64 / 1024.0
+    );
+
+    // Blocks alternate without / with the slow subscriber, so drift of the machine hits both alike.
+    let mut fanout = Fanout {
+        writer: &writer,
+        events: &mut events,
+        lengths: &lengths,
+        subscribers,
+        flipped: 0,
+        started,
+    };
+    let mut without = Block::default();
+    let mut with = Block::default();
+    let mut rss_end = (0, 0);
+    for round in 0..2 {
+        without.absorb(fanout.run(edits_per_block).await);
+        let mut slow = attach_slow(&service.url, round).await;
+        with.absorb(fanout.run(edits_per_block).await);
+        rss_end = rss_kb(service.pid());
+        // The slow one got nothing since its first snapshot.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1), slow.2.recv::<String>())
+                .await
+                .is_err(),
+            "the slow subscriber has no credit and must not get a snapshot"
+        );
+        let _ = slow.1.end().await;
+        let _ = slow.0.close().await;
+    }
+    print_block("without the slow subscriber", &without, debounce);
+    print_block("with one slow subscriber   ", &with, debounce);
+
+    let mut lat_without = without.latencies.clone();
+    lat_without.sort();
+    let mut lat_with = with.latencies.clone();
+    lat_with.sort();
+    let p99 = percentile(&lat_without, 0.99);
+    let p99_with = percentile(&lat_with, 0.99);
+    summary.push(format!(
+        "fan-out edit -> all {subscribers} hold it, p99   {:>6.0} ms  (p50 {:.0} ms, incl. {:.0} ms debounce)  \
+         target <= 250 ms    {}",
+        ms(p99),
+        ms(percentile(&lat_without, 0.5)),
+        ms(debounce),
+        verdict(p99 <= Duration::from_millis(250))
+    ));
+
+    // 3. RSS in that state.
+    let (rss, hwm) = rss_end;
+    let rss_mb = rss as f64 / 1024.0;
+    println!(
+        "3. config-service RSS with 10,000 addresses and {} subscribers: {:.1} MB (peak VmHWM {:.1} MB) (target <= 64 \
+         MB: {})",
+        subscribers + 1,
+        rss_mb,
+        hwm as f64 / 1024.0,
+        verdict(rss_mb <= 64.0)
+    );
+    summary.push(format!(
+        "config-service RSS (VmRSS)              {:>6.1} MB  (peak {:.1} MB)            target <= 64 MB     {}",
+        rss_mb,
+        hwm as f64 / 1024.0,
+        verdict(rss_mb <= 64.0)
+    ));
+
+    // 4. Slow subscriber.
+    let ratio = ms(p99_with) / ms(p99).max(0.001);
+    println!(
+        "4. one slow subscriber: p99 without {:.0} ms, with {:.0} ms, ratio {:.2} (target within noise, <= 1.25: {})",
+        ms(p99),
+        ms(p99_with),
+        ratio,
+        verdict(ratio <= 1.25)
+    );
+    summary.push(format!(
+        "slow subscriber: p99 with/without        {:>6.2}     ({:.0} / {:.0} ms)           target <= 1.25      {}",
+        ratio,
+        ms(p99_with),
+        ms(p99),
+        verdict(ratio <= 1.25)
+    ));
+
+    drop(handles);
+    tasks.abort_all();
+    drop(service);
+    println!(
+        "\nsummary ({subscribers} subscribers, 10,000 addresses, {:.0} s):",
+        started.elapsed().as_secs_f64()
+    );
+    for line in summary {
+        println!("  {line}");
+    }
+}

@@ -1,0 +1,185 @@
+//! Command line of `storage-controller` (ARCHITECTURE §7). Every flag has an environment variable; the doc
+//! comments are the `--help` text. Configuration is checked before any task starts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// storage-controller: makes the broker clusters (StatefulSets of stock ActiveMQ Artemis) that queue and topic
+/// addresses need, and the addresses/queues on every broker, over the Kubernetes API and Artemis management.
+#[derive(Debug, Parser)]
+#[command(name = "storage-controller", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Reconcile continuously (or once with --once): broker clusters in Kubernetes (--kube) and the addresses and
+    /// queues on every broker pod (from the Kubernetes API, or --brokers-file for provisioning only).
+    Run(Box<RunArgs>),
+    /// Write the manifests (one YAML document per file) the controller would apply for an address directory.
+    /// Needs no cluster.
+    Render(RenderArgs),
+}
+
+/// Broker management connection settings (the user needs Artemis' `manage` role).
+#[derive(Debug, Clone, Args)]
+pub struct BrokerConnArgs {
+    /// SASL user for the brokers' AMQP management (default: ANONYMOUS).
+    #[arg(long, env = "BROKER_USERNAME", requires = "broker_password_file")]
+    pub broker_username: Option<String>,
+
+    /// File holding the broker user's password (never logged).
+    #[arg(long, env = "BROKER_PASSWORD_FILE", requires = "broker_username")]
+    pub broker_password_file: Option<PathBuf>,
+
+    /// SASL mechanisms for the broker connections; PLAIN (default with a user) or ANONYMOUS.
+    #[arg(long, env = "BROKER_SASL_MECHANISMS")]
+    pub broker_sasl_mechanisms: Option<String>,
+
+    /// CA certificate (PEM) to verify the brokers' TLS certificates; implies TLS.
+    #[arg(long, env = "BROKER_CA_FILE")]
+    pub broker_ca_file: Option<PathBuf>,
+
+    /// Management requests in flight per broker (pipeline window).
+    #[arg(long, env = "BROKER_WINDOW", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub broker_window: u32,
+
+    /// Time to wait for each broker management reply (e.g. 10s, 500ms).
+    #[arg(long, env = "BROKER_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub broker_request_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Manage broker clusters through the Kubernetes API (in-cluster config or KUBECONFIG); broker pods come from
+    /// the API. Without --addresses-dir / --config-service-url, addresses come from the API too.
+    #[arg(
+        long,
+        env = "KUBE",
+        default_value_t = false,
+        conflicts_with = "brokers_file"
+    )]
+    pub kube: bool,
+
+    /// Provisioning only, no Kubernetes: broker pods per cluster, JSON
+    /// `{"<cluster>": [{"name": "broker-0", "host": "10.0.0.7", "port": 5672}]}`; re-read when it changes.
+    #[arg(long, env = "BROKERS_FILE")]
+    pub brokers_file: Option<PathBuf>,
+
+    /// Directory holding the address ConfigMap (as mounted by the kubelet, or plain files).
+    #[arg(long, env = "ADDRESSES_DIR", conflicts_with = "config_service_url")]
+    pub addresses_dir: Option<PathBuf>,
+
+    /// Subscribe to a config-service (amqp://host:port) for addresses and flavors.
+    #[arg(long, env = "CONFIG_SERVICE_URL")]
+    pub config_service_url: Option<String>,
+
+    /// Flavor file (JSON map name -> flavor). Default: the `flavor.json` key of the addresses directory.
+    #[arg(long, env = "FLAVORS_FILE")]
+    pub flavors_file: Option<PathBuf>,
+
+    /// Namespace of the ConfigMaps, StatefulSets, Services and pods in --kube mode.
+    #[arg(long, env = "NAMESPACE", default_value = "default")]
+    pub namespace: String,
+
+    /// Secret (keys `username`, `password`) given to the brokers as AMQ_USER / AMQ_PASSWORD.
+    #[arg(long, env = "BROKER_SECRET")]
+    pub broker_secret: Option<String>,
+
+    /// ConfigMap to name as owner of every StatefulSet and Service. Off by default: deleting an owner lets the
+    /// garbage collector remove brokers WITHOUT draining them.
+    #[arg(long, env = "OWNER_CONFIGMAP")]
+    pub owner_configmap: Option<String>,
+
+    #[command(flatten)]
+    pub broker: BrokerConnArgs,
+
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+
+    /// One pass, then exit 0 when every broker holds exactly what it should, non-zero with a reason otherwise.
+    #[arg(long, env = "ONCE", default_value_t = false)]
+    pub once: bool,
+
+    /// Re-run a pass this often without changes (repairs drift).
+    #[arg(long, env = "RESYNC_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub resync_interval: Duration,
+
+    /// Re-check this often while a queue to remove still holds messages or a drain is in progress.
+    #[arg(long, env = "RETRY_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub retry_interval: Duration,
+
+    /// Debounce of directory events (the kubelet writes a ConfigMap in several steps).
+    #[arg(long, env = "DEBOUNCE", default_value = "200ms", value_parser = parse_duration)]
+    pub debounce: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RenderArgs {
+    /// The address directory.
+    #[arg(long, env = "ADDRESSES_DIR")]
+    pub addresses_dir: PathBuf,
+
+    /// Flavor file (default: `flavor.json` in the directory).
+    #[arg(long, env = "FLAVORS_FILE")]
+    pub flavors_file: Option<PathBuf>,
+
+    /// Output directory (created if missing); one YAML document per file.
+    #[arg(long, env = "OUT")]
+    pub out: PathBuf,
+
+    /// Namespace written into the manifests.
+    #[arg(long, env = "NAMESPACE", default_value = "default")]
+    pub namespace: String,
+
+    /// Secret (keys `username`, `password`) given to the brokers as AMQ_USER / AMQ_PASSWORD.
+    #[arg(long, env = "BROKER_SECRET")]
+    pub broker_secret: Option<String>,
+}
+
+/// Parse `250ms`, `10s`, `5m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 250ms, 10s, 5m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("invalid duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("10d").is_err());
+    }
+}

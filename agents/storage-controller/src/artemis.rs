@@ -1,0 +1,132 @@
+//! [`BrokerMgmt`] over Artemis AMQP management ([`maas_amqp::artemis::ArtemisClient`]), and the [`Connector`] that
+//! opens one management connection per broker pod with the `--broker-*` credentials and TLS settings.
+
+use std::time::Duration;
+
+use maas_amqp::artemis::{
+    ArtemisClient, ArtemisError, ClientConfig, Outcome, QueueConfig, Removal, RoutingType,
+};
+use maas_amqp::options::ConnectOptions;
+use maas_model::BrokerPod;
+
+use crate::broker::{BrokerError, BrokerMgmt, Connector, Done};
+use crate::provision::Routing;
+
+fn err(e: ArtemisError) -> BrokerError {
+    BrokerError {
+        label: e.metric_label(),
+        message: e.to_string(),
+        connection: e.is_connection_error(),
+    }
+}
+
+fn routing(r: Routing) -> RoutingType {
+    match r {
+        Routing::Anycast => RoutingType::Anycast,
+        Routing::Multicast => RoutingType::Multicast,
+    }
+}
+
+fn created(o: Outcome) -> Done {
+    match o {
+        Outcome::Done => Done::Changed,
+        Outcome::AlreadyThere => Done::Unchanged,
+    }
+}
+
+fn removed(r: Removal) -> Done {
+    match r {
+        Removal::Done => Done::Changed,
+        Removal::AlreadyGone => Done::Unchanged,
+    }
+}
+
+impl BrokerMgmt for ArtemisClient {
+    async fn address_names(&self) -> Result<Vec<String>, BrokerError> {
+        self.get_address_names().await.map_err(err)
+    }
+
+    async fn queue_names(&self) -> Result<Vec<String>, BrokerError> {
+        self.get_queue_names().await.map_err(err)
+    }
+
+    async fn create_address(&self, name: &str, r: Routing) -> Result<Done, BrokerError> {
+        ArtemisClient::create_address(self, name, routing(r))
+            .await
+            .map(created)
+            .map_err(err)
+    }
+
+    async fn create_queue(&self, name: &str) -> Result<Done, BrokerError> {
+        let q = QueueConfig {
+            name: name.to_string(),
+            address: name.to_string(),
+            routing_type: RoutingType::Anycast,
+            durable: true,
+        };
+        ArtemisClient::create_queue(self, &q)
+            .await
+            .map(created)
+            .map_err(err)
+    }
+
+    async fn destroy_queue(&self, name: &str) -> Result<Done, BrokerError> {
+        ArtemisClient::destroy_queue(self, name)
+            .await
+            .map(removed)
+            .map_err(err)
+    }
+
+    async fn delete_address(&self, name: &str) -> Result<Done, BrokerError> {
+        ArtemisClient::delete_address(self, name)
+            .await
+            .map(removed)
+            .map_err(err)
+    }
+
+    async fn message_count(&self, queue: &str) -> Result<u64, BrokerError> {
+        self.get_message_count(queue).await.map_err(err)
+    }
+
+    fn is_closed(&self) -> bool {
+        ArtemisClient::is_closed(self)
+    }
+}
+
+/// Opens Artemis management connections to broker pods: `template` gives SASL, TLS and timeouts; host and port
+/// come from the pod.
+#[derive(Debug, Clone)]
+pub struct ArtemisConnector {
+    /// Connection settings shared by every pod (host/port replaced per pod).
+    pub template: ConnectOptions,
+    /// Pipeline window and per-request timeout.
+    pub client: ClientConfig,
+}
+
+impl Connector for ArtemisConnector {
+    type Broker = ArtemisClient;
+
+    async fn connect(&self, pod: &BrokerPod) -> Result<ArtemisClient, BrokerError> {
+        let mut opts = self.template.clone();
+        opts.host = pod.host.clone();
+        opts.port = pod.port;
+        if let Some(tls) = opts.tls.as_mut()
+            && tls.server_name.is_none()
+        {
+            tls.server_name = Some(pod.host.clone());
+        }
+        // connect() bounds itself by opts.connect_timeout; this is a second fence.
+        let limit = opts.connect_timeout + Duration::from_secs(1);
+        match tokio::time::timeout(limit, ArtemisClient::connect(&opts, self.client)).await {
+            Ok(r) => r.map_err(err),
+            Err(_) => Err(BrokerError {
+                label: "connect",
+                message: format!(
+                    "cannot open Artemis management connection to {}:{}: no answer within {limit:?}",
+                    pod.host, pod.port
+                ),
+                connection: true,
+            }),
+        }
+    }
+}

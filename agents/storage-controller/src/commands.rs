@@ -1,0 +1,290 @@
+//! The subcommands: `run` and `render`. Each returns a process exit code; configuration problems are one clear line
+//! on stderr and a non-zero exit.
+
+use std::future::Future;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use maas_amqp::artemis::ClientConfig;
+use maas_amqp::options::{Backoff, ConnectOptions, SaslOptions, Secret, TlsOptions};
+use maas_ops::{Health, HttpServer};
+use maas_source::{ConfigState, FileConfig, WatchOptions};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::args::{BrokerConnArgs, Cli, Command, RenderArgs, RunArgs};
+use crate::artemis::ArtemisConnector;
+use crate::broker::Provisioner;
+use crate::clusters::{ClusterOptions, desired_clusters, manifests};
+use crate::controller::{BrokerSource, LoopConfig, Outcome, run_loop};
+use crate::kube::KubeCtx;
+use crate::metrics::Metrics;
+use crate::{Error, Result};
+
+/// Run the command; `shutdown` resolves on SIGTERM/SIGINT (tests pass their own future).
+pub async fn main_with(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> ExitCode {
+    maas_amqp::options::install_crypto_provider();
+    match cli.command {
+        Command::Run(args) => {
+            let token = CancellationToken::new();
+            let t = token.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                t.cancel();
+            });
+            match run(*args, token).await {
+                Ok(code) => code,
+                Err(e) => fail(&e.to_string()),
+            }
+        }
+        Command::Render(args) => match render(&args) {
+            Ok(n) => {
+                println!("wrote {n} manifest(s) to {}", args.out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e.to_string()),
+        },
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("storage-controller: {msg}");
+    ExitCode::from(2)
+}
+
+/// Connection settings for broker management from the flags (host/port are per pod).
+pub fn broker_connect_template(b: &BrokerConnArgs) -> Result<ConnectOptions> {
+    let mut opts = ConnectOptions::new("127.0.0.1", maas_amqp::options::AMQP_PORT);
+    let mechanisms = b
+        .broker_sasl_mechanisms
+        .as_deref()
+        .map(str::to_ascii_uppercase);
+    opts.sasl = match (
+        &b.broker_username,
+        &b.broker_password_file,
+        mechanisms.as_deref(),
+    ) {
+        (_, _, Some("ANONYMOUS")) => SaslOptions::Anonymous,
+        (Some(user), Some(pw), None | Some("PLAIN")) => SaslOptions::Plain {
+            username: user.clone(),
+            password: Secret::from_file(pw).map_err(|e| {
+                Error::Config(format!("--broker-password-file {}: {e}", pw.display()))
+            })?,
+        },
+        (_, _, Some(m)) if m != "PLAIN" => {
+            return Err(Error::Config(format!(
+                "--broker-sasl-mechanisms {m}: only PLAIN and ANONYMOUS are supported"
+            )));
+        }
+        (_, _, Some(_)) => {
+            return Err(Error::Config(
+                "--broker-sasl-mechanisms PLAIN needs --broker-username and --broker-password-file"
+                    .into(),
+            ));
+        }
+        _ => SaslOptions::Anonymous,
+    };
+    if let Some(ca) = &b.broker_ca_file {
+        opts.tls = Some(TlsOptions {
+            ca_file: Some(ca.clone()),
+            ..TlsOptions::default()
+        });
+    }
+    Ok(opts)
+}
+
+/// The Artemis connector of the flags.
+pub fn connector(b: &BrokerConnArgs) -> Result<ArtemisConnector> {
+    Ok(ArtemisConnector {
+        template: broker_connect_template(b)?,
+        client: ClientConfig {
+            window: b.broker_window as usize,
+            request_timeout: b.broker_request_timeout,
+        },
+    })
+}
+
+async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode> {
+    if !args.kube && args.brokers_file.is_none() {
+        return Err(Error::Config(
+            "no broker source: give --kube (clusters and pods through the Kubernetes API) or --brokers-file FILE"
+                .into(),
+        ));
+    }
+    if !args.kube && args.addresses_dir.is_none() && args.config_service_url.is_none() {
+        return Err(Error::Config(
+            "no address source: give --addresses-dir DIR, --config-service-url URL or --kube"
+                .into(),
+        ));
+    }
+    let connector = connector(&args.broker)?;
+    let (metrics, registry) = Metrics::new();
+    let health = Health::new();
+    let watch_opts = WatchOptions {
+        debounce: args.debounce,
+        resync: args.resync_interval,
+    };
+
+    let client = if args.kube {
+        Some(::kube::Client::try_default().await.map_err(|e| {
+            Error::Config(format!(
+                "--kube: no usable Kubernetes configuration (in-cluster or KUBECONFIG): {e}"
+            ))
+        })?)
+    } else {
+        None
+    };
+
+    let config_rx: watch::Receiver<Arc<ConfigState>> = if let Some(dir) = &args.addresses_dir {
+        if !dir.is_dir() {
+            return Err(Error::Config(format!(
+                "--addresses-dir {}: not a directory",
+                dir.display()
+            )));
+        }
+        maas_source::spawn_file_config(FileConfig {
+            addresses_dir: dir.clone(),
+            flavors_file: args.flavors_file.clone(),
+            watch: watch_opts,
+        })
+        .map_err(|e| Error::Config(e.to_string()))?
+    } else if let Some(url) = &args.config_service_url {
+        let connect = ConnectOptions::from_url(url)
+            .map_err(|e| Error::Config(format!("--config-service-url {url:?}: {e}")))?;
+        maas_source::spawn_config_subscription(
+            maas_source::ConfigSubscription {
+                connect,
+                backoff: Backoff::default(),
+                pods_selector: None,
+            },
+            shutdown.clone(),
+        )
+        .0
+    } else if let Some(client) = &client {
+        maas_source::spawn_kube_config(
+            client.clone(),
+            maas_source::KubeConfigOptions::new(args.namespace.clone(), "maas-storage-controller"),
+        )
+    } else {
+        return Err(Error::Config("no address source".into()));
+    };
+
+    let brokers = match (&args.brokers_file, &client) {
+        (Some(path), _) => BrokerSource::File {
+            path: path.display().to_string(),
+            rx: maas_source::watch_file(path.clone(), watch_opts)
+                .map_err(|e| Error::Config(format!("--brokers-file: {e}")))?,
+        },
+        (None, Some(client)) => BrokerSource::Pods(maas_source::spawn_kube_pods(
+            client.clone(),
+            args.namespace.clone(),
+        )),
+        (None, None) => return Err(Error::Config("no broker source".into())),
+    };
+
+    let kube_ctx = match &client {
+        Some(client) => {
+            let mut ctx = KubeCtx::new(
+                client.clone(),
+                ClusterOptions {
+                    namespace: args.namespace.clone(),
+                    broker_secret: args.broker_secret.clone(),
+                    owner: None,
+                },
+                metrics.clone(),
+            );
+            if let Some(cm) = &args.owner_configmap {
+                ctx.opts.owner = Some(ctx.configmap_owner(cm).await?);
+            }
+            Some(ctx)
+        }
+        None => None,
+    };
+
+    let http = HttpServer::bind(args.http_addr, health.clone(), registry)
+        .await
+        .map_err(|e| Error::Config(format!("--http-addr {}: {e}", args.http_addr)))?;
+    let http_shutdown = shutdown.clone();
+    let http_task = tokio::spawn(http.serve(async move { http_shutdown.cancelled().await }));
+
+    let prov = Provisioner::new(connector, metrics, args.broker.broker_window as usize);
+    let outcome = run_loop(
+        config_rx,
+        brokers,
+        prov,
+        kube_ctx,
+        health,
+        LoopConfig {
+            resync: args.resync_interval,
+            retry: args.retry_interval,
+            backoff: Backoff::default(),
+            once: args.once,
+        },
+        shutdown.clone(),
+    )
+    .await;
+    shutdown.cancel();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), http_task).await;
+    Ok(match outcome {
+        Outcome::Stopped => {
+            info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Outcome::Converged => {
+            info!("every broker holds exactly what it should");
+            ExitCode::SUCCESS
+        }
+        Outcome::NotConverged(reason) => {
+            error!(%reason, "brokers did not converge");
+            eprintln!("storage-controller: brokers did not converge: {reason}");
+            ExitCode::from(1)
+        }
+    })
+}
+
+/// Write the manifests for an address directory to `args.out`; the number of files written.
+pub fn render(args: &RenderArgs) -> Result<usize> {
+    let config = maas_source::load_file_config(&args.addresses_dir, args.flavors_file.as_deref())
+        .map_err(|errors| Error::Config(errors.join("\n")))?;
+    let (clusters, problems) = desired_clusters(&config);
+    for p in problems {
+        eprintln!("warning: {p}");
+    }
+    let opts = ClusterOptions {
+        namespace: args.namespace.clone(),
+        broker_secret: args.broker_secret.clone(),
+        owner: None,
+    };
+    write_manifests(&args.out, &manifests(&clusters, &opts))
+}
+
+/// Write each (file, object) as one YAML document; files of earlier renders that are no longer produced are
+/// removed (only `*-service.yaml` / `*-statefulset.yaml`).
+pub fn write_manifests(out: &Path, files: &[(String, serde_json::Value)]) -> Result<usize> {
+    let io = |path: &Path, source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
+    let keep: std::collections::BTreeSet<&str> = files.iter().map(|(f, _)| f.as_str()).collect();
+    if let Ok(entries) = std::fs::read_dir(out) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if (name.ends_with("-service.yaml") || name.ends_with("-statefulset.yaml"))
+                && !keep.contains(name.as_str())
+            {
+                let p = entry.path();
+                std::fs::remove_file(&p).map_err(|e| io(&p, e))?;
+            }
+        }
+    }
+    for (file, value) in files {
+        let path = out.join(file);
+        let text = serde_yaml::to_string(value)
+            .map_err(|e| Error::Config(format!("cannot render {file}: {e}")))?;
+        std::fs::write(&path, text).map_err(|e| io(&path, e))?;
+    }
+    Ok(files.len())
+}

@@ -1,0 +1,151 @@
+//! Prometheus metrics of the storage-controller (prefix `maas_storage_controller_`), served on `/metrics`.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::broker::{BrokerError, Done};
+
+/// Labels of broker operations.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    /// createAddress, createQueue, destroyQueue, deleteAddress, getMessageCount, connect.
+    pub operation: String,
+    /// ok (changed), unchanged (already there / already gone / read), or the error's metric label.
+    pub result: String,
+}
+
+/// Labels of Kubernetes API calls.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    /// apply, delete, annotate, list, get.
+    pub operation: String,
+    /// StatefulSet, Service, Pod, ConfigMap.
+    pub kind: String,
+    /// ok, or the error's metric label.
+    pub result: String,
+}
+
+/// Labels of the queue gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// ready, holding-messages, pending.
+    pub state: String,
+}
+
+/// Every metric the controller exports. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub broker_operations: Family<OpLabels, Counter>,
+    pub api_operations: Family<ApiLabels, Counter>,
+    pub queues: Family<StateLabels, Gauge>,
+    pub clusters: Gauge,
+    pub drains_in_progress: Gauge,
+    pub brokers_unreachable: Gauge,
+    pub config_errors: Counter,
+    pub passes: Counter,
+}
+
+impl Metrics {
+    /// Create the metrics and the registry that serves them.
+    pub fn new() -> (Metrics, Arc<Registry>) {
+        let m = Metrics {
+            broker_operations: Family::default(),
+            api_operations: Family::default(),
+            queues: Family::default(),
+            clusters: Gauge::default(),
+            drains_in_progress: Gauge::default(),
+            brokers_unreachable: Gauge::default(),
+            config_errors: Counter::default(),
+            passes: Counter::default(),
+        };
+        let mut r = Registry::with_prefix("maas_storage_controller");
+        r.register(
+            "broker_operations",
+            "Artemis management operations, by operation and result",
+            m.broker_operations.clone(),
+        );
+        r.register(
+            "api_operations",
+            "Kubernetes API calls, by operation, kind and result",
+            m.api_operations.clone(),
+        );
+        r.register(
+            "queues",
+            "Queue/topic addresses on broker pods by state: ready, holding-messages (to be removed, not empty), pending",
+            m.queues.clone(),
+        );
+        r.register(
+            "clusters",
+            "Broker clusters the addresses need",
+            m.clusters.clone(),
+        );
+        r.register(
+            "drains_in_progress",
+            "Broker pods being drained before a scale-down or cluster removal",
+            m.drains_in_progress.clone(),
+        );
+        r.register(
+            "brokers_unreachable",
+            "Broker pods that could not be provisioned in the last pass",
+            m.brokers_unreachable.clone(),
+        );
+        r.register(
+            "config_errors",
+            "Invalid configurations seen (once per change); the last good one stays in force",
+            m.config_errors.clone(),
+        );
+        r.register("passes", "Reconcile passes run", m.passes.clone());
+        (m, Arc::new(r))
+    }
+
+    /// Count one broker operation by its outcome.
+    pub fn broker_op(&self, operation: &str, result: &Result<Done, BrokerError>) {
+        let result = match result {
+            Ok(Done::Changed) => "ok",
+            Ok(Done::Unchanged) => "unchanged",
+            Err(e) => e.label,
+        };
+        self.broker_result(operation, result);
+    }
+
+    /// Count one broker operation by its result label.
+    pub fn broker_result(&self, operation: &str, result: &str) {
+        self.broker_operations
+            .get_or_create(&OpLabels {
+                operation: operation.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Count one Kubernetes API call.
+    pub fn api_op(&self, operation: &str, kind: &str, result: &str) {
+        self.api_operations
+            .get_or_create(&ApiLabels {
+                operation: operation.to_string(),
+                kind: kind.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Set the queue gauges.
+    pub fn set_queues(&self, ready: usize, holding: usize, pending: usize) {
+        for (state, n) in [
+            ("ready", ready),
+            ("holding-messages", holding),
+            ("pending", pending),
+        ] {
+            self.queues
+                .get_or_create(&StateLabels {
+                    state: state.to_string(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+}

@@ -1,0 +1,664 @@
+//! Kubernetes mode against a mocked API server (the ApiServerVerifier pattern of kube-rs/controller-rs):
+//! `tower_test::mock::pair` behind `kube::Client::new`; each Scenario asserts every API call in order, with its
+//! exact server-side-apply body, under a 1 s timeout per step. Brokers are in-memory fakes.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::FakeConnector;
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use maas_model::{Address, AddressKind, AddressSet, Config, Flavor, FlavorSet, PodInfo};
+use serde_json::{Value, json};
+use storage_controller::broker::{Connector, Provisioner};
+use storage_controller::clusters::{
+    BrokerCluster, ClusterOptions, desired_clusters, service, statefulset,
+};
+use storage_controller::controller::{ClusterReport, reconcile_clusters};
+use storage_controller::kube::KubeCtx;
+use storage_controller::metrics::Metrics;
+use tokio::task::JoinHandle;
+use tower_test::mock::{self, Handle, SendResponse};
+
+const NS: &str = "maas";
+const STEP: Duration = Duration::from_secs(1);
+
+/// One expected API call.
+#[derive(Debug, Clone, PartialEq)]
+enum Call {
+    ListStatefulSets,
+    ApplyService(Value),
+    ApplyStatefulSet(Value),
+    AnnotatePod(String, Value),
+    DeleteStatefulSet(String),
+    DeleteService(String),
+}
+
+/// What the mocked API server answers.
+enum Answer {
+    /// The list of managed StatefulSets (name, replicas).
+    List(Vec<(String, i32)>),
+    /// Echo the applied/patched object (200).
+    Ok,
+    /// An API error Status with this code.
+    Status(u16),
+}
+
+/// A scenario: the calls expected in order, each with its answer.
+struct Scenario(Vec<(Call, Answer)>);
+
+struct Verifier(Handle<Request<Body>, Response<Body>>);
+
+fn respond(send: SendResponse<Response<Body>>, status: u16, v: &Value) {
+    send.send_response(
+        Response::builder()
+            .status(StatusCode::from_u16(status).unwrap())
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(v).unwrap()))
+            .unwrap(),
+    );
+}
+
+impl Verifier {
+    /// Serve the scenario: every call must come, in order, within STEP; then no further call within STEP.
+    async fn run(mut self, scenario: Scenario) {
+        for (i, (want, answer)) in scenario.0.into_iter().enumerate() {
+            let (req, send) = tokio::time::timeout(STEP, self.0.next_request())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("step {i}: no request within {STEP:?}; expected {want:?}")
+                })
+                .expect("client alive");
+            let method = req.method().clone();
+            let path = req.uri().path().to_string();
+            let query = req.uri().query().unwrap_or_default().to_string();
+            let bytes = req.into_body().collect_bytes().await.unwrap();
+            let body: Value = if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).unwrap()
+            };
+            let got = match (method.clone(), path.as_str()) {
+                (Method::GET, p) if p == format!("/apis/apps/v1/namespaces/{NS}/statefulsets") => {
+                    assert!(
+                        query.contains(
+                            "labelSelector=app.kubernetes.io%2Fmanaged-by%3Dmaas-storage-controller"
+                        ),
+                        "list selector: {query}"
+                    );
+                    Call::ListStatefulSets
+                }
+                (Method::PATCH, p)
+                    if p.starts_with(&format!("/api/v1/namespaces/{NS}/services/")) =>
+                {
+                    assert!(
+                        query.contains("fieldManager=maas-storage-controller")
+                            && query.contains("force=true"),
+                        "{query}"
+                    );
+                    Call::ApplyService(body.clone())
+                }
+                (Method::PATCH, p)
+                    if p.starts_with(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets/")) =>
+                {
+                    assert!(
+                        query.contains("fieldManager=maas-storage-controller")
+                            && query.contains("force=true"),
+                        "{query}"
+                    );
+                    Call::ApplyStatefulSet(body.clone())
+                }
+                (Method::PATCH, p) if p.starts_with(&format!("/api/v1/namespaces/{NS}/pods/")) => {
+                    Call::AnnotatePod(p.rsplit('/').next().unwrap().to_string(), body.clone())
+                }
+                (Method::DELETE, p)
+                    if p.starts_with(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets/")) =>
+                {
+                    Call::DeleteStatefulSet(p.rsplit('/').next().unwrap().to_string())
+                }
+                (Method::DELETE, p)
+                    if p.starts_with(&format!("/api/v1/namespaces/{NS}/services/")) =>
+                {
+                    Call::DeleteService(p.rsplit('/').next().unwrap().to_string())
+                }
+                _ => panic!("step {i}: unexpected {method} {path}?{query}"),
+            };
+            assert_eq!(got, want, "step {i}");
+            match answer {
+                Answer::List(items) => {
+                    let items: Vec<Value> = items
+                        .iter()
+                        .map(|(n, r)| json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+                            "metadata": {"name": n, "namespace": NS, "uid": format!("uid-{n}")},
+                            "spec": {"replicas": r, "serviceName": n, "selector": {}, "template": {}}}))
+                        .collect();
+                    respond(
+                        send,
+                        200,
+                        &json!({"apiVersion": "apps/v1", "kind": "StatefulSetList",
+                        "metadata": {"resourceVersion": "1"}, "items": items}),
+                    );
+                }
+                Answer::Ok => {
+                    let obj = match got {
+                        Call::ApplyService(mut b) | Call::ApplyStatefulSet(mut b) => {
+                            b["metadata"]["uid"] = json!("uid-x");
+                            b["metadata"]["resourceVersion"] = json!("2");
+                            b
+                        }
+                        Call::AnnotatePod(n, _) => {
+                            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": n}})
+                        }
+                        _ => {
+                            json!({"apiVersion": "v1", "kind": "Status", "status": "Success", "metadata": {}})
+                        }
+                    };
+                    respond(send, 200, &obj);
+                }
+                Answer::Status(code) => respond(
+                    send,
+                    code,
+                    &json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                            "message": "injected failure", "reason": "InternalError", "code": code}),
+                ),
+            }
+        }
+        if let Ok(Some((req, _))) = tokio::time::timeout(STEP, self.0.next_request()).await {
+            panic!("unexpected extra request {} {}", req.method(), req.uri());
+        }
+    }
+}
+
+fn opts() -> ClusterOptions {
+    ClusterOptions {
+        namespace: NS.into(),
+        broker_secret: Some("broker-creds".into()),
+        owner: None,
+    }
+}
+
+fn config(addrs: &[(&str, AddressKind)], replicas: i64) -> Config {
+    let mut flavors = FlavorSet::default();
+    flavors.insert(Flavor {
+        name: "vanilla".into(),
+        kind: None,
+        description: None,
+        template_name: None,
+        template_parameters: BTreeMap::new(),
+        shared: false,
+        extra: BTreeMap::from([("replicas".to_string(), json!(replicas))]),
+    });
+    let mut addresses = AddressSet::default();
+    for (a, k) in addrs {
+        addresses.insert(Address {
+            address: a.to_string(),
+            kind: *k,
+            flavor: Some("vanilla".into()),
+        });
+    }
+    Config { addresses, flavors }
+}
+
+fn pod(name: &str, cluster: &str, draining: bool, port: u16) -> PodInfo {
+    let mut annotations = BTreeMap::new();
+    if draining {
+        annotations.insert("maas.io/draining".to_string(), "true".to_string());
+    }
+    PodInfo {
+        name: name.into(),
+        host: "127.0.0.1".into(),
+        phase: "Running".into(),
+        ready: true,
+        ports: BTreeMap::from([(
+            "broker".to_string(),
+            BTreeMap::from([("amqp".to_string(), port)]),
+        )]),
+        labels: BTreeMap::from([
+            (
+                "app.kubernetes.io/component".to_string(),
+                "broker".to_string(),
+            ),
+            ("maas.io/cluster".to_string(), cluster.to_string()),
+        ]),
+        annotations,
+    }
+}
+
+struct Harness<C: Connector = FakeConnector> {
+    ctx: KubeCtx,
+    verifier: Option<Verifier>,
+    prov: Option<Provisioner<C>>,
+    brokers: FakeConnector,
+    metrics_registry: std::sync::Arc<prometheus_client::registry::Registry>,
+}
+
+fn harness() -> Harness {
+    let brokers = FakeConnector::default();
+    harness_with(brokers.clone(), brokers)
+}
+
+fn harness_with<C: Connector + 'static>(connector: C, brokers: FakeConnector) -> Harness<C> {
+    let (svc, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, NS);
+    let (metrics, registry) = Metrics::new();
+    Harness {
+        ctx: KubeCtx::new(client, opts(), metrics.clone()),
+        verifier: Some(Verifier(handle)),
+        prov: Some(Provisioner::new(connector, metrics, 10)),
+        brokers,
+        metrics_registry: registry,
+    }
+}
+
+impl<C: Connector + 'static> Harness<C> {
+    /// One reconcile against the scenario; the report (or error) and the provisioner back.
+    async fn reconcile(
+        &mut self,
+        desired: &BTreeMap<String, BrokerCluster>,
+        pods: Vec<PodInfo>,
+        scenario: Scenario,
+    ) -> storage_controller::Result<ClusterReport> {
+        let verifier = self.verifier.take().unwrap();
+        let ctx = self.ctx.clone();
+        let mut prov = self.prov.take().unwrap();
+        let desired = desired.clone();
+        let task: JoinHandle<_> = tokio::spawn(async move {
+            let r = reconcile_clusters(&ctx, &desired, &pods, &mut prov).await;
+            (r, prov)
+        });
+        // The verifier's handle is reused across reconciles: run it, then put it back.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let serve = tokio::spawn(async move {
+            let Verifier(handle) = verifier;
+            let v = Verifier(handle);
+            v.run(scenario).await;
+            let _ = tx.send(());
+        });
+        let (r, prov) = tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap();
+        self.prov = Some(prov);
+        serve.await.unwrap();
+        rx.await.unwrap();
+        r
+    }
+
+    fn metrics(&self) -> String {
+        let mut s = String::new();
+        prometheus_client::encoding::text::encode(&mut s, &self.metrics_registry).unwrap();
+        s
+    }
+}
+
+// The Verifier consumes its handle in `run`; a new mock pair per reconcile keeps ownership simple.
+fn fresh<C: Connector>(h: &mut Harness<C>) {
+    let (svc, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    h.ctx.client = kube::Client::new(svc, NS);
+    h.verifier = Some(Verifier(handle));
+}
+
+fn cluster_calls(c: &BrokerCluster, replicas: i32) -> Vec<(Call, Answer)> {
+    vec![
+        (Call::ApplyService(service(c, &opts())), Answer::Ok),
+        (
+            Call::ApplyStatefulSet(statefulset(c, &opts(), replicas)),
+            Answer::Ok,
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn applies_exact_bodies_and_reapplies_identically() {
+    let mut h = harness();
+    let (desired, _) = desired_clusters(&config(
+        &[("orders", AddressKind::Queue), ("news", AddressKind::Topic)],
+        2,
+    ));
+    let mut calls = vec![(Call::ListStatefulSets, Answer::List(vec![]))];
+    calls.extend(cluster_calls(&desired["news"], 2));
+    calls.extend(cluster_calls(&desired["orders"], 2));
+    let r = h
+        .reconcile(&desired, vec![], Scenario(calls))
+        .await
+        .unwrap();
+    assert_eq!(r.applied, vec!["news", "orders"]);
+    // The body is what ARCHITECTURE asks: labels, headless service, full claim template.
+    let sts = statefulset(&desired["orders"], &opts(), 2);
+    assert_eq!(
+        sts["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "maas-storage-controller"
+    );
+    assert_eq!(sts["spec"]["volumeClaimTemplates"][0]["status"], json!({}));
+
+    // Second pass, nothing changed: the same list and the same two applies per cluster, byte for byte, and
+    // nothing else (no delete, no annotation).
+    fresh(&mut h);
+    let mut calls = vec![(
+        Call::ListStatefulSets,
+        Answer::List(vec![("news".into(), 2), ("orders".into(), 2)]),
+    )];
+    calls.extend(cluster_calls(&desired["news"], 2));
+    calls.extend(cluster_calls(&desired["orders"], 2));
+    let r2 = h
+        .reconcile(&desired, vec![], Scenario(calls))
+        .await
+        .unwrap();
+    assert_eq!(r2.applied, r.applied);
+    assert!(r2.deleted.is_empty() && r2.draining.is_empty());
+    assert!(h.metrics().contains(r#"maas_storage_controller_api_operations_total{operation="apply",kind="StatefulSet",result="ok"} 4"#), "{}", h.metrics());
+}
+
+#[tokio::test]
+async fn removed_cluster_is_drained_then_deleted() {
+    let mut h = harness();
+    let (desired, _) = desired_clusters(&config(&[], 1));
+    let broker = h.brokers.broker("old-0");
+    broker.set_count("old", 3);
+
+    // Pass 1: the pod is marked draining; nothing deleted.
+    let calls = vec![
+        (
+            Call::ListStatefulSets,
+            Answer::List(vec![("old".into(), 1)]),
+        ),
+        (
+            Call::AnnotatePod(
+                "old-0".into(),
+                json!({"metadata": {"annotations": {"maas.io/draining": "true"}}}),
+            ),
+            Answer::Ok,
+        ),
+    ];
+    let r = h
+        .reconcile(
+            &desired,
+            vec![pod("old-0", "old", false, 5672)],
+            Scenario(calls),
+        )
+        .await
+        .unwrap();
+    assert!(r.deleted.is_empty());
+    assert_eq!(r.draining.get("old-0"), Some(&None));
+
+    // Pass 2: marked, but 3 messages still there: nothing deleted.
+    fresh(&mut h);
+    let calls = vec![(
+        Call::ListStatefulSets,
+        Answer::List(vec![("old".into(), 1)]),
+    )];
+    let r = h
+        .reconcile(
+            &desired,
+            vec![pod("old-0", "old", true, 5672)],
+            Scenario(calls),
+        )
+        .await
+        .unwrap();
+    assert!(r.deleted.is_empty());
+    assert_eq!(r.draining.get("old-0"), Some(&Some(3)));
+
+    // Pass 3: consumers emptied it: StatefulSet then Service deleted.
+    broker.set_count("old", 0);
+    fresh(&mut h);
+    let calls = vec![
+        (
+            Call::ListStatefulSets,
+            Answer::List(vec![("old".into(), 1)]),
+        ),
+        (Call::DeleteStatefulSet("old".into()), Answer::Ok),
+        (Call::DeleteService("old".into()), Answer::Ok),
+    ];
+    let r = h
+        .reconcile(
+            &desired,
+            vec![pod("old-0", "old", true, 5672)],
+            Scenario(calls),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.deleted, vec!["old"]);
+    assert!(
+        broker.writes().is_empty(),
+        "the drain check never writes to the broker"
+    );
+}
+
+#[tokio::test]
+async fn scale_down_waits_for_the_drain() {
+    let mut h = harness();
+    let (desired, _) = desired_clusters(&config(&[("orders", AddressKind::Queue)], 1));
+    let c = &desired["orders"];
+    let b1 = h.brokers.broker("orders-1");
+    b1.set_count("orders", 2);
+    let pods = |marked: bool| {
+        vec![
+            pod("orders-0", "orders", false, 5672),
+            pod("orders-1", "orders", marked, 5673),
+        ]
+    };
+    // 2 -> 1 replicas: pod 1 marked, StatefulSet kept at 2.
+    let mut calls = vec![
+        (
+            Call::ListStatefulSets,
+            Answer::List(vec![("orders".into(), 2)]),
+        ),
+        (
+            Call::AnnotatePod(
+                "orders-1".into(),
+                json!({"metadata": {"annotations": {"maas.io/draining": "true"}}}),
+            ),
+            Answer::Ok,
+        ),
+    ];
+    calls.extend(cluster_calls(c, 2));
+    h.reconcile(&desired, pods(false), Scenario(calls))
+        .await
+        .unwrap();
+    // Still 2 messages on orders-1: still 2 replicas.
+    fresh(&mut h);
+    let mut calls = vec![(
+        Call::ListStatefulSets,
+        Answer::List(vec![("orders".into(), 2)]),
+    )];
+    calls.extend(cluster_calls(c, 2));
+    let r = h
+        .reconcile(&desired, pods(true), Scenario(calls))
+        .await
+        .unwrap();
+    assert_eq!(r.draining.get("orders-1"), Some(&Some(2)));
+    // Empty: scaled to 1.
+    b1.set_count("orders", 0);
+    fresh(&mut h);
+    let mut calls = vec![(
+        Call::ListStatefulSets,
+        Answer::List(vec![("orders".into(), 2)]),
+    )];
+    calls.extend(cluster_calls(c, 1));
+    let r = h
+        .reconcile(&desired, pods(true), Scenario(calls))
+        .await
+        .unwrap();
+    assert_eq!(r.draining.get("orders-1"), Some(&Some(0)));
+}
+
+#[tokio::test]
+async fn scale_back_up_clears_the_draining_mark() {
+    let mut h = harness();
+    let (desired, _) = desired_clusters(&config(&[("orders", AddressKind::Queue)], 2));
+    let mut calls = vec![
+        (
+            Call::ListStatefulSets,
+            Answer::List(vec![("orders".into(), 2)]),
+        ),
+        (
+            Call::AnnotatePod(
+                "orders-1".into(),
+                json!({"metadata": {"annotations": {"maas.io/draining": null}}}),
+            ),
+            Answer::Ok,
+        ),
+    ];
+    calls.extend(cluster_calls(&desired["orders"], 2));
+    let pods = vec![
+        pod("orders-0", "orders", false, 5672),
+        pod("orders-1", "orders", true, 5673),
+    ];
+    h.reconcile(&desired, pods, Scenario(calls)).await.unwrap();
+}
+
+#[tokio::test]
+async fn api_errors_fail_the_pass_and_the_retry_succeeds() {
+    let mut h = harness();
+    let (desired, _) = desired_clusters(&config(&[("orders", AddressKind::Queue)], 1));
+    let c = &desired["orders"];
+    let calls = vec![
+        (Call::ListStatefulSets, Answer::List(vec![])),
+        (Call::ApplyService(service(c, &opts())), Answer::Ok),
+        (
+            Call::ApplyStatefulSet(statefulset(c, &opts(), 1)),
+            Answer::Status(500),
+        ),
+    ];
+    let e = h
+        .reconcile(&desired, vec![], Scenario(calls))
+        .await
+        .unwrap_err();
+    assert_eq!(e.metric_label(), "server_error");
+    assert!(e.to_string().contains("apply StatefulSet orders"), "{e}");
+    // A failed list fails the pass before anything is written.
+    fresh(&mut h);
+    let calls = vec![(Call::ListStatefulSets, Answer::Status(503))];
+    assert!(
+        h.reconcile(&desired, vec![], Scenario(calls))
+            .await
+            .is_err()
+    );
+    // Retry: the same applies again.
+    fresh(&mut h);
+    let mut calls = vec![(Call::ListStatefulSets, Answer::List(vec![]))];
+    calls.extend(cluster_calls(c, 1));
+    h.reconcile(&desired, vec![], Scenario(calls))
+        .await
+        .unwrap();
+    let m = h.metrics();
+    assert!(m.contains(r#"maas_storage_controller_api_operations_total{operation="apply",kind="StatefulSet",result="server_error"} 1"#), "{m}");
+    assert!(m.contains(r#"maas_storage_controller_api_operations_total{operation="apply",kind="StatefulSet",result="ok"} 1"#), "{m}");
+}
+
+#[tokio::test]
+async fn cluster_without_pods_is_deleted_and_404_counts_as_gone() {
+    let mut h = harness();
+    let (desired, _) = desired_clusters(&config(&[], 1));
+    // No pods left at all: nothing to drain, delete at once; Service already gone (404) is fine.
+    let calls = vec![
+        (
+            Call::ListStatefulSets,
+            Answer::List(vec![("old".into(), 1)]),
+        ),
+        (Call::DeleteStatefulSet("old".into()), Answer::Ok),
+        (Call::DeleteService("old".into()), Answer::Status(404)),
+    ];
+    let r = h
+        .reconcile(&desired, vec![], Scenario(calls))
+        .await
+        .unwrap();
+    assert_eq!(r.deleted, vec!["old"]);
+}
+
+/// Scale-down against real AMQP brokers (emulators): the StatefulSet goes from 2 to 1 replicas only in the pass
+/// after the pod going away reports 0 messages, so no message counted on a broker is lost with its pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_counted_message_is_lost_across_a_scale_down() {
+    use maas_e2e::broker::{BrokerConfig, BrokerEmulator};
+    let e0 = BrokerEmulator::start(BrokerConfig::default())
+        .await
+        .unwrap();
+    let e1 = BrokerEmulator::start(BrokerConfig::default())
+        .await
+        .unwrap();
+    let mut template = maas_amqp::options::ConnectOptions::new("127.0.0.1", 5672);
+    template.sasl = maas_amqp::options::SaslOptions::Plain {
+        username: "admin".into(),
+        password: maas_amqp::options::Secret::new("admin"),
+    };
+    let connector = storage_controller::artemis::ArtemisConnector {
+        template,
+        client: maas_amqp::artemis::ClientConfig::default(),
+    };
+    let mut h = harness_with(connector, FakeConnector::default());
+    let (desired, _) = desired_clusters(&config(&[("orders", AddressKind::Queue)], 1));
+    let c = &desired["orders"];
+    let pods = |marked: bool| {
+        vec![
+            pod("orders-0", "orders", false, e0.addr().port()),
+            pod("orders-1", "orders", marked, e1.addr().port()),
+        ]
+    };
+    // Both brokers provisioned (the cluster had 2 replicas); orders-1 holds 5 messages.
+    let mut prov = h.prov.take().unwrap();
+    let brokers = maas_model::brokers_from_pods(&pods(false));
+    let per_cluster = storage_controller::provision::desired_per_cluster(&config(
+        &[("orders", AddressKind::Queue)],
+        1,
+    ));
+    assert!(prov.pass(&per_cluster, &brokers).await.converged());
+    h.prov = Some(prov);
+    assert!(e1.set_message_count("orders", 5));
+
+    // Pass 1: mark orders-1; keep 2 replicas.
+    let mut calls = vec![
+        (
+            Call::ListStatefulSets,
+            Answer::List(vec![("orders".into(), 2)]),
+        ),
+        (
+            Call::AnnotatePod(
+                "orders-1".into(),
+                json!({"metadata": {"annotations": {"maas.io/draining": "true"}}}),
+            ),
+            Answer::Ok,
+        ),
+    ];
+    calls.extend(cluster_calls(c, 2));
+    h.reconcile(&desired, pods(false), Scenario(calls))
+        .await
+        .unwrap();
+
+    // Consumers take messages off orders-1 (via the router's remaining `in` autoLink) a few at a time; every pass
+    // until the count is 0 keeps 2 replicas.
+    for left in [5u64, 3, 1] {
+        e1.set_message_count("orders", left);
+        fresh(&mut h);
+        let mut calls = vec![(
+            Call::ListStatefulSets,
+            Answer::List(vec![("orders".into(), 2)]),
+        )];
+        calls.extend(cluster_calls(c, 2));
+        let r = h
+            .reconcile(&desired, pods(true), Scenario(calls))
+            .await
+            .unwrap();
+        assert_eq!(r.draining.get("orders-1"), Some(&Some(left)));
+    }
+    e1.set_message_count("orders", 0);
+    fresh(&mut h);
+    let mut calls = vec![(
+        Call::ListStatefulSets,
+        Answer::List(vec![("orders".into(), 2)]),
+    )];
+    calls.extend(cluster_calls(c, 1));
+    let r = h
+        .reconcile(&desired, pods(true), Scenario(calls))
+        .await
+        .unwrap();
+    assert_eq!(r.draining.get("orders-1"), Some(&Some(0)));
+    // The scale-down (replicas 1 in the exact body above) came only once the pod going away counted 0: every
+    // message counted on it was consumed first, none lost with the pod.
+    assert_eq!(e1.queues()["orders"].messages, 0);
+    e0.stop().await;
+    e1.stop().await;
+}

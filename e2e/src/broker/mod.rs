@@ -1,0 +1,300 @@
+//! An ActiveMQ Artemis 2.21 broker-management emulator: an AMQP 1.0 server on 127.0.0.1 (on the shared
+//! [`maas_amqp::server`] skeleton) whose `activemq.management` node answers like the real broker recorded
+//! in `reference/artemis-2.21/management-transcript.txt`, with knobs for tests: message counts, consumers,
+//! withheld replies, restart (durable state survives), operation counters and a per-operation cost.
+//!
+//! - [`model`]: addresses, queues and the exact replies (pure);
+//! - [`server`]: SASL, links, reply routing.
+
+pub mod model;
+pub mod server;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use maas_amqp::server::{SaslConfig, Server, ServerError, ServerOptions, ServerStats, Users};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use self::model::Model;
+pub use self::model::{AddressState, OpCounters, QueueState, VERSION};
+use self::server::{Handler, Shared};
+
+/// What one management operation costs the broker: a fixed busy time, spent on one "core" (operations
+/// run one at a time), so the raw operation rate of an emulator is about `1 / per_operation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CostModel {
+    /// Busy time per management operation.
+    pub per_operation: Duration,
+}
+
+impl CostModel {
+    /// No cost: replies as fast as the AMQP stack allows.
+    pub fn none() -> CostModel {
+        CostModel {
+            per_operation: Duration::ZERO,
+        }
+    }
+}
+
+impl Default for CostModel {
+    /// 100 µs per operation (≈10,000 operations/s at most).
+    fn default() -> Self {
+        CostModel {
+            per_operation: Duration::from_micros(100),
+        }
+    }
+}
+
+/// How to run the emulator.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Where to listen; only loopback addresses are accepted. Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// SASL PLAIN users (user, password); every user has the `manage` role. ANONYMOUS is refused.
+    pub users: Vec<(String, String)>,
+    /// Cost of a management operation.
+    pub cost_model: CostModel,
+    /// Container id of the open frame (the broker name; `artemis create` defaults to `0.0.0.0`).
+    pub name: String,
+    /// Artemis' default address/queue auto-creation when a link attaches to an unknown address.
+    pub auto_create: bool,
+    /// Credit granted on each `activemq.management` link.
+    pub management_credit: u32,
+    /// TLS certificate chain and key (PEM), when the acceptor should speak TLS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+impl Default for BrokerConfig {
+    /// 127.0.0.1:0, user admin/admin, the default cost model, auto-create on, credit 1000, no TLS.
+    fn default() -> Self {
+        BrokerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            users: vec![("admin".to_string(), "admin".to_string())],
+            cost_model: CostModel::default(),
+            name: "0.0.0.0".to_string(),
+            auto_create: true,
+            management_credit: 1000,
+            tls: None,
+        }
+    }
+}
+
+/// Why the emulator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The listen address is not a loopback address.
+    #[error("the broker emulator only listens on loopback, not {0}")]
+    NotLoopback(SocketAddr),
+    /// The AMQP server could not be set up (bind, TLS files).
+    #[error(transparent)]
+    Server(#[from] ServerError),
+}
+
+/// One running AMQP server (replaced on restart).
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+    stats: Arc<ServerStats>,
+    addr: SocketAddr,
+}
+
+struct Inner {
+    addr: SocketAddr,
+    options: ServerOptions,
+    shared: Arc<Shared>,
+    running: tokio::sync::Mutex<Option<Running>>,
+    stats: Mutex<Arc<ServerStats>>,
+}
+
+/// A running broker emulator; a cheap clonable handle. [`BrokerEmulator::stop`] stops it (dropping every
+/// handle stops accepting too, as the server's stop channel closes).
+#[derive(Clone)]
+pub struct BrokerEmulator {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for BrokerEmulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerEmulator")
+            .field("addr", &self.inner.addr)
+            .finish()
+    }
+}
+
+async fn launch(
+    addr: SocketAddr,
+    options: ServerOptions,
+    shared: Arc<Shared>,
+) -> Result<Running, ServerError> {
+    let stats = Arc::new(ServerStats::default());
+    let server =
+        Server::bind_with_stats(addr, options, Handler { shared }, Arc::clone(&stats)).await?;
+    let addr = server.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+    Ok(Running {
+        stop,
+        task,
+        stats,
+        addr,
+    })
+}
+
+impl BrokerEmulator {
+    /// Binds the listener and starts serving.
+    pub async fn start(cfg: BrokerConfig) -> Result<BrokerEmulator, BrokerError> {
+        if !cfg.listen.ip().is_loopback() {
+            return Err(BrokerError::NotLoopback(cfg.listen));
+        }
+        let mut users = Users::default();
+        for (user, password) in &cfg.users {
+            users.insert(user.clone(), password.clone());
+        }
+        let mut options = ServerOptions::new(cfg.name.clone());
+        options.sasl = SaslConfig {
+            anonymous: true,
+            plain: Some(Arc::new(users)),
+        };
+        options.close_timeout = Duration::from_secs(1);
+        if let Some((cert, key)) = &cfg.tls {
+            options.tls = Some(maas_amqp::server::tls_acceptor(cert, key)?);
+        }
+        let shared = Arc::new(Shared {
+            model: Mutex::new(Model::new()),
+            routes: Mutex::new(Default::default()),
+            cost_ns: AtomicU64::new(
+                u64::try_from(cfg.cost_model.per_operation.as_nanos()).unwrap_or(u64::MAX),
+            ),
+            withhold: AtomicBool::new(false),
+            auto_create: cfg.auto_create,
+            credit: cfg.management_credit.max(1),
+        });
+        // Bind first with the asked address (port 0 picks one), then keep that port across restarts.
+        let running = launch(cfg.listen, options.clone(), Arc::clone(&shared)).await?;
+        let addr = running.addr;
+        tracing::info!(%addr, "broker emulator listening");
+        let stats = Arc::clone(&running.stats);
+        Ok(BrokerEmulator {
+            inner: Arc::new(Inner {
+                addr,
+                options,
+                shared,
+                running: tokio::sync::Mutex::new(Some(running)),
+                stats: Mutex::new(stats),
+            }),
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// `amqp://127.0.0.1:PORT` (add credentials with [`BrokerEmulator::url_with`]).
+    pub fn url(&self) -> String {
+        format!("amqp://{}:{}", self.inner.addr.ip(), self.inner.addr.port())
+    }
+
+    /// `amqp://user:password@127.0.0.1:PORT`.
+    pub fn url_with(&self, user: &str, password: &str) -> String {
+        format!(
+            "amqp://{user}:{password}@{}:{}",
+            self.inner.addr.ip(),
+            self.inner.addr.port()
+        )
+    }
+
+    /// Queues by name (temporary reply queues included, flagged `temporary`).
+    pub fn queues(&self) -> BTreeMap<String, QueueState> {
+        self.inner.shared.model().queues()
+    }
+
+    /// Addresses by name.
+    pub fn addresses(&self) -> BTreeMap<String, AddressState> {
+        self.inner.shared.model().addresses()
+    }
+
+    /// Sets the messages a queue holds; false when there is no such queue.
+    pub fn set_message_count(&self, queue: &str, n: u64) -> bool {
+        self.inner.shared.model().set_message_count(queue, n)
+    }
+
+    /// Sets the consumers a queue has besides attached receiving links (e.g. a router autoLink draining
+    /// it); while non-zero, `destroyQueue(name)` fails with AMQ229025. False when there is no such queue.
+    pub fn set_consumers(&self, queue: &str, n: u32) -> bool {
+        self.inner.shared.model().set_consumers(queue, n)
+    }
+
+    /// Operation counters since start (or the last reset).
+    pub fn counters(&self) -> OpCounters {
+        self.inner.shared.model().counters.clone()
+    }
+
+    /// Zeroes the operation counters.
+    pub fn reset_counters(&self) {
+        self.inner.shared.model().counters = OpCounters::default();
+    }
+
+    /// While on, requests still take effect but their replies are never sent (clients time out).
+    pub fn withhold_replies(&self, on: bool) {
+        self.inner.shared.withhold.store(on, Ordering::Relaxed);
+    }
+
+    /// Changes the cost of each management operation from now on.
+    pub fn set_cost_model(&self, cost: CostModel) {
+        let ns = u64::try_from(cost.per_operation.as_nanos()).unwrap_or(u64::MAX);
+        self.inner.shared.cost_ns.store(ns, Ordering::Relaxed);
+    }
+
+    /// Connections open now (handshake done).
+    pub fn open_connections(&self) -> usize {
+        self.inner
+            .stats
+            .lock()
+            .map(|s| s.open_connections.load(Ordering::Acquire))
+            .unwrap_or(0)
+    }
+
+    /// A broker restart: every connection drops, durable queues (with their messages) and addresses
+    /// survive, temporary and non-durable queues are gone; same port. Waits until it listens again.
+    pub async fn restart(&self) -> Result<(), BrokerError> {
+        let mut running = self.inner.running.lock().await;
+        if let Some(r) = running.take() {
+            stop_running(r).await;
+        }
+        self.inner.shared.model().restart();
+        self.inner.shared.routes.lock().map(|mut r| r.clear()).ok();
+        let r = launch(
+            self.inner.addr,
+            self.inner.options.clone(),
+            Arc::clone(&self.inner.shared),
+        )
+        .await?;
+        if let Ok(mut s) = self.inner.stats.lock() {
+            *s = Arc::clone(&r.stats);
+        }
+        *running = Some(r);
+        tracing::info!(addr = %self.inner.addr, "broker emulator restarted");
+        Ok(())
+    }
+
+    /// Stops listening and closes every connection.
+    pub async fn stop(self) {
+        let mut running = self.inner.running.lock().await;
+        if let Some(r) = running.take() {
+            stop_running(r).await;
+        }
+    }
+}
+
+async fn stop_running(r: Running) {
+    let _ = r.stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), r.task).await;
+}

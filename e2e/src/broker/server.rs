@@ -1,0 +1,393 @@
+//! The AMQP side of the broker emulator, on the shared server skeleton [`maas_amqp::server`]: SASL PLAIN
+//! users (ANONYMOUS gets through SASL and is then refused with `amqp:unauthorized-access` `AMQ229031`, as
+//! Artemis does), the `activemq.management` node (requests in, replies routed by `reply-to` to the
+//! dynamic receiver owning that temporary queue), dynamic receivers as UUID temporary queues, and
+//! ordinary links: senders' messages are counted into queues, receivers count as queue consumers.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use fe2o3_amqp::Sendable;
+use fe2o3_amqp::link::{Receiver, Sender};
+use fe2o3_amqp::types::definitions::{AmqpError, ErrorCondition};
+use fe2o3_amqp::types::messaging::{
+    AmqpValue, ApplicationProperties, Body, Message, MessageId, Properties,
+};
+use fe2o3_amqp::types::primitives::{SimpleValue, Value};
+use maas_amqp::artemis::{MANAGEMENT_ADDRESS, OPERATION_NAME, OPERATION_SUCCEEDED, RESOURCE_NAME};
+use maas_amqp::server::{ANONYMOUS, ConnectionInfo, IncomingLink, LinkHandler};
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::model::Model;
+
+/// State shared by the emulator handle and every link task.
+pub(crate) struct Shared {
+    /// The broker.
+    pub model: Mutex<Model>,
+    /// Temporary reply address -> the task sending on the link that owns it.
+    pub routes: Mutex<HashMap<String, mpsc::UnboundedSender<Message<Body<Value>>>>>,
+    /// Busy time per management operation, in nanoseconds (the cost model).
+    pub cost_ns: AtomicU64,
+    /// While set, requests take effect but no reply is sent.
+    pub withhold: AtomicBool,
+    /// Auto-create an ANYCAST address + queue when a link attaches to an unknown address.
+    pub auto_create: bool,
+    /// Credit granted on `activemq.management` links.
+    pub credit: u32,
+}
+
+impl Shared {
+    pub(crate) fn model(&self) -> MutexGuard<'_, Model> {
+        self.model.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn routes(
+        &self,
+    ) -> MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<Message<Body<Value>>>>> {
+        self.routes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The per-link decisions.
+pub(crate) struct Handler {
+    pub shared: Arc<Shared>,
+}
+
+/// A random UUID (version 4), the way Artemis names temporary queues.
+fn uuid() -> String {
+    let mut b: [u8; 16] = rand::rng().random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Burns `d` of CPU: one management operation's cost, on the one "core" the model lock stands for.
+fn spin(d: Duration) {
+    if d.is_zero() {
+        return;
+    }
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        std::hint::spin_loop();
+    }
+}
+
+impl LinkHandler for Handler {
+    fn on_connection(&self, connection: &ConnectionInfo) -> Result<(), (ErrorCondition, String)> {
+        if connection.mechanism == ANONYMOUS {
+            // Artemis lets SASL ANONYMOUS through, then cannot validate the (null) user.
+            return Err((
+                AmqpError::UnauthorizedAccess.into(),
+                format!(
+                    "AMQ229031: Unable to validate user from /{}. Username: null; SSL certificate subject DN: unavailable",
+                    connection.peer
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn on_attach<'a>(&'a self, link: IncomingLink<'a>) {
+        let shared = Arc::clone(&self.shared);
+        if link.peer_receives() {
+            if link.source_dynamic() {
+                let name = uuid();
+                shared.model().create_temporary(&name);
+                match link.accept_dynamic_sender(name.clone()).await {
+                    Ok(accepted) => {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        shared.routes().insert(name.clone(), tx);
+                        accepted.tracker.spawn(reply_sender(
+                            accepted.sender,
+                            rx,
+                            name,
+                            shared,
+                            accepted.scope,
+                            accepted.guard,
+                        ));
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "dynamic receiver attach failed");
+                        shared.model().remove_temporary(&name);
+                    }
+                }
+                return;
+            }
+            let Some(address) = link.source_address() else {
+                link.refuse(
+                    AmqpError::InvalidField,
+                    "a receiving link needs a source address".to_string(),
+                )
+                .await;
+                return;
+            };
+            if shared.auto_create {
+                shared.model().auto_create(&address);
+            }
+            let counted = shared.model().link_consumer(&address, true);
+            match link.accept_sender().await {
+                Ok(accepted) => {
+                    accepted.tracker.spawn(consumer(
+                        accepted.sender,
+                        address,
+                        counted,
+                        shared,
+                        accepted.scope,
+                        accepted.guard,
+                    ));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "consumer attach failed");
+                    if counted {
+                        shared.model().link_consumer(&address, false);
+                    }
+                }
+            }
+            return;
+        }
+        let target = link.target_address();
+        let management = target.as_deref() == Some(MANAGEMENT_ADDRESS);
+        if !management
+            && shared.auto_create
+            && let Some(address) = &target
+        {
+            shared.model().auto_create(address);
+        }
+        let credit = if management { shared.credit } else { 100 };
+        match link.accept_receiver(credit).await {
+            Ok(accepted) => {
+                if management {
+                    accepted.tracker.spawn(management_reader(
+                        accepted.receiver,
+                        shared,
+                        accepted.scope,
+                        accepted.guard,
+                    ));
+                } else {
+                    accepted.tracker.spawn(sink(
+                        accepted.receiver,
+                        target,
+                        shared,
+                        accepted.scope,
+                        accepted.guard,
+                    ));
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "sending link attach failed"),
+        }
+    }
+}
+
+fn simple_string(v: Option<&SimpleValue>) -> String {
+    match v {
+        Some(SimpleValue::String(s)) => s.clone(),
+        Some(SimpleValue::Symbol(s)) => s.0.clone(),
+        _ => String::new(),
+    }
+}
+
+/// Reads management requests, runs them on the model, and routes the replies.
+async fn management_reader<G: Send + 'static>(
+    mut receiver: Receiver,
+    shared: Arc<Shared>,
+    scope: CancellationToken,
+    _guard: G,
+) {
+    loop {
+        let delivery = tokio::select! {
+            () = scope.cancelled() => break,
+            d = receiver.recv::<Body<Value>>() => d,
+        };
+        let delivery = match delivery {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(error = %e, "management link ended");
+                break;
+            }
+        };
+        if receiver.accept(&delivery).await.is_err() {
+            break;
+        }
+        let message = delivery.into_message();
+        let props = message
+            .application_properties
+            .map(|a| a.0)
+            .unwrap_or_default();
+        let resource = simple_string(props.get(RESOURCE_NAME));
+        let operation = simple_string(props.get(OPERATION_NAME));
+        let body = match message.body {
+            Body::Value(AmqpValue(Value::String(s))) => Some(s),
+            _ => None,
+        };
+        let (reply_to, correlation) = match message.properties {
+            Some(p) => (p.reply_to, p.correlation_id.or(p.message_id)),
+            None => (None, None),
+        };
+        let reply = {
+            let mut model = shared.model();
+            spin(Duration::from_nanos(shared.cost_ns.load(Ordering::Relaxed)));
+            model.invoke(&resource, &operation, body.as_deref())
+        };
+        if shared.withhold.load(Ordering::Relaxed) {
+            continue;
+        }
+        let Some(reply_to) = reply_to else {
+            tracing::debug!(%operation, "management request without reply-to: no reply");
+            continue;
+        };
+        let message = reply_message(&reply_to, correlation, reply.succeeded, reply.body);
+        let route = shared.routes().get(&reply_to).cloned();
+        match route {
+            Some(tx) => {
+                let _ = tx.send(message);
+            }
+            None => {
+                // Artemis would route the reply to that address like any message.
+                shared.model().deliver(&reply_to);
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(500), receiver.close()).await;
+}
+
+/// The reply as Artemis 2.21 sends it: `_AMQ_OperationSucceeded`, `JMSXDeliveryCount` (null), the
+/// correlation-id echoed, body an amqp-value string (or null for void operations).
+fn reply_message(
+    reply_to: &str,
+    correlation: Option<MessageId>,
+    succeeded: bool,
+    body: Option<String>,
+) -> Message<Body<Value>> {
+    let app = ApplicationProperties::builder()
+        .insert(OPERATION_SUCCEEDED, SimpleValue::Bool(succeeded))
+        .insert("JMSXDeliveryCount", SimpleValue::Null)
+        .build();
+    let properties = Properties {
+        to: Some(reply_to.to_string()),
+        correlation_id: correlation,
+        ..Default::default()
+    };
+    Message::builder()
+        .properties(properties)
+        .application_properties(app)
+        .body(Body::Value(AmqpValue(
+            body.map_or(Value::Null, Value::String),
+        )))
+        .build()
+}
+
+/// Owns a dynamic receiver's link: sends the replies routed to its temporary queue, pre-settled.
+async fn reply_sender<G: Send + 'static>(
+    mut sender: Sender,
+    mut rx: mpsc::UnboundedReceiver<Message<Body<Value>>>,
+    name: String,
+    shared: Arc<Shared>,
+    scope: CancellationToken,
+    _guard: G,
+) {
+    let mut batch = Vec::new();
+    'outer: loop {
+        tokio::select! {
+            () = scope.cancelled() => break,
+            n = rx.recv_many(&mut batch, 256) => if n == 0 { break },
+        }
+        for message in batch.drain(..) {
+            let sendable = Sendable::builder().message(message).settled(true).build();
+            let sent = tokio::select! {
+                () = scope.cancelled() => break 'outer,
+                r = sender.send_batchable(sendable) => r,
+            };
+            if let Err(e) = sent {
+                tracing::debug!(error = %e, "reply link ended");
+                break 'outer;
+            }
+        }
+    }
+    shared.routes().remove(&name);
+    shared.model().remove_temporary(&name);
+    if !scope.is_cancelled() {
+        let _ = tokio::time::timeout(Duration::from_millis(500), sender.close()).await;
+    }
+}
+
+/// A receiving link on a queue: counts as a consumer until it goes away (it is sent nothing).
+async fn consumer<G: Send + 'static>(
+    mut sender: Sender,
+    address: String,
+    counted: bool,
+    shared: Arc<Shared>,
+    scope: CancellationToken,
+    _guard: G,
+) {
+    let detached = tokio::select! {
+        () = scope.cancelled() => false,
+        _ = sender.on_detach() => true,
+    };
+    if counted {
+        shared.model().link_consumer(&address, false);
+    }
+    if detached {
+        let _ = tokio::time::timeout(Duration::from_millis(500), sender.close()).await;
+    }
+}
+
+/// A sending link to an ordinary address: every message is accepted and counted into the queues of its
+/// address (the link's target, else the message's `to`).
+async fn sink<G: Send + 'static>(
+    mut receiver: Receiver,
+    target: Option<String>,
+    shared: Arc<Shared>,
+    scope: CancellationToken,
+    _guard: G,
+) {
+    loop {
+        let delivery = tokio::select! {
+            () = scope.cancelled() => break,
+            d = receiver.recv::<Body<Value>>() => d,
+        };
+        let Ok(delivery) = delivery else { break };
+        if receiver.accept(&delivery).await.is_err() {
+            break;
+        }
+        let to = delivery
+            .message()
+            .properties
+            .as_ref()
+            .and_then(|p| p.to.clone());
+        if let Some(address) = target.clone().or(to) {
+            let mut model = shared.model();
+            if shared.auto_create {
+                model.auto_create(&address);
+            }
+            model.deliver(&address);
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(500), receiver.close()).await;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids_look_like_artemis_temporary_queues() {
+        let u = uuid();
+        assert_eq!(u.len(), 36);
+        assert_eq!(u.matches('-').count(), 4);
+        assert_eq!(&u[14..15], "4");
+        assert_ne!(uuid(), u);
+    }
+}
