@@ -6,11 +6,13 @@
 //! - [`http`]: [`HttpServer`] — `/healthz`, `/readyz` and `/metrics` (prometheus-client text encoding).
 #![forbid(unsafe_code)]
 
+pub mod duration;
 pub mod health;
 pub mod http;
 pub mod shutdown;
 pub mod telemetry;
 
+pub use duration::parse_duration;
 pub use health::Health;
 pub use http::{HttpServer, METRICS_CONTENT_TYPE};
 pub use shutdown::shutdown_signal;

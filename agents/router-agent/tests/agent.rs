@@ -498,3 +498,93 @@ async fn once_reports_convergence_and_conflicts() {
         other => panic!("expected NotConverged, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_pods_coming_and_going_change_only_their_own_entities() {
+    let emu = emulator(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let addrs = dir.path().join("addresses");
+    writer(&addrs)
+        .write(&files(&[
+            (
+                "json",
+                r#"{"orders": {"store_and_forward": true, "flavor": "shared"},
+                    "prices": {"store_and_forward": true, "multicast": true, "flavor": "shared"},
+                    "chat": {}}"#,
+            ),
+            (
+                "flavor.json",
+                r#"{"shared": {"type": "queue", "shared": true}}"#,
+            ),
+        ]))
+        .unwrap();
+    let brokers = dir.path().join("brokers.json");
+    let pods = |n: usize| {
+        let list: Vec<String> = (0..n)
+            .map(|i| {
+                format!(
+                    r#"{{"name": "b-{i}", "host": "127.0.0.1", "port": {}}}"#,
+                    5674 + i
+                )
+            })
+            .collect();
+        format!(r#"{{"shared": [{}]}}"#, list.join(","))
+    };
+    std::fs::write(&brokers, pods(2)).unwrap();
+    let agent = start_agent(
+        &addrs,
+        &emu.url(),
+        Options {
+            brokers_file: Some(brokers.clone()),
+            ..Options::default()
+        },
+    );
+    agent.wait_generation(1, Duration::from_secs(10)).await;
+    router_matches(&emu, &desired_for(&addrs, Some(&brokers))).unwrap();
+
+    // A third pod: its connector, the queue's 2 autoLinks and the topic's 2 linkRoutes on it; nothing else.
+    emu.reset_counters();
+    std::fs::write(&brokers, pods(3)).unwrap();
+    agent.wait_generation(2, Duration::from_secs(10)).await;
+    let c = emu.counters();
+    assert_eq!(
+        (c.create, c.delete),
+        (5 + 1, 1),
+        "only the new pod's entities (+ marker): {c:?}"
+    );
+    router_matches(&emu, &desired_for(&addrs, Some(&brokers))).unwrap();
+
+    // The pod drains: its `out` links go, its `in` links stay.
+    emu.reset_counters();
+    std::fs::write(
+        &brokers,
+        pods(3).replace(
+            r#""name": "b-2", "host": "127.0.0.1", "port": 5676"#,
+            r#""name": "b-2", "host": "127.0.0.1", "port": 5676, "draining": true"#,
+        ),
+    )
+    .unwrap();
+    agent.wait_generation(3, Duration::from_secs(10)).await;
+    let c = emu.counters();
+    assert_eq!(
+        (c.create, c.delete),
+        (1, 2 + 1),
+        "only the draining pod's out links (+ marker): {c:?}"
+    );
+    let autolinks = names(&emu, EntityType::AutoLink);
+    assert!(autolinks.contains(&"maas-autolink/orders/b-2/in".to_string()));
+    assert!(!autolinks.contains(&"maas-autolink/orders/b-2/out".to_string()));
+
+    // The pod goes away: only its entities are deleted.
+    emu.reset_counters();
+    std::fs::write(&brokers, pods(2)).unwrap();
+    agent.wait_generation(4, Duration::from_secs(10)).await;
+    let c = emu.counters();
+    assert_eq!(
+        (c.create, c.delete),
+        (1, 3 + 1),
+        "only the gone pod's connector and in links (+ marker): {c:?}"
+    );
+    router_matches(&emu, &desired_for(&addrs, Some(&brokers))).unwrap();
+    agent.stop().await;
+}
