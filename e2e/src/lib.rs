@@ -5,3 +5,4 @@
 
 pub mod broker;
 pub mod router;
+pub mod support;

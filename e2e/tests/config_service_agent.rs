@@ -4,11 +4,12 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use maas_amqp::options::{Backoff, ConnectOptions};
 use maas_amqp::router::ClientConfig;
 use maas_e2e::router::{EmulatorConfig, RouterEmulator};
+use maas_e2e::support::wait_until;
 use maas_model::{EntityOptions, EntityType, PodInfo, brokers_from_pods};
 use maas_ops::Health;
 use maas_source::kubelet::KubeletWriter;
@@ -16,17 +17,6 @@ use router_agent::agent::{AgentConfig, run_agent};
 use router_agent::desired::{BrokersInput, spawn_desired};
 use router_agent::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
-
-async fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    f()
-}
 
 fn broker_pod(name: &str, cluster: &str, port: u16) -> PodInfo {
     PodInfo {

@@ -13,8 +13,6 @@
 //! Run with `scripts/bench` (or `cargo bench -p router-agent --bench converge`).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,6 +21,7 @@ use futures_util::StreamExt;
 use maas_amqp::options::ConnectOptions;
 use maas_amqp::router::{ClientConfig, RouterClient};
 use maas_e2e::router::{EmulatorConfig, RouterEmulator};
+use maas_e2e::support::{free_port, http_get, rss_kb};
 use maas_model::{EntityOptions, EntitySet};
 use maas_source::kubelet::KubeletWriter;
 use serde_json::{Value, json};
@@ -70,24 +69,6 @@ fn brokers_json() -> String {
     .to_string()
 }
 
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((code, body))
-}
-
 fn wait_ready_generation(port: u16, generation: u64, timeout: Duration) -> Duration {
     let started = Instant::now();
     let probe = format!("router holds generation {generation} ");
@@ -124,18 +105,6 @@ fn stop_agent(mut child: Child) {
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 async fn raw_create(url: &str, desired: &EntitySet) -> Duration {
@@ -302,7 +271,7 @@ async fn bench() {
     );
 
     // (e) RSS.
-    let rss = rss_kb(agent.id());
+    let (rss, _) = rss_kb(agent.id());
     println!(
         "(e) agent RSS holding 10,000 addresses: {:.1} MB (target <= 30 MB: {})",
         rss as f64 / 1024.0,
@@ -310,11 +279,4 @@ async fn bench() {
     );
     stop_agent(agent);
     emu.stop().await;
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(18089)
 }

@@ -7,6 +7,9 @@
 //! (else the template parameter `STORAGE_CAPACITY`, else 1Gi), `resources` (a container `resources` object, kept
 //! verbatim).
 //!
+//! [`up_to_date`] says whether a live object already holds a desired one (the controller then sends no apply at
+//! all, so a restart with nothing changed makes zero PATCH requests).
+//!
 //! The volumeClaimTemplates are supplied FULLY (apiVersion/kind, volumeMode, an empty status): a partial claim
 //! template makes every no-op re-apply bump the StatefulSet's resourceVersion (kubernetes#119304).
 
@@ -26,6 +29,9 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const FLAVOR_LABEL: &str = "maas.io/flavor";
 /// Annotation naming the address of a cluster that is not shared (label values cannot hold every address).
 pub const ADDRESS_ANNOTATION: &str = "maas.io/address";
+/// Annotation holding the SHA-256 of the applied body (without this annotation): a changed desired object
+/// changes it, so a field the controller stopped setting is noticed too.
+pub const SPEC_HASH_ANNOTATION: &str = "maas.io/spec-hash";
 /// Broker image when the flavor names none.
 pub const DEFAULT_IMAGE: &str = "quay.io/artemiscloud/activemq-artemis-broker:1.0.25";
 /// Volume size when the flavor names none.
@@ -187,7 +193,7 @@ fn metadata(cluster: &BrokerCluster, opts: &ClusterOptions) -> Value {
 
 /// The headless Service of `cluster` (stable pod DNS names; not-ready pods published so peers find each other).
 pub fn service(cluster: &BrokerCluster, opts: &ClusterOptions) -> Value {
-    json!({
+    with_spec_hash(json!({
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": metadata(cluster, opts),
@@ -197,7 +203,7 @@ pub fn service(cluster: &BrokerCluster, opts: &ClusterOptions) -> Value {
             "selector": selector(cluster),
             "ports": [{"name": "amqp", "port": AMQP_PORT, "targetPort": "amqp", "protocol": "TCP"}],
         },
-    })
+    }))
 }
 
 fn selector(cluster: &BrokerCluster) -> Value {
@@ -236,7 +242,7 @@ pub fn statefulset(cluster: &BrokerCluster, opts: &ClusterOptions, replicas: i32
     if let Some(class) = &cluster.storage_class {
         claim_spec["storageClassName"] = json!(class);
     }
-    json!({
+    with_spec_hash(json!({
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
         "metadata": metadata(cluster, opts),
@@ -257,7 +263,55 @@ pub fn statefulset(cluster: &BrokerCluster, opts: &ClusterOptions, replicas: i32
                 "status": {},
             }],
         },
-    })
+    }))
+}
+
+/// `body` with [`SPEC_HASH_ANNOTATION`] set to the SHA-256 of `body` as given.
+fn with_spec_hash(mut body: Value) -> Value {
+    let hash = maas_source::snapshot::hex_sha256(body.to_string().as_bytes());
+    if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
+        let annotations = meta
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Some(a) = annotations.as_object_mut() {
+            a.insert(SPEC_HASH_ANNOTATION.into(), json!(hash));
+        }
+    }
+    body
+}
+
+/// Keys the API server owns or rewrites inside the objects we apply (ignored when comparing).
+const SERVER_KEYS: [&str; 3] = ["apiVersion", "kind", "status"];
+
+/// True when the live object `live` (as listed) already holds everything the controller owns in `desired`: the
+/// same spec hash annotation, and every label, annotation, owner reference and spec field of `desired` with the
+/// same value (fields the API server defaulted or others own are ignored; arrays must have the same length).
+/// False means: apply (a changed desired object, or drift someone made to our fields).
+pub fn up_to_date(desired: &Value, live: &Value) -> bool {
+    let hash = |v: &Value| v["metadata"]["annotations"][SPEC_HASH_ANNOTATION].clone();
+    if hash(desired).is_null() || hash(desired) != hash(live) {
+        return false;
+    }
+    ["labels", "annotations", "ownerReferences"]
+        .iter()
+        .all(|k| contained(&desired["metadata"][*k], &live["metadata"][*k]))
+        && contained(&desired["spec"], &live["spec"])
+}
+
+/// `want` is contained in `have`: objects key by key (ignoring [`SERVER_KEYS`]), arrays element by element,
+/// numbers by value, everything else equal.
+fn contained(want: &Value, have: &Value) -> bool {
+    match (want, have) {
+        (Value::Object(w), Value::Object(h)) => w.iter().all(|(k, v)| {
+            SERVER_KEYS.contains(&k.as_str()) || contained(v, h.get(k).unwrap_or(&Value::Null))
+        }),
+        (Value::Object(w), Value::Null) => w.is_empty(),
+        (Value::Array(w), Value::Array(h)) => {
+            w.len() == h.len() && w.iter().zip(h).all(|(a, b)| contained(a, b))
+        }
+        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        _ => want == have,
+    }
 }
 
 /// Every object `render` writes, as (file name, object): `<cluster>-service.yaml` and `<cluster>-statefulset.yaml`

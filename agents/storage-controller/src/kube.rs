@@ -1,6 +1,8 @@
-//! The Kubernetes API calls of the controller, each bounded by a timeout and counted: listing the clusters it
-//! manages, server-side apply (field manager `maas-storage-controller`, forced) of Services and StatefulSets,
-//! deleting a cluster, marking a broker pod as draining, and reading the owner ConfigMap's uid.
+//! The Kubernetes API calls of the controller, each bounded by a timeout and counted: listing the StatefulSets and
+//! Services it manages, server-side apply (field manager `maas-storage-controller`, forced) of Services and
+//! StatefulSets — skipped when the listed object already holds the desired one ([`up_to_date`]), so a pass with
+//! nothing changed sends no PATCH —, deleting a cluster, marking a broker pod as draining, and reading the owner
+//! ConfigMap's uid.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -15,6 +17,7 @@ use serde_json::{Value, json};
 
 use crate::clusters::{
     BrokerCluster, ClusterOptions, MANAGER, Owner, managed_selector, service, statefulset,
+    up_to_date,
 };
 use crate::metrics::Metrics;
 use crate::{Error, Result};
@@ -40,6 +43,8 @@ pub struct ExistingCluster {
     pub name: String,
     /// `spec.replicas`.
     pub replicas: i32,
+    /// The object as listed (JSON), compared with the desired one before applying.
+    pub object: Value,
 }
 
 impl KubeCtx {
@@ -105,11 +110,56 @@ impl KubeCtx {
             .items
             .into_iter()
             .filter_map(|s| {
-                let name = s.metadata.name?;
-                let replicas = s.spec.and_then(|sp| sp.replicas).unwrap_or(1);
-                Some((name.clone(), ExistingCluster { name, replicas }))
+                let name = s.metadata.name.clone()?;
+                let replicas = s.spec.as_ref().and_then(|sp| sp.replicas).unwrap_or(1);
+                let object = serde_json::to_value(&s).unwrap_or(Value::Null);
+                Some((
+                    name.clone(),
+                    ExistingCluster {
+                        name,
+                        replicas,
+                        object,
+                    },
+                ))
             })
             .collect())
+    }
+
+    /// The Services this controller manages, by name, as listed (JSON).
+    pub async fn list_services(&self) -> Result<BTreeMap<String, Value>> {
+        let api: Api<Service> = self.api();
+        let lp = ListParams::default().labels(&managed_selector());
+        let list = self.call("list", "Service", "", api.list(&lp)).await?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter_map(|s| {
+                let name = s.metadata.name.clone()?;
+                Some((name, serde_json::to_value(&s).unwrap_or(Value::Null)))
+            })
+            .collect())
+    }
+
+    /// Apply the cluster's Service unless `live` (as listed) already holds it. True when a PATCH was sent.
+    pub async fn ensure_service(&self, cluster: &BrokerCluster, live: Option<&Value>) -> Result<bool> {
+        if live.is_some_and(|l| up_to_date(&service(cluster, &self.opts), l)) {
+            return Ok(false);
+        }
+        self.apply_service(cluster).await.map(|()| true)
+    }
+
+    /// Apply the cluster's StatefulSet with `replicas` pods unless `live` (as listed) already holds it. True when
+    /// a PATCH was sent.
+    pub async fn ensure_statefulset(
+        &self,
+        cluster: &BrokerCluster,
+        replicas: i32,
+        live: Option<&Value>,
+    ) -> Result<bool> {
+        if live.is_some_and(|l| up_to_date(&statefulset(cluster, &self.opts, replicas), l)) {
+            return Ok(false);
+        }
+        self.apply_statefulset(cluster, replicas).await.map(|()| true)
     }
 
     /// Server-side apply of the cluster's headless Service.
@@ -150,7 +200,13 @@ impl KubeCtx {
                 .await
                 .map(|_| ()),
         )?;
+        self.delete_service(name).await
+    }
+
+    /// Delete a managed Service (404 = already gone), e.g. one left behind without its StatefulSet.
+    pub async fn delete_service(&self, name: &str) -> Result<()> {
         let svc: Api<Service> = self.api();
+        let dp = DeleteParams::foreground();
         ignore_not_found(
             self.call("delete", "Service", name, svc.delete(name, &dp))
                 .await

@@ -5,11 +5,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use maas_amqp::options::{Backoff, ConnectOptions};
 use maas_amqp::router::ClientConfig;
 use maas_e2e::router::{EmulatorConfig, RouterEmulator};
+pub use maas_e2e::support::wait_until;
 use maas_model::{EntityOptions, EntitySet, EntityType};
 use maas_ops::Health;
 use maas_source::WatchOptions;
@@ -123,19 +124,6 @@ pub fn start_agent(dir: &Path, router_url: &str, opts: Options) -> TestAgent {
         registry,
         token,
         join,
-    }
-}
-
-pub async fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    loop {
-        if f() {
-            return true;
-        }
-        if start.elapsed() > timeout {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
