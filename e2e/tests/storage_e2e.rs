@@ -125,6 +125,7 @@ async fn queue_and_topic_converge_and_a_full_queue_is_kept_until_empty() {
                 max: Duration::from_millis(300),
             },
             once: false,
+            drain_grace: Duration::from_secs(5),
         },
         token.clone(),
     ));

@@ -79,12 +79,27 @@ pub struct RouterConnArgs {
     pub router_key_file: Option<PathBuf>,
 
     /// SASL PLAIN user name for the router (default: ANONYMOUS).
-    #[arg(long, env = "ROUTER_USERNAME", requires = "router_password_file")]
+    #[arg(long, env = "ROUTER_USERNAME")]
     pub router_username: Option<String>,
 
     /// File holding the SASL PLAIN password for the router (never logged).
-    #[arg(long, env = "ROUTER_PASSWORD_FILE", requires = "router_username")]
+    #[arg(
+        long,
+        env = "ROUTER_PASSWORD_FILE",
+        requires = "router_username",
+        conflicts_with = "router_password"
+    )]
     pub router_password_file: Option<PathBuf>,
+
+    /// The SASL PLAIN password for the router, from the environment only (e.g. a Secret as env var; its value is
+    /// never shown by --help nor logged). Prefer --router-password-file.
+    #[arg(
+        long,
+        env = "ROUTER_PASSWORD",
+        hide_env_values = true,
+        requires = "router_username"
+    )]
+    pub router_password: Option<String>,
 
     /// Management requests in flight at once (pipeline window). The router grants 250 credits.
     #[arg(long, env = "MGMT_WINDOW", default_value_t = 250, value_parser = clap::value_parser!(u32).range(1..=10_000))]

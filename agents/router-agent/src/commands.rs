@@ -88,9 +88,17 @@ pub fn connect_options(url: &str, conn: &RouterConnArgs) -> Result<ConnectOption
         tls.key_file = conn.router_key_file.clone().or(tls.key_file);
         opts.tls = Some(tls);
     }
-    if let (Some(user), Some(pw)) = (&conn.router_username, &conn.router_password_file) {
-        let password = Secret::from_file(pw)
-            .map_err(|e| format!("--router-password-file {}: {e}", pw.display()))?;
+    if let Some(user) = &conn.router_username {
+        let password = match (&conn.router_password_file, &conn.router_password) {
+            (Some(pw), _) => Secret::from_file(pw)
+                .map_err(|e| format!("--router-password-file {}: {e}", pw.display()))?,
+            (None, Some(pw)) => Secret::new(pw.clone()),
+            (None, None) => {
+                return Err(
+                    "--router-username needs --router-password-file or ROUTER_PASSWORD".into(),
+                );
+            }
+        };
         opts.sasl = SaslOptions::Plain {
             username: user.clone(),
             password,

@@ -115,6 +115,11 @@ pub struct RunArgs {
     #[arg(long, env = "RETRY_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub retry_interval: Duration,
 
+    /// After marking a broker pod draining, how long it must have been seen marked before 0 messages on it
+    /// counts as drained (the router-agents must have seen the mark and stopped routing to it).
+    #[arg(long, env = "DRAIN_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub drain_grace: Duration,
+
     /// Debounce of directory events (the kubelet writes a ConfigMap in several steps).
     #[arg(long, env = "DEBOUNCE", default_value = "200ms", value_parser = parse_duration)]
     pub debounce: Duration,

@@ -106,6 +106,21 @@ pub fn connector(b: &BrokerConnArgs) -> Result<ArtemisConnector> {
     })
 }
 
+/// The Kubernetes context of `--kube` mode: `opts` for every object, and with `owner_configmap` that ConfigMap
+/// (its uid read from the API, one GET) as owner of every StatefulSet and Service.
+pub async fn kube_context(
+    client: ::kube::Client,
+    opts: ClusterOptions,
+    owner_configmap: Option<&str>,
+    metrics: Metrics,
+) -> Result<KubeCtx> {
+    let mut ctx = KubeCtx::new(client, opts, metrics);
+    if let Some(cm) = owner_configmap {
+        ctx.opts.owner = Some(ctx.configmap_owner(cm).await?);
+    }
+    Ok(ctx)
+}
+
 async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode> {
     if !args.kube && args.brokers_file.is_none() {
         return Err(Error::Config(
@@ -185,21 +200,19 @@ async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode> {
     };
 
     let kube_ctx = match &client {
-        Some(client) => {
-            let mut ctx = KubeCtx::new(
+        Some(client) => Some(
+            kube_context(
                 client.clone(),
                 ClusterOptions {
                     namespace: args.namespace.clone(),
                     broker_secret: args.broker_secret.clone(),
                     owner: None,
                 },
+                args.owner_configmap.as_deref(),
                 metrics.clone(),
-            );
-            if let Some(cm) = &args.owner_configmap {
-                ctx.opts.owner = Some(ctx.configmap_owner(cm).await?);
-            }
-            Some(ctx)
-        }
+            )
+            .await?,
+        ),
         None => None,
     };
 
@@ -221,6 +234,7 @@ async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode> {
             retry: args.retry_interval,
             backoff: Backoff::default(),
             once: args.once,
+            drain_grace: args.drain_grace,
         },
         shutdown.clone(),
     )

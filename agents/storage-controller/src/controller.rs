@@ -1,9 +1,12 @@
 //! The level-triggered control loop: on every configuration change, pod change, or timer tick it
 //! 1. (Kubernetes mode) reconciles the broker clusters ([`reconcile_clusters`]): server-side applies the Service
-//!    and StatefulSet of each cluster the addresses need; for a scale-down or a cluster no address needs, marks the
-//!    pods going away `maas.io/draining=true`, waits until every queue on them is empty, and only then scales
-//!    down or deletes;
-//! 2. provisions every broker pod ([`Provisioner::pass`]);
+//!    and StatefulSet of each cluster the addresses need — only when the listed object differs from the desired
+//!    one, so a pass (or a restart) with nothing changed sends no PATCH; for a scale-down or a cluster no address
+//!    needs, marks the pods going away `maas.io/draining=true`, waits the drain grace ([`DrainClock`]: the
+//!    router-agents must have seen the mark and dropped the `out` autoLinks) and until every queue on them is
+//!    empty, and only then scales down or deletes;
+//! 2. provisions every broker pod ([`Provisioner::pass`]); a desired cluster without broker pods (yet) counts
+//!    its addresses as pending;
 //! 3. publishes metrics and readiness.
 //!
 //! Errors never stop the loop: the pass is retried with capped backoff; the last good configuration stays in
@@ -11,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use maas_amqp::options::Backoff;
 use maas_model::pods::{CLUSTER_LABEL, DRAINING_ANNOTATION};
@@ -31,13 +34,53 @@ use crate::{Error, Result};
 /// What a cluster reconcile did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterReport {
-    /// Clusters whose Service and StatefulSet were applied.
+    /// Clusters whose Service or StatefulSet was applied (a PATCH sent).
     pub applied: Vec<String>,
+    /// Desired clusters whose listed Service and StatefulSet already held the desired objects (no PATCH).
+    pub unchanged: Vec<String>,
+    /// Server-side apply PATCH requests sent.
+    pub patches: usize,
     /// Clusters deleted (after their drain).
     pub deleted: Vec<String>,
     /// Pods being drained -> messages still on them (None: not known yet, e.g. the mark was just set or the
     /// broker is unreachable).
     pub draining: BTreeMap<String, Option<u64>>,
+}
+
+/// How long a pod must have been seen marked draining before it may count as drained, and since when each
+/// draining pod has been seen marked (by this process: after a restart the grace starts again).
+///
+/// The mark reaches the router-agents through their own pod watches; until they have seen it they may still
+/// route messages to the pod through its `out` autoLink, so 0 messages right after marking proves nothing.
+#[derive(Debug, Clone, Default)]
+pub struct DrainClock {
+    /// The drain grace (`--drain-grace`).
+    pub grace: Duration,
+    seen: BTreeMap<String, Instant>,
+}
+
+impl DrainClock {
+    /// A clock with `grace`.
+    pub fn new(grace: Duration) -> Self {
+        DrainClock {
+            grace,
+            seen: BTreeMap::new(),
+        }
+    }
+
+    /// How long `pod` has been seen marked (its first sighting is now when unknown).
+    fn marked_for(&mut self, pod: &str) -> Duration {
+        self.seen
+            .entry(pod.to_string())
+            .or_insert_with(Instant::now)
+            .elapsed()
+    }
+
+    /// Forget pods that are no longer marked (or gone).
+    fn retain_marked(&mut self, pods: &[PodInfo]) {
+        self.seen
+            .retain(|name, _| pods.iter().any(|p| &p.name == name && is_marked(p)));
+    }
 }
 
 /// The ordinal of StatefulSet pod `pod` of `cluster` (`<cluster>-<n>`).
@@ -58,12 +101,13 @@ fn endpoint(p: &PodInfo) -> Option<BrokerPod> {
         .and_then(|v| v.into_iter().next())
 }
 
-/// Drain `pods`: mark each, and once the mark is visible on the pod (the router-agents see it too), count the
-/// messages of every queue on it. True when every pod is marked and empty.
+/// Drain `pods`: mark each, and once the mark is visible on the pod, count the messages of every queue on it.
+/// True when every pod is marked, has been seen marked for the drain grace, and is empty.
 async fn drain<C: Connector>(
     ctx: &KubeCtx,
     pods: &[&PodInfo],
     prov: &mut Provisioner<C>,
+    clock: &mut DrainClock,
     report: &mut ClusterReport,
 ) -> Result<bool> {
     let mut all_empty = true;
@@ -75,6 +119,7 @@ async fn drain<C: Connector>(
             all_empty = false;
             continue;
         }
+        let marked_for = clock.marked_for(&p.name);
         let Some(ep) = endpoint(p) else {
             warn!(pod = %p.name, "draining broker pod is not reachable (not ready); waiting");
             report.draining.insert(p.name.clone(), None);
@@ -87,6 +132,10 @@ async fn drain<C: Connector>(
                 report.draining.insert(p.name.clone(), Some(total));
                 if total > 0 {
                     info!(pod = %p.name, messages = total, "broker pod still holds messages; waiting for consumers to empty it");
+                    all_empty = false;
+                } else if marked_for < clock.grace {
+                    info!(pod = %p.name, waited_ms = marked_for.as_millis(), grace_ms = clock.grace.as_millis(),
+                        "broker pod is empty but within the drain grace (router-agents may still route to it); waiting");
                     all_empty = false;
                 }
             }
@@ -101,17 +150,22 @@ async fn drain<C: Connector>(
 }
 
 /// One reconcile of the broker clusters against the Kubernetes API. Requests, in order: list the managed
-/// StatefulSets; per desired cluster (name order) apply its Service then its StatefulSet (keeping the current
-/// replicas while pods above the flavor's count drain), clearing stale draining marks; per cluster no address
-/// needs: drain its pods, then delete its StatefulSet and Service.
+/// StatefulSets, list the managed Services; per desired cluster (name order) apply its Service then its
+/// StatefulSet (keeping the current replicas while pods above the flavor's count drain) — each only when the
+/// listed object differs from the desired one —, clearing stale draining marks; per cluster no address needs:
+/// drain its pods (mark, drain grace, 0 messages), then delete its StatefulSet and Service; a managed Service
+/// left without its StatefulSet and not needed is deleted.
 #[instrument(skip_all, fields(clusters = desired.len()))]
 pub async fn reconcile_clusters<C: Connector>(
     ctx: &KubeCtx,
     desired: &BTreeMap<String, BrokerCluster>,
     pods: &[PodInfo],
     prov: &mut Provisioner<C>,
+    clock: &mut DrainClock,
 ) -> Result<ClusterReport> {
     let existing = ctx.list_clusters().await?;
+    let services = ctx.list_services().await?;
+    clock.retain_marked(pods);
     let mut report = ClusterReport::default();
     let pods_of = |cluster: &str| -> Vec<&PodInfo> {
         pods.iter()
@@ -131,7 +185,7 @@ pub async fn reconcile_clusters<C: Connector>(
                 .copied()
                 .filter(|p| ordinal(name, &p.name).is_some_and(|o| o >= target))
                 .collect();
-            if !drain(ctx, &going, prov, &mut report).await? {
+            if !drain(ctx, &going, prov, clock, &mut report).await? {
                 replicas = cur;
             } else {
                 info!(cluster = %name, from = cur, to = target, "drained; scaling down");
@@ -143,17 +197,35 @@ pub async fn reconcile_clusters<C: Connector>(
                 ctx.set_draining(&p.name, false).await?;
             }
         }
-        ctx.apply_service(cluster).await?;
-        ctx.apply_statefulset(cluster, replicas).await?;
-        report.applied.push(name.clone());
+        let svc = ctx.ensure_service(cluster, services.get(name)).await?;
+        let sts = ctx
+            .ensure_statefulset(
+                cluster,
+                replicas,
+                existing.get(name).map(|e| &e.object),
+            )
+            .await?;
+        report.patches += usize::from(svc) + usize::from(sts);
+        if svc || sts {
+            report.applied.push(name.clone());
+        } else {
+            report.unchanged.push(name.clone());
+        }
     }
     for name in existing.keys().filter(|n| !desired.contains_key(*n)) {
         let cluster_pods = pods_of(name);
-        if drain(ctx, &cluster_pods, prov, &mut report).await? {
+        if drain(ctx, &cluster_pods, prov, clock, &mut report).await? {
             info!(cluster = %name, "no address needs this cluster and its brokers are empty; deleting it");
             ctx.delete_cluster(name).await?;
             report.deleted.push(name.clone());
         }
+    }
+    for name in services
+        .keys()
+        .filter(|n| !desired.contains_key(*n) && !existing.contains_key(*n))
+    {
+        info!(service = %name, "managed Service without its StatefulSet and no longer needed; deleting it");
+        ctx.delete_service(name).await?;
     }
     Ok(report)
 }
@@ -180,6 +252,8 @@ pub struct LoopConfig {
     pub backoff: Backoff,
     /// One pass, then exit.
     pub once: bool,
+    /// How long a pod going away must have been seen marked draining before 0 messages on it counts as drained.
+    pub drain_grace: Duration,
 }
 
 impl Default for LoopConfig {
@@ -189,6 +263,7 @@ impl Default for LoopConfig {
             retry: Duration::from_secs(2),
             backoff: Backoff::default(),
             once: false,
+            drain_grace: Duration::from_secs(5),
         }
     }
 }
@@ -204,15 +279,22 @@ pub enum Outcome {
     NotConverged(String),
 }
 
-/// The status of a pass, for `/readyz` and `--once`.
+/// The status of a pass, for `/readyz` and `--once`. `no_pods`: desired clusters without broker pods -> their
+/// addresses (all pending).
 fn status(
     generation: u64,
     pass: &PassReport,
     clusters: Option<&Result<ClusterReport>>,
+    no_pods: &BTreeMap<String, usize>,
 ) -> (bool, String) {
     let mut problems = Vec::new();
     if let Some(Err(e)) = clusters {
         problems.push(format!("Kubernetes: {e}"));
+    }
+    for (cluster, n) in no_pods {
+        problems.push(format!(
+            "cluster {cluster} has no ready broker pod yet: {n} address(es) pending"
+        ));
     }
     if let Some(Ok(r)) = clusters
         && !r.draining.is_empty()
@@ -254,6 +336,7 @@ pub async fn run_loop<C: Connector>(
     shutdown: CancellationToken,
 ) -> Outcome {
     let metrics = prov.metrics().clone();
+    let mut clock = DrainClock::new(cfg.drain_grace);
     let mut last_error_events = 0;
     let mut last_brokers: Option<Brokers> = None;
     let mut brokers_error_hash = String::new();
@@ -328,6 +411,7 @@ pub async fn run_loop<C: Connector>(
             &pods,
             &mut prov,
             kube.as_ref(),
+            &mut clock,
         )
         .await;
         metrics.passes.inc();
@@ -370,6 +454,7 @@ async fn pass<C: Connector>(
     pods: &[PodInfo],
     prov: &mut Provisioner<C>,
     kube: Option<&KubeCtx>,
+    clock: &mut DrainClock,
 ) -> (bool, String, bool) {
     let metrics = prov.metrics().clone();
     let (clusters, problems) = desired_clusters(config);
@@ -381,7 +466,7 @@ async fn pass<C: Connector>(
         .set(i64::try_from(clusters.len()).unwrap_or(i64::MAX));
     let cluster_result = match kube {
         Some(ctx) => {
-            let r = reconcile_clusters(ctx, &clusters, pods, prov).await;
+            let r = reconcile_clusters(ctx, &clusters, pods, prov, clock).await;
             match &r {
                 Ok(rep) => {
                     metrics
@@ -396,11 +481,20 @@ async fn pass<C: Connector>(
     };
     let desired = desired_per_cluster(config);
     let report = prov.pass(&desired, brokers).await;
-    metrics.set_queues(report.ready, report.holding.len(), report.pending);
+    let no_pods: BTreeMap<String, usize> = desired
+        .iter()
+        .filter(|(cluster, _)| brokers.clusters.get(*cluster).is_none_or(Vec::is_empty))
+        .map(|(cluster, addresses)| (cluster.clone(), addresses.len()))
+        .collect();
+    metrics.set_queues(
+        report.ready,
+        report.holding.len(),
+        report.pending + no_pods.values().sum::<usize>(),
+    );
     metrics
         .brokers_unreachable
         .set(i64::try_from(report.pods_failed.len()).unwrap_or(i64::MAX));
-    let (ok, detail) = status(generation, &report, cluster_result.as_ref());
+    let (ok, detail) = status(generation, &report, cluster_result.as_ref(), &no_pods);
     let retry_soon = !report.holding.is_empty()
         || matches!(&cluster_result, Some(Ok(r)) if !r.draining.is_empty());
     (ok, detail, retry_soon)
