@@ -167,9 +167,10 @@ impl AddressSet {
         json!({"apiVersion": API_VERSION, "kind": ADDRESS_LIST_KIND, "items": items})
     }
 
-    /// [`Self::to_address_list_value`] as compact JSON text.
+    /// [`Self::to_address_list_value`] as compact JSON text, written straight from the set (no JSON tree in
+    /// between: for 10,000 addresses that is several times faster). Byte for byte the same text.
     pub fn to_address_list_json(&self) -> String {
-        self.to_address_list_value().to_string()
+        serde_json::to_string(&AddressListOut(self)).unwrap_or_default()
     }
 
     /// The 2016 format object `{"<address>": {"store_and_forward": b, "multicast": b, "flavor": f}}` (what
@@ -182,9 +183,9 @@ impl AddressSet {
         Value::Object(map)
     }
 
-    /// [`Self::to_2016_value`] as compact JSON text.
+    /// [`Self::to_2016_value`] as compact JSON text, written straight from the set; byte for byte the same text.
     pub fn to_2016_json(&self) -> String {
-        self.to_2016_value().to_string()
+        serde_json::to_string(&LegacyOut(self)).unwrap_or_default()
     }
 
     /// Parse typed-format JSON (one Address, a list, or an `AddressList`), e.g. a `v1/addresses` snapshot.
@@ -298,5 +299,122 @@ mod tests {
             AddressSet::from_2016_json("t", &empty.to_2016_json()).unwrap(),
             empty
         );
+    }
+}
+
+// Serialisers writing the snapshot texts directly. Keys are in the order a `serde_json::Value` (sorted map) would
+// write them, so the text is identical to `to_*_value().to_string()` (tested).
+
+struct AddressListOut<'a>(&'a AddressSet);
+struct ItemsOut<'a>(&'a AddressSet);
+struct TypedOut<'a>(&'a Address);
+struct MetadataOut<'a>(&'a str);
+struct SpecOut<'a>(&'a Address);
+struct LegacyOut<'a>(&'a AddressSet);
+struct LegacyPropsOut<'a>(&'a Address);
+
+impl serde::Serialize for AddressListOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(3))?;
+        m.serialize_entry("apiVersion", API_VERSION)?;
+        m.serialize_entry("items", &ItemsOut(self.0))?;
+        m.serialize_entry("kind", ADDRESS_LIST_KIND)?;
+        m.end()
+    }
+}
+
+impl serde::Serialize for ItemsOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(TypedOut))
+    }
+}
+
+impl serde::Serialize for TypedOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(4))?;
+        m.serialize_entry("apiVersion", API_VERSION)?;
+        m.serialize_entry("kind", ADDRESS_KIND)?;
+        m.serialize_entry("metadata", &MetadataOut(&self.0.address))?;
+        m.serialize_entry("spec", &SpecOut(self.0))?;
+        m.end()
+    }
+}
+
+impl serde::Serialize for MetadataOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(1))?;
+        m.serialize_entry("name", self.0)?;
+        m.end()
+    }
+}
+
+impl serde::Serialize for SpecOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let a = self.0;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("address", &a.address)?;
+        if let Some(f) = &a.flavor {
+            m.serialize_entry("flavor", f)?;
+        }
+        m.serialize_entry("type", a.kind.as_str())?;
+        m.end()
+    }
+}
+
+impl serde::Serialize for LegacyOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|a| (&a.address, LegacyPropsOut(a))))
+    }
+}
+
+impl serde::Serialize for LegacyPropsOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let a = self.0;
+        let (store_and_forward, multicast) = a.kind.to_flags();
+        let mut m = s.serialize_map(None)?;
+        if let Some(f) = &a.flavor {
+            m.serialize_entry("flavor", f)?;
+        }
+        m.serialize_entry("multicast", &multicast)?;
+        m.serialize_entry("store_and_forward", &store_and_forward)?;
+        m.end()
+    }
+}
+
+#[cfg(test)]
+mod serialiser_tests {
+    use super::*;
+
+    #[test]
+    fn direct_serialisers_write_exactly_the_value_text() {
+        let mut set = AddressSet::default();
+        for (name, kind, flavor) in [
+            ("chat", AddressKind::Anycast, None),
+            ("news \"quoted\"", AddressKind::Topic, Some("vanilla-topic")),
+            ("orders", AddressKind::Queue, Some("vanilla-queue")),
+            ("ünïcode/alerts", AddressKind::Broadcast, None),
+        ] {
+            set.insert(Address {
+                address: name.into(),
+                kind,
+                flavor: flavor.map(str::to_string),
+            });
+        }
+        assert_eq!(
+            set.to_address_list_json(),
+            set.to_address_list_value().to_string()
+        );
+        assert_eq!(set.to_2016_json(), set.to_2016_value().to_string());
+        let empty = AddressSet::default();
+        assert_eq!(
+            empty.to_address_list_json(),
+            empty.to_address_list_value().to_string()
+        );
+        assert_eq!(empty.to_2016_json(), "{}");
     }
 }
