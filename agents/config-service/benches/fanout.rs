@@ -25,6 +25,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use config_service::{Snapshot, Source};
@@ -45,6 +46,10 @@ const BUILDS: usize = 20;
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The whole bench stops adding edits past this (it must stay around two minutes).
 const BUDGET: Duration = Duration::from_secs(110);
+/// Extra subscribers attached at the end without any credit, to measure what each holds.
+const NO_CREDIT_LINKS: usize = 50;
+/// Set when the bench ends (links ending then are expected).
+static DONE: AtomicBool = AtomicBool::new(false);
 
 type Conn = ConnectionHandle<()>;
 type Sess = SessionHandle<()>;
@@ -153,6 +158,21 @@ fn rss_kb(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// CPU time (user + system) of `pid` (`self` for this process), from /proc/<pid>/stat at 100 ticks per second.
+fn cpu_time(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which ends with the last ')'): state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
 /// `(soft, hard)` open-files limit of this process.
 fn nofile_limits() -> Option<(u64, u64)> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
@@ -223,7 +243,10 @@ impl Service {
             .args(["--http-addr", &format!("127.0.0.1:{http}")])
             .args(["--max-connections", &max_connections.to_string()])
             .args(["--debounce", &format!("{debounce_ms}ms")])
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("FANOUT_LOG").unwrap_or_else(|_| "warn".to_string()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -290,7 +313,8 @@ async fn attach(
             .name(name.to_string())
             .source(ADDRESS)
             .credit_mode(credit)
-            .auto_accept(false)
+            // Pre-settled snapshots: accepting sends nothing, but it is what refills auto credit in fe2o3.
+            .auto_accept(true)
             .attach(&mut s),
     )
     .await
@@ -305,7 +329,16 @@ async fn subscriber_loop(
     events: mpsc::UnboundedSender<Event>,
     full_check: Option<Arc<BTreeMap<usize, String>>>,
 ) {
-    while let Ok(delivery) = receiver.recv::<String>().await {
+    loop {
+        let delivery = match receiver.recv::<String>().await {
+            Ok(d) => d,
+            Err(e) => {
+                if !DONE.load(Ordering::Relaxed) {
+                    eprintln!("  a subscriber's link ended: {e:?}");
+                }
+                break;
+            }
+        };
         let at = Instant::now();
         let body = delivery.body();
         if let Some(expected) = &full_check {
@@ -341,11 +374,20 @@ async fn collect(
     while arrivals.len() < n {
         match tokio::time::timeout_at(deadline, events.recv()).await {
             Ok(Some(e)) if e.len == len => arrivals.push(e.at),
-            Ok(Some(_)) => stray += 1,
+            Ok(Some(e)) => {
+                if stray < 3 {
+                    eprintln!(
+                        "  waiting for {len} bytes, a subscriber reported {} bytes",
+                        e.len
+                    );
+                }
+                stray += 1;
+            }
             Ok(None) => return Err("every subscriber ended".into()),
             Err(_) => {
                 return Err(format!(
-                    "only {} of {n} subscribers got the snapshot within {within:?}",
+                    "only {} of {n} subscribers got the snapshot of {len} bytes within {within:?} ({stray} \
+                     reports of another length)",
                     arrivals.len()
                 ));
             }
@@ -361,6 +403,8 @@ struct Block {
     firsts: Vec<Duration>,
     per_edit_max: Vec<Duration>,
     stray: usize,
+    server_cpu: Duration,
+    bench_cpu: Duration,
 }
 
 impl Block {
@@ -369,6 +413,8 @@ impl Block {
         self.firsts.extend(other.firsts);
         self.per_edit_max.extend(other.per_edit_max);
         self.stray += other.stray;
+        self.server_cpu += other.server_cpu;
+        self.bench_cpu += other.bench_cpu;
     }
 }
 
@@ -380,12 +426,15 @@ struct Fanout<'a> {
     subscribers: usize,
     flipped: usize,
     started: Instant,
+    /// The config-service process.
+    pid: String,
 }
 
 impl Fanout<'_> {
     /// `edits` edits, one at a time: each waits until every subscriber holds it.
     async fn run(&mut self, edits: usize) -> Block {
         let mut block = Block::default();
+        let (server0, bench0) = (cpu_time(&self.pid), cpu_time("self"));
         for _ in 0..edits {
             if self.started.elapsed() > BUDGET || self.flipped + 1 >= self.lengths.len() {
                 println!("  (time budget reached: this block stops early)");
@@ -411,6 +460,8 @@ impl Fanout<'_> {
             block.latencies.extend(lat);
             block.stray += stray;
         }
+        block.server_cpu = cpu_time(&self.pid).saturating_sub(server0);
+        block.bench_cpu = cpu_time("self").saturating_sub(bench0);
         block
     }
 }
@@ -452,6 +503,12 @@ fn print_block(label: &str, b: &Block, debounce: Duration) {
         .map(|d| format!("{:.0}", ms(*d)))
         .collect();
     println!("    per-edit max (ms): {}", maxes.join(" "));
+    let edits = b.per_edit_max.len().max(1) as f64;
+    println!(
+        "    CPU per edit: config-service {:.0} ms, subscribers (this process) {:.0} ms (2 cores shared)",
+        b.server_cpu.as_secs_f64() * 1e3 / edits,
+        b.bench_cpu.as_secs_f64() * 1e3 / edits
+    );
     if b.stray > 0 {
         println!("    {} reports of an unexpected snapshot length", b.stray);
     }
@@ -492,6 +549,28 @@ async fn bench() {
         whole.push(builds[builds.len() - 1] + t.elapsed());
         drop((snapshot, encoded));
     }
+    // Where the time goes (one more build, step by step).
+    let t = Instant::now();
+    let value = base.addresses.to_address_list_value();
+    let t_value = t.elapsed();
+    let t = Instant::now();
+    let text = value.to_string();
+    let t_text = t.elapsed();
+    let t = Instant::now();
+    let snapshot = Snapshot::new(Source::Addresses, text);
+    let t_message = t.elapsed();
+    let t = Instant::now();
+    let encoded = serde_amqp::to_vec(&Serializable(&snapshot.sendable.message)).expect("encode");
+    let t_encode = t.elapsed();
+    println!(
+        "   parts: JSON value {:.1} ms, to text {:.1} ms, message {:.1} ms, AMQP encoding {:.1} ms ({} bytes)",
+        ms(t_value),
+        ms(t_text),
+        ms(t_message),
+        ms(t_encode),
+        encoded.len()
+    );
+    drop((value, snapshot, encoded));
     builds.sort();
     whole.sort();
     let (median, max) = (percentile(&builds, 0.5), builds[builds.len() - 1]);
@@ -526,12 +605,16 @@ async fn bench() {
     let bodies = Arc::new(bodies);
 
     // 2. The service as a separate process, and the subscribers.
-    ensure_open_files(subscribers as u64 + 256);
+    ensure_open_files((subscribers + NO_CREDIT_LINKS) as u64 + 256);
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("addresses");
     let writer = KubeletWriter::new(&dir).expect("address dir");
     writer.write(&address_set(0)).expect("initial write");
-    let service = Service::spawn(&dir, debounce.as_millis() as u64, subscribers + 16);
+    let service = Service::spawn(
+        &dir,
+        debounce.as_millis() as u64,
+        subscribers + NO_CREDIT_LINKS + 16,
+    );
     let (idle_rss, _) = rss_kb(service.pid());
 
     let (tx, mut events) = mpsc::unbounded_channel();
@@ -571,6 +654,7 @@ async fn bench() {
         .max()
         .map(|t| *t - t_attach)
         .unwrap_or_default();
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let (rss_subscribed, _) = rss_kb(service.pid());
     println!(
         "2. fan-out: {subscribers} subscribers on {ADDRESS} (one AMQP connection each) attached and holding the \
@@ -588,6 +672,7 @@ async fn bench() {
         subscribers,
         flipped: 0,
         started,
+        pid: service.pid().to_string(),
     };
     let mut without = Block::default();
     let mut with = Block::default();
@@ -660,6 +745,29 @@ async fn bench() {
         verdict(ratio <= 1.25)
     ));
 
+    // Diagnostic: what a subscriber without credit holds in config-service (fe2o3 encodes a message before it
+    // waits for credit, so each such link pins one encoded snapshot).
+    let (before, _) = rss_kb(service.pid());
+    let mut idle_links = Vec::with_capacity(NO_CREDIT_LINKS);
+    for n in 0..NO_CREDIT_LINKS {
+        idle_links.push(
+            attach(&service.url, &format!("no-credit-{n}"), CreditMode::Manual)
+                .await
+                .expect("no-credit attach"),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (after, _) = rss_kb(service.pid());
+    println!(
+        "   diagnostic: {NO_CREDIT_LINKS} more links attached with no credit: config-service RSS {:.1} -> {:.1} MB \
+         ({:.2} MB per link; the snapshot message is {:.2} MB)",
+        before as f64 / 1024.0,
+        after as f64 / 1024.0,
+        after.saturating_sub(before) as f64 / 1024.0 / NO_CREDIT_LINKS as f64,
+        lengths[0] as f64 / 1024.0 / 1024.0
+    );
+    DONE.store(true, Ordering::Relaxed);
+    drop(idle_links);
     drop(handles);
     tasks.abort_all();
     drop(service);

@@ -76,30 +76,19 @@ pub struct Args {
 
     /// File mode: quiet time after the last change in the watched files before they are re-read (the kubelet
     /// writes a ConfigMap in several steps). E.g. `200ms`, `1s`.
-    #[arg(long, env = "DEBOUNCE", default_value = "200ms", value_parser = parse_duration)]
+    #[arg(long, env = "DEBOUNCE", default_value = "200ms", value_parser = maas_ops::parse_duration)]
     pub debounce: Duration,
-}
 
-/// Parses `250ms`, `10s`, `5m`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 250ms, 10s, 5m"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s or m")),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("invalid duration {s:?}"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    /// Most snapshot sends in progress at once, over all subscribers. fe2o3 encodes a message before it waits for
+    /// the link's credit, so each send in progress holds one encoded copy (about the body's size): this bounds that
+    /// memory (16 x 1.3 MB for 10,000 addresses).
+    #[arg(long, env = "MAX_CONCURRENT_SENDS", default_value_t = 16)]
+    pub max_concurrent_sends: usize,
+
+    /// A snapshot send not complete within this (a subscriber granting no credit, or not reading) gives up its
+    /// place and closes that link with `amqp:link:detach-forced`; the subscriber re-attaches to resume.
+    #[arg(long, env = "SEND_TIMEOUT", default_value = "5s", value_parser = maas_ops::parse_duration)]
+    pub send_timeout: Duration,
 }
 
 impl Args {
@@ -121,6 +110,8 @@ impl Args {
             max_frame_size: 65536,
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             debounce: Duration::from_millis(200),
+            max_concurrent_sends: 16,
+            send_timeout: Duration::from_secs(5),
         }
     }
 
@@ -135,6 +126,12 @@ impl Args {
         }
         if self.max_links_per_connection == 0 {
             return invalid("--max-links-per-connection must be at least 1");
+        }
+        if self.max_concurrent_sends == 0 {
+            return invalid("--max-concurrent-sends must be at least 1");
+        }
+        if self.send_timeout.is_zero() {
+            return invalid("--send-timeout must be more than 0 (e.g. 5s)");
         }
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
             return invalid("--tls-cert-file and --tls-key-file go together");
@@ -204,11 +201,13 @@ mod tests {
         assert_eq!(a.http_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(a.sasl_mechanisms, vec!["ANONYMOUS"]);
         assert_eq!(a.debounce, Duration::from_millis(200));
+        assert_eq!(a.max_concurrent_sends, 16);
+        assert_eq!(a.send_timeout, Duration::from_secs(5));
         assert_eq!(
             parse(&["--addresses-dir", "/c", "--debounce", "20ms"]).debounce,
             Duration::from_millis(20)
         );
-        assert!(parse_duration("5 parsecs").is_err());
+        assert!(Args::try_parse_from(["config-service", "--debounce", "5 parsecs"]).is_err());
         assert!(matches!(a.mode().unwrap(), Mode::Files { .. }));
         let a = parse(&["--kube", "--namespace", "ns"]);
         assert_eq!(
@@ -243,6 +242,14 @@ mod tests {
             (
                 &["--kube", "--namespace", "n", "--pods-file", "p"],
                 "file mode",
+            ),
+            (
+                &["--addresses-dir", "/c", "--max-concurrent-sends", "0"],
+                "--max-concurrent-sends",
+            ),
+            (
+                &["--addresses-dir", "/c", "--send-timeout", "0s"],
+                "--send-timeout",
             ),
         ];
         for (args, want) in cases {

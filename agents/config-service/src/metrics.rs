@@ -1,5 +1,6 @@
 //! The `/metrics` of config-service (prefix `maas_config_service`): subscribers and snapshots by source,
-//! snapshot build time, source errors, configuration state, and the AMQP server's connection counters
+//! subscribers detached for want of credit, snapshot sends in flight (now and peak), snapshot build time, source
+//! errors, configuration state, and the AMQP server's connection counters
 //! (read from [`ServerStats`] at scrape time).
 
 use std::sync::Arc;
@@ -41,6 +42,9 @@ pub struct Metrics {
     addresses: Gauge,
     config_generation: Gauge,
     configmaps: Family<StateLabel, Gauge>,
+    subscribers_detached: Family<SourceLabel, Counter>,
+    sends_in_flight: Gauge,
+    sends_in_flight_max: Gauge,
 }
 
 impl Metrics {
@@ -55,6 +59,9 @@ impl Metrics {
             addresses: Gauge::default(),
             config_generation: Gauge::default(),
             configmaps: Family::default(),
+            subscribers_detached: Family::default(),
+            sends_in_flight: Gauge::default(),
+            sends_in_flight_max: Gauge::default(),
         };
         registry.register(
             "subscribers",
@@ -97,6 +104,23 @@ impl Metrics {
              one keeps its last good content in force)",
             m.configmaps.clone(),
         );
+        registry.register(
+            "subscribers_detached",
+            "Subscriber links closed with amqp:link:detach-forced because a snapshot send did not complete within \
+             --send-timeout (no credit granted), by source",
+            m.subscribers_detached.clone(),
+        );
+        registry.register(
+            "sends_in_flight",
+            "Snapshot sends in progress now (each holds one encoded copy of its message; at most \
+             --max-concurrent-sends)",
+            m.sends_in_flight.clone(),
+        );
+        registry.register(
+            "sends_in_flight_max",
+            "Most snapshot sends in progress at once since the start",
+            m.sends_in_flight_max.clone(),
+        );
         registry.register_collector(Box::new(ServerCollector(server)));
         m
     }
@@ -121,6 +145,33 @@ impl Metrics {
     /// Snapshots sent on `source` so far.
     pub fn snapshots_sent(&self, source: &'static str) -> u64 {
         self.snapshots_sent.get_or_create(&label(source)).get()
+    }
+
+    /// Counts a snapshot send in progress until the returned guard is dropped (and records the peak).
+    pub fn send_started(&self) -> SendGuard {
+        let now = self.sends_in_flight.inc().saturating_add(1);
+        self.sends_in_flight_max.inner().fetch_max(now, Ordering::Relaxed);
+        SendGuard(self.sends_in_flight.clone())
+    }
+
+    /// Snapshot sends in progress now.
+    pub fn sends_in_flight(&self) -> i64 {
+        self.sends_in_flight.get()
+    }
+
+    /// Most snapshot sends in progress at once since the start.
+    pub fn sends_in_flight_max(&self) -> i64 {
+        self.sends_in_flight_max.get()
+    }
+
+    /// Counts one subscriber of `source` detached because a send did not complete in time.
+    pub fn subscriber_detached(&self, source: &'static str) {
+        self.subscribers_detached.get_or_create(&label(source)).inc();
+    }
+
+    /// Subscribers of `source` detached so far because a send did not complete in time.
+    pub fn subscribers_detached(&self, source: &'static str) -> u64 {
+        self.subscribers_detached.get_or_create(&label(source)).get()
     }
 
     /// Records how long building one snapshot of `source` took.
@@ -167,6 +218,16 @@ pub struct StateLabel {
 pub struct SubscriberGuard(Gauge);
 
 impl Drop for SubscriberGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Decrements the sends-in-flight gauge when dropped.
+#[derive(Debug)]
+pub struct SendGuard(Gauge);
+
+impl Drop for SendGuard {
     fn drop(&mut self) {
         self.0.dec();
     }

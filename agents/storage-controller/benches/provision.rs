@@ -1,7 +1,8 @@
 //! Bench: provision 1,000 queues over 3 Artemis broker emulators (default cost model), side by side with the
 //! emulators' raw operation rate measured in the same run (the same operations sent straight through
 //! `ArtemisClient` with the same window), so the ratio holds on a noisy shared machine. Target: ratio >= 0.8.
-//! Then a restarted controller with nothing changed: zero broker writes.
+//! Then a restarted controller with nothing changed: zero broker writes, and zero server-side-apply PATCH requests
+//! against a mocked Kubernetes API holding what the first controller applied (`tests/common/fake_api.rs`).
 //!
 //! Run: `cargo bench -p storage-controller --bench provision` (exits non-zero when a target is missed).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -17,8 +18,14 @@ use maas_e2e::broker::{BrokerConfig, BrokerEmulator};
 use maas_model::{AddressKind, BrokerPod, Brokers};
 use storage_controller::artemis::ArtemisConnector;
 use storage_controller::broker::Provisioner;
+use storage_controller::clusters::{ClusterOptions, desired_clusters};
+use storage_controller::controller::{DrainClock, reconcile_clusters};
+use storage_controller::kube::KubeCtx;
 use storage_controller::metrics::Metrics;
 use storage_controller::provision::BrokerDesired;
+
+#[path = "../tests/common/fake_api.rs"]
+mod fake_api;
 
 const QUEUES: usize = 1_000;
 const BROKERS: usize = 3;
@@ -124,6 +131,29 @@ fn connector() -> ArtemisConnector {
     }
 }
 
+/// The queue addresses of the bench on one shared flavor (cluster `bench`), as an address configuration.
+fn bench_config() -> maas_model::Config {
+    let mut flavors = maas_model::FlavorSet::default();
+    flavors.insert(maas_model::Flavor {
+        name: "bench".into(),
+        kind: None,
+        description: None,
+        template_name: None,
+        template_parameters: BTreeMap::new(),
+        shared: true,
+        extra: BTreeMap::from([("replicas".to_string(), serde_json::json!(BROKERS))]),
+    });
+    let mut addresses = maas_model::AddressSet::default();
+    for i in 0..QUEUES {
+        addresses.insert(maas_model::Address {
+            address: format!("q-{i}"),
+            kind: AddressKind::Queue,
+            flavor: Some("bench".into()),
+        });
+    }
+    maas_model::Config { addresses, flavors }
+}
+
 fn main() -> ExitCode {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -138,12 +168,34 @@ fn main() -> ExitCode {
             (0..QUEUES).map(|i| (format!("q-{i}"), AddressKind::Queue)).collect(),
         )]);
         let b = brokers(&ctl_emus);
+        let (clusters, _) = desired_clusters(&bench_config());
+        let (api, client, _pods) = fake_api::FakeApi::start("bench");
+        let kube_ctx = |metrics: Metrics| {
+            KubeCtx::new(
+                client.clone(),
+                ClusterOptions {
+                    namespace: "bench".into(),
+                    broker_secret: None,
+                    owner: None,
+                },
+                metrics,
+            )
+        };
 
         // Interleave raw and controller runs (warm-up included) so both see the same machine.
         let _ = raw(&raw_emus, "warm").await;
         let (raw_took, raw_ops) = raw(&raw_emus, "raw").await;
         let (metrics, _) = Metrics::new();
         let mut prov = Provisioner::new(connector(), metrics.clone(), WINDOW);
+        let first = reconcile_clusters(
+            &kube_ctx(metrics.clone()),
+            &clusters,
+            &[],
+            &mut prov,
+            &mut DrainClock::default(),
+        )
+        .await
+        .expect("first cluster reconcile");
         let before = writes(&ctl_emus);
         let start = Instant::now();
         let report = prov.pass(&desired, &b).await;
@@ -161,14 +213,31 @@ fn main() -> ExitCode {
             report.converged()
         );
 
-        // Restart with nothing changed: a fresh provisioner, zero broker writes.
-        let mut restarted = Provisioner::new(connector(), metrics, WINDOW);
+        // Restart with nothing changed: a fresh provisioner and Kubernetes context, zero broker writes, and no
+        // PATCH (or any other write) to the API: only the two lists.
+        let mut restarted = Provisioner::new(connector(), metrics.clone(), WINDOW);
         let before = writes(&ctl_emus);
+        let api_before = api.log().len();
         let start = Instant::now();
+        let cr = reconcile_clusters(
+            &kube_ctx(metrics),
+            &clusters,
+            &[],
+            &mut restarted,
+            &mut DrainClock::default(),
+        )
+        .await
+        .expect("cluster reconcile after restart");
         let r2 = restarted.pass(&desired, &b).await;
         let restart_writes = writes(&ctl_emus) - before;
+        let api_requests = api.since(api_before);
+        let ssa_patches = api_requests.iter().filter(|r| r.verb == "apply").count();
+        let api_writes = api_requests.iter().filter(|r| r.is_write()).count();
         println!(
-            "restart with nothing changed: {restart_writes} broker writes (target 0), pass {:.3} s, converged {}",
+            "first start: {} SSA patches; restart with nothing changed: {restart_writes} broker writes, {ssa_patches} SSA \
+             patches, {api_writes} API writes, {} API requests (targets 0, 0, 0), pass {:.3} s, converged {}",
+            first.patches,
+            api_requests.len(),
             start.elapsed().as_secs_f64(),
             r2.converged()
         );
@@ -179,6 +248,10 @@ fn main() -> ExitCode {
             && ctl_ops == (2 * QUEUES * BROKERS) as u64
             && ratio >= 0.8
             && restart_writes == 0
+            && first.patches == 2
+            && cr.patches == 0
+            && ssa_patches == 0
+            && api_writes == 0
             && r2.converged();
         if ok {
             ExitCode::SUCCESS

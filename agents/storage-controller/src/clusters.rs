@@ -455,6 +455,47 @@ mod tests {
     }
 
     #[test]
+    fn up_to_date_compares_owned_fields_only() {
+        let cfg = config(&[("orders", AddressKind::Queue, "big")]);
+        let (clusters, _) = desired_clusters(&cfg);
+        let opts = ClusterOptions::default();
+        let want = statefulset(&clusters["orders"], &opts, 3);
+        assert!(want["metadata"]["annotations"][SPEC_HASH_ANNOTATION].is_string());
+        assert!(up_to_date(&want, &want));
+        // Server-set and defaulted fields do not matter.
+        let mut live = want.clone();
+        live["metadata"]["uid"] = json!("u");
+        live["spec"]["revisionHistoryLimit"] = json!(10);
+        live["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = json!("Always");
+        live["spec"]["volumeClaimTemplates"][0]["status"] = json!({"phase": "Bound"});
+        live["status"] = json!({"replicas": 3});
+        assert!(up_to_date(&want, &live));
+        // Our fields do.
+        let mut drift = live.clone();
+        drift["spec"]["replicas"] = json!(2);
+        assert!(!up_to_date(&want, &drift));
+        let mut drift = live.clone();
+        drift["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array_mut()
+            .unwrap()
+            .pop();
+        assert!(!up_to_date(&want, &drift));
+        let mut drift = live.clone();
+        drift["metadata"]["annotations"]
+            .as_object_mut()
+            .unwrap()
+            .remove(SPEC_HASH_ANNOTATION);
+        assert!(!up_to_date(&want, &drift));
+        // Another desired body (different replicas) has another hash.
+        assert!(!up_to_date(
+            &statefulset(&clusters["orders"], &opts, 2),
+            &live
+        ));
+        let svc = service(&clusters["orders"], &opts);
+        assert!(up_to_date(&svc, &svc));
+    }
+
+    #[test]
     fn label_values() {
         assert_eq!(label_value("vanilla-queue"), "vanilla-queue");
         assert_eq!(label_value("Shared.Small_1"), "Shared.Small_1");

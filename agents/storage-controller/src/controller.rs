@@ -199,11 +199,7 @@ pub async fn reconcile_clusters<C: Connector>(
         }
         let svc = ctx.ensure_service(cluster, services.get(name)).await?;
         let sts = ctx
-            .ensure_statefulset(
-                cluster,
-                replicas,
-                existing.get(name).map(|e| &e.object),
-            )
+            .ensure_statefulset(cluster, replicas, existing.get(name).map(|e| &e.object))
             .await?;
         report.patches += usize::from(svc) + usize::from(sts);
         if svc || sts {

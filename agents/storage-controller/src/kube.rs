@@ -141,7 +141,11 @@ impl KubeCtx {
     }
 
     /// Apply the cluster's Service unless `live` (as listed) already holds it. True when a PATCH was sent.
-    pub async fn ensure_service(&self, cluster: &BrokerCluster, live: Option<&Value>) -> Result<bool> {
+    pub async fn ensure_service(
+        &self,
+        cluster: &BrokerCluster,
+        live: Option<&Value>,
+    ) -> Result<bool> {
         if live.is_some_and(|l| up_to_date(&service(cluster, &self.opts), l)) {
             return Ok(false);
         }
@@ -159,7 +163,9 @@ impl KubeCtx {
         if live.is_some_and(|l| up_to_date(&statefulset(cluster, &self.opts, replicas), l)) {
             return Ok(false);
         }
-        self.apply_statefulset(cluster, replicas).await.map(|()| true)
+        self.apply_statefulset(cluster, replicas)
+            .await
+            .map(|()| true)
     }
 
     /// Server-side apply of the cluster's headless Service.

@@ -177,8 +177,13 @@ fn emulators(n: usize) -> (tokio::runtime::Runtime, Vec<BrokerEmulator>) {
     (rt, emus)
 }
 
+/// `orders-<i>` on every emulator but the last, `news-0` on the last (a cluster without brokers is not ready).
 fn brokers_file(dir: &Path, emus: &[BrokerEmulator]) -> std::path::PathBuf {
-    let pods: Vec<serde_json::Value> = emus
+    let (news, orders) = emus.split_last().unwrap();
+    let news = vec![
+        serde_json::json!({"name": "news-0", "host": "127.0.0.1", "port": news.addr().port()}),
+    ];
+    let pods: Vec<serde_json::Value> = orders
         .iter()
         .enumerate()
         .map(|(i, e)| serde_json::json!({"name": format!("orders-{i}"), "host": "127.0.0.1", "port": e.addr().port()}))
@@ -186,7 +191,7 @@ fn brokers_file(dir: &Path, emus: &[BrokerEmulator]) -> std::path::PathBuf {
     let path = dir.join("brokers.json");
     std::fs::write(
         &path,
-        serde_json::json!({"orders": pods, "news": []}).to_string(),
+        serde_json::json!({"orders": pods, "news": news}).to_string(),
     )
     .unwrap();
     path
@@ -194,7 +199,7 @@ fn brokers_file(dir: &Path, emus: &[BrokerEmulator]) -> std::path::PathBuf {
 
 #[test]
 fn once_provisions_brokers_and_exits_zero() {
-    let (_rt, emus) = emulators(2);
+    let (_rt, emus) = emulators(3);
     let dir = tempfile::tempdir().unwrap();
     let addrs = dir.path().join("addresses");
     std::fs::create_dir(&addrs).unwrap();
@@ -225,9 +230,10 @@ fn once_provisions_brokers_and_exits_zero() {
         !err.contains("admin\n") && !err.contains("password=admin"),
         "password never logged"
     );
-    for e in &emus {
+    for e in &emus[..2] {
         assert!(e.queues().contains_key("orders"));
     }
+    assert!(emus[2].addresses().contains_key("news"));
     // Wrong password: not converged, non-zero with the reason.
     std::fs::write(&pw, "nope").unwrap();
     let (code, _, err) = run(&all);
@@ -237,7 +243,7 @@ fn once_provisions_brokers_and_exits_zero() {
 
 #[test]
 fn serves_http_and_exits_zero_on_sigterm() {
-    let (_rt, emus) = emulators(1);
+    let (_rt, emus) = emulators(2);
     let dir = tempfile::tempdir().unwrap();
     let addrs = dir.path().join("addresses");
     std::fs::create_dir(&addrs).unwrap();
@@ -274,13 +280,14 @@ fn serves_http_and_exits_zero_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let body = ready.expect("ready within 15 s");
-    assert!(body.contains("provisioned on 1 broker pod"), "{body}");
+    assert!(body.contains("provisioned on 2 broker pod"), "{body}");
     assert_eq!(http_get(port, "/healthz").unwrap().0, 200);
     let (code, metrics) = http_get(port, "/metrics").unwrap();
     assert_eq!(code, 200);
     for m in [
         "maas_storage_controller_broker_operations_total{operation=\"createQueue\",result=\"ok\"} 1",
-        "maas_storage_controller_queues{state=\"ready\"} 1",
+        "maas_storage_controller_queues{state=\"ready\"} 2",
+        "maas_storage_controller_queues{state=\"pending\"} 0",
         "maas_storage_controller_queues{state=\"holding-messages\"} 0",
         "maas_storage_controller_clusters 2",
         "maas_storage_controller_drains_in_progress 0",

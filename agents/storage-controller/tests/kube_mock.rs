@@ -1,6 +1,7 @@
 //! Kubernetes mode against a mocked API server (the ApiServerVerifier pattern of kube-rs/controller-rs):
 //! `tower_test::mock::pair` behind `kube::Client::new`; each Scenario asserts every API call in order, with its
-//! exact server-side-apply body, under a 1 s timeout per step. Brokers are in-memory fakes.
+//! exact server-side-apply body, under a 1 s timeout per step. Every StatefulSet list is followed by the Services
+//! list (answered with the same names, or the given live objects). Brokers are in-memory fakes.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -17,7 +18,7 @@ use storage_controller::broker::{Connector, Provisioner};
 use storage_controller::clusters::{
     BrokerCluster, ClusterOptions, desired_clusters, service, statefulset,
 };
-use storage_controller::controller::{ClusterReport, reconcile_clusters};
+use storage_controller::controller::{ClusterReport, DrainClock, reconcile_clusters};
 use storage_controller::kube::KubeCtx;
 use storage_controller::metrics::Metrics;
 use tokio::task::JoinHandle;
@@ -39,8 +40,10 @@ enum Call {
 
 /// What the mocked API server answers.
 enum Answer {
-    /// The list of managed StatefulSets (name, replicas).
+    /// The list of managed StatefulSets (name, replicas), minimal objects; the Services list has the same names.
     List(Vec<(String, i32)>),
+    /// Live objects as an API server returns them: StatefulSets, then Services.
+    Live(Vec<Value>, Vec<Value>),
     /// Echo the applied/patched object (200).
     Ok,
     /// An API error Status with this code.
@@ -127,19 +130,54 @@ impl Verifier {
                 _ => panic!("step {i}: unexpected {method} {path}?{query}"),
             };
             assert_eq!(got, want, "step {i}");
-            match answer {
-                Answer::List(items) => {
-                    let items: Vec<Value> = items
+            let (sts, svcs) = match &answer {
+                Answer::List(items) => (
+                    items
                         .iter()
                         .map(|(n, r)| json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
                             "metadata": {"name": n, "namespace": NS, "uid": format!("uid-{n}")},
                             "spec": {"replicas": r, "serviceName": n, "selector": {}, "template": {}}}))
-                        .collect();
+                        .collect(),
+                    items
+                        .iter()
+                        .map(|(n, _)| json!({"apiVersion": "v1", "kind": "Service",
+                            "metadata": {"name": n, "namespace": NS, "uid": format!("uid-svc-{n}")},
+                            "spec": {"clusterIP": "None"}}))
+                        .collect(),
+                ),
+                Answer::Live(a, b) => (a.clone(), b.clone()),
+                _ => (Vec::new(), Vec::new()),
+            };
+            match answer {
+                Answer::List(_) | Answer::Live(..) => {
                     respond(
                         send,
                         200,
                         &json!({"apiVersion": "apps/v1", "kind": "StatefulSetList",
-                        "metadata": {"resourceVersion": "1"}, "items": items}),
+                        "metadata": {"resourceVersion": "1"}, "items": sts}),
+                    );
+                    // The Services list follows.
+                    let (req, send) = tokio::time::timeout(STEP, self.0.next_request())
+                        .await
+                        .unwrap_or_else(|_| panic!("step {i}: no Services list within {STEP:?}"))
+                        .expect("client alive");
+                    assert_eq!(req.method(), Method::GET, "step {i}: {}", req.uri());
+                    assert_eq!(
+                        req.uri().path(),
+                        format!("/api/v1/namespaces/{NS}/services")
+                    );
+                    assert!(
+                        req.uri().query().unwrap_or_default().contains(
+                            "labelSelector=app.kubernetes.io%2Fmanaged-by%3Dmaas-storage-controller"
+                        ),
+                        "{}",
+                        req.uri()
+                    );
+                    respond(
+                        send,
+                        200,
+                        &json!({"apiVersion": "v1", "kind": "ServiceList",
+                        "metadata": {"resourceVersion": "1"}, "items": svcs}),
                     );
                 }
                 Answer::Ok => {
@@ -233,6 +271,7 @@ struct Harness<C: Connector = FakeConnector> {
     prov: Option<Provisioner<C>>,
     brokers: FakeConnector,
     metrics_registry: std::sync::Arc<prometheus_client::registry::Registry>,
+    clock: DrainClock,
 }
 
 fn harness() -> Harness {
@@ -250,6 +289,7 @@ fn harness_with<C: Connector + 'static>(connector: C, brokers: FakeConnector) ->
         prov: Some(Provisioner::new(connector, metrics, 10)),
         brokers,
         metrics_registry: registry,
+        clock: DrainClock::new(Duration::ZERO),
     }
 }
 
@@ -265,9 +305,10 @@ impl<C: Connector + 'static> Harness<C> {
         let ctx = self.ctx.clone();
         let mut prov = self.prov.take().unwrap();
         let desired = desired.clone();
+        let mut clock = std::mem::take(&mut self.clock);
         let task: JoinHandle<_> = tokio::spawn(async move {
-            let r = reconcile_clusters(&ctx, &desired, &pods, &mut prov).await;
-            (r, prov)
+            let r = reconcile_clusters(&ctx, &desired, &pods, &mut prov, &mut clock).await;
+            (r, prov, clock)
         });
         // The verifier's handle is reused across reconciles: run it, then put it back.
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -277,11 +318,12 @@ impl<C: Connector + 'static> Harness<C> {
             v.run(scenario).await;
             let _ = tx.send(());
         });
-        let (r, prov) = tokio::time::timeout(Duration::from_secs(10), task)
+        let (r, prov, clock) = tokio::time::timeout(Duration::from_secs(10), task)
             .await
             .unwrap()
             .unwrap();
         self.prov = Some(prov);
+        self.clock = clock;
         serve.await.unwrap();
         rx.await.unwrap();
         r
@@ -312,7 +354,7 @@ fn cluster_calls(c: &BrokerCluster, replicas: i32) -> Vec<(Call, Answer)> {
 }
 
 #[tokio::test]
-async fn applies_exact_bodies_and_reapplies_identically() {
+async fn applies_exact_bodies_then_skips_unchanged_and_repairs_drift() {
     let mut h = harness();
     let (desired, _) = desired_clusters(&config(
         &[("orders", AddressKind::Queue), ("news", AddressKind::Topic)],
@@ -334,22 +376,169 @@ async fn applies_exact_bodies_and_reapplies_identically() {
     );
     assert_eq!(sts["spec"]["volumeClaimTemplates"][0]["status"], json!({}));
 
-    // Second pass, nothing changed: the same list and the same two applies per cluster, byte for byte, and
-    // nothing else (no delete, no annotation).
+    // Second pass, nothing changed: the lists return what was applied (as an API server returns it, with
+    // server-set metadata and defaulted fields): no PATCH at all, nothing else either.
+    let live = |replicas: i32| {
+        let mut sts = Vec::new();
+        let mut svcs = Vec::new();
+        for name in ["news", "orders"] {
+            sts.push(as_served(statefulset(&desired[name], &opts(), replicas)));
+            svcs.push(as_served(service(&desired[name], &opts())));
+        }
+        (sts, svcs)
+    };
     fresh(&mut h);
-    let mut calls = vec![(
-        Call::ListStatefulSets,
-        Answer::List(vec![("news".into(), 2), ("orders".into(), 2)]),
-    )];
-    calls.extend(cluster_calls(&desired["news"], 2));
-    calls.extend(cluster_calls(&desired["orders"], 2));
+    let (sts, svcs) = live(2);
     let r2 = h
+        .reconcile(
+            &desired,
+            vec![],
+            Scenario(vec![(Call::ListStatefulSets, Answer::Live(sts, svcs))]),
+        )
+        .await
+        .unwrap();
+    assert!(r2.applied.is_empty(), "{r2:?}");
+    assert_eq!(r2.unchanged, vec!["news", "orders"]);
+    assert_eq!(r2.patches, 0);
+    assert!(r2.deleted.is_empty() && r2.draining.is_empty());
+    assert!(h.metrics().contains(r#"maas_storage_controller_api_operations_total{operation="apply",kind="StatefulSet",result="ok"} 2"#), "{}", h.metrics());
+
+    // Drift on fields we own is repaired, only where it is: replicas changed on orders' StatefulSet, a label
+    // removed from news' Service.
+    fresh(&mut h);
+    let (mut sts, mut svcs) = live(2);
+    sts[1]["spec"]["replicas"] = json!(5);
+    svcs[0]["metadata"]["labels"]
+        .as_object_mut()
+        .unwrap()
+        .remove("maas.io/flavor");
+    let calls = vec![
+        (Call::ListStatefulSets, Answer::Live(sts, svcs)),
+        (
+            Call::ApplyService(service(&desired["news"], &opts())),
+            Answer::Ok,
+        ),
+        (
+            Call::ApplyStatefulSet(statefulset(&desired["orders"], &opts(), 2)),
+            Answer::Ok,
+        ),
+    ];
+    let r3 = h
         .reconcile(&desired, vec![], Scenario(calls))
         .await
         .unwrap();
-    assert_eq!(r2.applied, r.applied);
-    assert!(r2.deleted.is_empty() && r2.draining.is_empty());
-    assert!(h.metrics().contains(r#"maas_storage_controller_api_operations_total{operation="apply",kind="StatefulSet",result="ok"} 4"#), "{}", h.metrics());
+    assert_eq!(
+        (r3.applied, r3.patches),
+        (vec!["news".to_string(), "orders".to_string()], 2)
+    );
+
+    // A changed desired object (the flavor now asks for a resource limit) is applied even though every field
+    // the old body set still matches: the spec hash differs.
+    fresh(&mut h);
+    let (sts, svcs) = live(2);
+    let mut changed = desired.clone();
+    changed.get_mut("orders").unwrap().resources = Some(json!({"limits": {"memory": "1Gi"}}));
+    let calls = vec![
+        (Call::ListStatefulSets, Answer::Live(sts, svcs)),
+        (
+            Call::ApplyStatefulSet(statefulset(&changed["orders"], &opts(), 2)),
+            Answer::Ok,
+        ),
+    ];
+    let r4 = h
+        .reconcile(&changed, vec![], Scenario(calls))
+        .await
+        .unwrap();
+    assert_eq!(r4.applied, vec!["orders"]);
+    assert_eq!(r4.unchanged, vec!["news"]);
+}
+
+/// An applied body as the API server returns it in a list: server-set metadata, defaulted fields, claim status.
+fn as_served(mut v: Value) -> Value {
+    v["metadata"]["uid"] = json!("uid-1");
+    v["metadata"]["resourceVersion"] = json!("7");
+    v["metadata"]["managedFields"] =
+        json!([{"manager": "maas-storage-controller", "operation": "Apply"}]);
+    if v["kind"] == "StatefulSet" {
+        v["spec"]["revisionHistoryLimit"] = json!(10);
+        let c = &mut v["spec"]["template"]["spec"]["containers"][0];
+        c["imagePullPolicy"] = json!("IfNotPresent");
+        c["readinessProbe"]["timeoutSeconds"] = json!(1);
+        v["spec"]["volumeClaimTemplates"][0]["status"] = json!({"phase": "Pending"});
+        v["status"] = json!({"replicas": 2});
+    } else {
+        v["spec"]["clusterIPs"] = json!(["None"]);
+        v["spec"]["type"] = json!("ClusterIP");
+    }
+    v
+}
+
+/// With a drain grace, a pod going away at 0 messages is not drained until it has been seen marked that long.
+#[tokio::test]
+async fn drain_grace_holds_an_empty_pod_until_it_passed() {
+    let mut h = harness();
+    h.clock = DrainClock::new(Duration::from_millis(600));
+    let (desired, _) = desired_clusters(&config(&[], 1));
+    h.brokers.broker("old-0").set_count("old", 0);
+    // Pass 1: marked.
+    let calls = vec![
+        (
+            Call::ListStatefulSets,
+            Answer::List(vec![("old".into(), 1)]),
+        ),
+        (
+            Call::AnnotatePod(
+                "old-0".into(),
+                json!({"metadata": {"annotations": {"maas.io/draining": "true"}}}),
+            ),
+            Answer::Ok,
+        ),
+    ];
+    h.reconcile(
+        &desired,
+        vec![pod("old-0", "old", false, 5672)],
+        Scenario(calls),
+    )
+    .await
+    .unwrap();
+    // Pass 2: the mark is seen, 0 messages, but within the grace: nothing deleted.
+    let seen = std::time::Instant::now();
+    fresh(&mut h);
+    let calls = vec![(
+        Call::ListStatefulSets,
+        Answer::List(vec![("old".into(), 1)]),
+    )];
+    let r = h
+        .reconcile(
+            &desired,
+            vec![pod("old-0", "old", true, 5672)],
+            Scenario(calls),
+        )
+        .await
+        .unwrap();
+    assert!(r.deleted.is_empty());
+    assert_eq!(r.draining.get("old-0"), Some(&Some(0)));
+    // Pass 3, once the grace has passed since the mark was first seen: deleted.
+    let left = Duration::from_millis(600).saturating_sub(seen.elapsed());
+    tokio::time::sleep(left).await;
+    fresh(&mut h);
+    let calls = vec![
+        (
+            Call::ListStatefulSets,
+            Answer::List(vec![("old".into(), 1)]),
+        ),
+        (Call::DeleteStatefulSet("old".into()), Answer::Ok),
+        (Call::DeleteService("old".into()), Answer::Ok),
+    ];
+    let r = h
+        .reconcile(
+            &desired,
+            vec![pod("old-0", "old", true, 5672)],
+            Scenario(calls),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.deleted, vec!["old"]);
 }
 
 #[tokio::test]

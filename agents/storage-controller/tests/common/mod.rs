@@ -183,3 +183,4 @@ impl Connector for FakeConnector {
         Ok(b)
     }
 }
+pub mod fake_api;

@@ -1,0 +1,434 @@
+//! Kubernetes mode end to end, in process: `kube_context` (owner ConfigMap read through the API) and `run_loop`
+//! against a stateful mocked API server ([`common::fake_api::FakeApi`]: StatefulSets, Services, ConfigMaps,
+//! pods published as the pod watch would) and Artemis broker emulators (`maas_e2e::broker::BrokerEmulator`).
+//!
+//! What a user would check: clusters appear for the addresses; a cluster without pods is not ready; ready pods
+//! get their addresses; nothing changed means no PATCH at all (also after a restart, and no broker write);
+//! drift is repaired; a removed address's cluster is drained (mark, grace, 0 messages) before it is deleted.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::fake_api::FakeApi;
+use maas_amqp::options::{Backoff, ConnectOptions, SaslOptions, Secret};
+use maas_e2e::broker::{BrokerConfig, BrokerEmulator};
+use maas_model::{Address, AddressKind, AddressSet, Config, Flavor, FlavorSet, PodInfo};
+use maas_ops::Health;
+use maas_source::{ConfigState, PodsState};
+use serde_json::json;
+use storage_controller::artemis::ArtemisConnector;
+use storage_controller::broker::Provisioner;
+use storage_controller::clusters::{ClusterOptions, desired_clusters, service, statefulset};
+use storage_controller::commands::kube_context;
+use storage_controller::controller::{BrokerSource, LoopConfig, Outcome, run_loop};
+use storage_controller::kube::KubeCtx;
+use storage_controller::metrics::Metrics;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+const NS: &str = "maas";
+const GRACE: Duration = Duration::from_millis(400);
+
+fn config(addrs: &[(&str, AddressKind)]) -> Config {
+    let mut flavors = FlavorSet::default();
+    flavors.insert(Flavor {
+        name: "vanilla".into(),
+        kind: None,
+        description: None,
+        template_name: None,
+        template_parameters: BTreeMap::new(),
+        shared: false,
+        extra: BTreeMap::from([("replicas".to_string(), json!(1))]),
+    });
+    let mut addresses = AddressSet::default();
+    for (a, k) in addrs {
+        addresses.insert(Address {
+            address: a.to_string(),
+            kind: *k,
+            flavor: Some("vanilla".into()),
+        });
+    }
+    Config { addresses, flavors }
+}
+
+fn state(cfg: Config, generation: u64) -> Arc<ConfigState> {
+    Arc::new(ConfigState {
+        config: Some(Arc::new(cfg)),
+        generation,
+        synced: true,
+        inputs_valid: 1,
+        ..ConfigState::default()
+    })
+}
+
+fn pod(name: &str, cluster: &str, port: u16) -> PodInfo {
+    PodInfo {
+        name: name.into(),
+        host: "127.0.0.1".into(),
+        phase: "Running".into(),
+        ready: true,
+        ports: BTreeMap::from([(
+            "broker".to_string(),
+            BTreeMap::from([("amqp".to_string(), port)]),
+        )]),
+        labels: BTreeMap::from([
+            (
+                "app.kubernetes.io/component".to_string(),
+                "broker".to_string(),
+            ),
+            ("maas.io/cluster".to_string(), cluster.to_string()),
+        ]),
+        annotations: BTreeMap::new(),
+    }
+}
+
+fn connector() -> ArtemisConnector {
+    let mut template = ConnectOptions::new("127.0.0.1", 5672);
+    template.sasl = SaslOptions::Plain {
+        username: "admin".into(),
+        password: Secret::new("admin"),
+    };
+    ArtemisConnector {
+        template,
+        // A short reply timeout: a lost first reply on a fresh management connection (seen rarely under load)
+        // is retried by the next pass after 2 s instead of 10 s.
+        client: maas_amqp::artemis::ClientConfig {
+            request_timeout: Duration::from_secs(2),
+            ..maas_amqp::artemis::ClientConfig::default()
+        },
+    }
+}
+
+fn loop_config() -> LoopConfig {
+    LoopConfig {
+        resync: Duration::from_millis(150),
+        retry: Duration::from_millis(100),
+        backoff: Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(200),
+        },
+        once: false,
+        drain_grace: GRACE,
+    }
+}
+
+async fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A running controller loop.
+struct Running {
+    health: Health,
+    metrics: Metrics,
+    registry: Arc<prometheus_client::registry::Registry>,
+    token: CancellationToken,
+    task: tokio::task::JoinHandle<Outcome>,
+}
+
+impl Running {
+    fn metrics_text(&self) -> String {
+        let mut s = String::new();
+        prometheus_client::encoding::text::encode(&mut s, &self.registry).unwrap();
+        s
+    }
+    fn passes(&self) -> u64 {
+        self.metrics.passes.get()
+    }
+    async fn wait_passes(&self, n: u64) {
+        let target = self.passes() + n;
+        wait_until("passes", 10, || self.passes() >= target).await;
+    }
+    async fn stop(self) {
+        self.token.cancel();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(outcome, Outcome::Stopped);
+    }
+}
+
+/// `kube_context` (with the owner ConfigMap) + `run_loop` in Kubernetes mode.
+async fn start_loop(
+    client: kube::Client,
+    config_rx: watch::Receiver<Arc<ConfigState>>,
+    pods_rx: watch::Receiver<Arc<PodsState>>,
+) -> (Running, KubeCtx) {
+    let (metrics, registry) = Metrics::new();
+    let ctx = kube_context(
+        client,
+        ClusterOptions {
+            namespace: NS.into(),
+            broker_secret: Some("broker-creds".into()),
+            owner: None,
+        },
+        Some("maas-addresses"),
+        metrics.clone(),
+    )
+    .await
+    .unwrap();
+    let health = Health::new();
+    let token = CancellationToken::new();
+    let task = tokio::spawn(run_loop(
+        config_rx,
+        BrokerSource::Pods(pods_rx),
+        Provisioner::new(connector(), metrics.clone(), 10),
+        Some(ctx.clone()),
+        health.clone(),
+        loop_config(),
+        token.clone(),
+    ));
+    (
+        Running {
+            health,
+            metrics,
+            registry,
+            token,
+            task,
+        },
+        ctx,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_mode_applies_provisions_and_drains_before_deleting() {
+    let e_orders = BrokerEmulator::start(BrokerConfig::default())
+        .await
+        .unwrap();
+    let e_news = BrokerEmulator::start(BrokerConfig::default())
+        .await
+        .unwrap();
+    let (api, client, pods_rx) = FakeApi::start(NS);
+    api.add_configmap("maas-addresses", "cm-uid-1");
+    let cfg = config(&[("orders", AddressKind::Queue), ("news", AddressKind::Topic)]);
+    let (config_tx, config_rx) = watch::channel(state(cfg.clone(), 1));
+    let (run, ctx) = start_loop(client, config_rx, pods_rx).await;
+    assert_eq!(ctx.opts.owner.as_ref().unwrap().uid, "cm-uid-1");
+    let first = api.log();
+    assert_eq!(
+        (first[0].verb, first[0].kind, first[0].name.as_str()),
+        ("get", "ConfigMap", "maas-addresses"),
+        "the owner's uid is read first"
+    );
+
+    // 1. Initial configuration -> Service + StatefulSet per cluster, the exact bodies, owned by the ConfigMap.
+    wait_until("both clusters applied", 10, || {
+        api.statefulset("orders").is_some() && api.statefulset("news").is_some()
+    })
+    .await;
+    wait_until("both services applied", 10, || {
+        api.service("orders").is_some() && api.service("news").is_some()
+    })
+    .await;
+    let (desired, _) = desired_clusters(&cfg);
+    let applied = |kind: &str, name: &str| {
+        api.log()
+            .into_iter()
+            .find(|r| r.verb == "apply" && r.kind == kind && r.name == name)
+            .unwrap()
+            .body
+    };
+    assert_eq!(
+        applied("StatefulSet", "orders"),
+        statefulset(&desired["orders"], &ctx.opts, 1)
+    );
+    assert_eq!(
+        applied("Service", "news"),
+        service(&desired["news"], &ctx.opts)
+    );
+    assert_eq!(
+        applied("StatefulSet", "orders")["metadata"]["ownerReferences"][0]["uid"],
+        "cm-uid-1"
+    );
+
+    // 2. No pods yet: not ready, both addresses pending (readyz detail and the queues-by-state metric).
+    wait_until("not ready with the clusters named", 10, || {
+        let (ready, detail) = run.health.snapshot();
+        !ready
+            && detail.contains("cluster news has no ready broker pod yet")
+            && detail.contains("cluster orders has no ready broker pod yet")
+    })
+    .await;
+    let m = run.metrics_text();
+    assert!(
+        m.contains("maas_storage_controller_queues{state=\"pending\"} 2"),
+        "{m}"
+    );
+
+    // 3. Pods ready -> provisioned on the emulators -> ready.
+    api.set_pods(vec![
+        pod("orders-0", "orders", e_orders.addr().port()),
+        pod("news-0", "news", e_news.addr().port()),
+    ]);
+    wait_until("ready", 15, || run.health.is_ready()).await;
+    assert!(e_orders.queues().contains_key("orders"));
+    assert!(e_news.addresses().contains_key("news"));
+    assert!(
+        !e_news.queues().contains_key("orders"),
+        "per-cluster placement"
+    );
+    let m = run.metrics_text();
+    assert!(
+        m.contains("maas_storage_controller_queues{state=\"pending\"} 0"),
+        "{m}"
+    );
+    assert!(
+        m.contains("maas_storage_controller_queues{state=\"ready\"} 2"),
+        "{m}"
+    );
+
+    // 4. Nothing changes: passes go on, the API sees only lists (no PATCH), the brokers no write.
+    let mark = api.log().len();
+    let writes = e_orders.counters().writes + e_news.counters().writes;
+    run.wait_passes(3).await;
+    let since = api.since(mark);
+    assert!(since.iter().all(|r| r.verb == "list"), "{since:?}");
+    assert!(
+        since.len() >= 6,
+        "each pass lists StatefulSets and Services"
+    );
+    assert_eq!(
+        e_orders.counters().writes + e_news.counters().writes,
+        writes
+    );
+
+    // 5. Address removed while its broker holds 4 messages: the pod is marked, nothing is deleted.
+    assert!(e_orders.set_message_count("orders", 4));
+    config_tx
+        .send(state(config(&[("news", AddressKind::Topic)]), 2))
+        .unwrap();
+    wait_until("orders-0 marked draining", 10, || {
+        api.pod("orders-0").is_some_and(|p| {
+            p.annotations.get("maas.io/draining").map(String::as_str) == Some("true")
+        })
+    })
+    .await;
+    let marked_at = api
+        .log()
+        .into_iter()
+        .find(|r| r.verb == "annotate" && r.name == "orders-0")
+        .unwrap()
+        .at;
+    run.wait_passes(4).await;
+    assert!(
+        api.statefulset("orders").is_some(),
+        "kept while it holds messages"
+    );
+    assert!(
+        e_orders.queues().contains_key("orders"),
+        "the queue is not destroyed"
+    );
+    let (ready, detail) = run.health.snapshot();
+    assert!(!ready && detail.contains("draining"), "{detail}");
+    assert!(
+        run.metrics_text()
+            .contains("maas_storage_controller_drains_in_progress 1")
+    );
+
+    // 6. Consumers empty it -> after the grace the StatefulSet, then the Service, are deleted.
+    assert!(e_orders.set_message_count("orders", 0));
+    wait_until("orders deleted", 10, || {
+        api.statefulset("orders").is_none() && api.service("orders").is_none()
+    })
+    .await;
+    let log = api.log();
+    let deleted = log
+        .iter()
+        .find(|r| r.verb == "delete" && r.kind == "StatefulSet" && r.name == "orders")
+        .unwrap();
+    assert!(
+        deleted.at.duration_since(marked_at) >= GRACE,
+        "deleted {:?} after the mark, grace {GRACE:?}",
+        deleted.at.duration_since(marked_at)
+    );
+    let svc_deleted = log
+        .iter()
+        .position(|r| r.verb == "delete" && r.kind == "Service" && r.name == "orders")
+        .unwrap();
+    let sts_deleted = log
+        .iter()
+        .position(|r| r.verb == "delete" && r.kind == "StatefulSet" && r.name == "orders")
+        .unwrap();
+    assert!(sts_deleted < svc_deleted);
+    assert!(api.statefulset("news").is_some(), "the other cluster stays");
+    wait_until("ready again", 10, || run.health.is_ready()).await;
+    run.stop().await;
+    e_orders.stop().await;
+    e_news.stop().await;
+}
+
+/// Converge, stop, start a new controller on the same API and brokers: it sends no PATCH and makes no broker
+/// write (only list/get requests and reads). Then drift on a field it owns is repaired by one apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_nothing_changed_sends_no_patch_and_drift_is_repaired() {
+    let e = BrokerEmulator::start(BrokerConfig::default())
+        .await
+        .unwrap();
+    let (api, client, pods_rx) = FakeApi::start(NS);
+    api.add_configmap("maas-addresses", "cm-uid-1");
+    api.set_pods(vec![pod("orders-0", "orders", e.addr().port())]);
+    let cfg = config(&[("orders", AddressKind::Queue)]);
+    let (_config_tx, config_rx) = watch::channel(state(cfg.clone(), 1));
+    let (run, _) = start_loop(client.clone(), config_rx.clone(), pods_rx.clone()).await;
+    wait_until("ready", 15, || run.health.is_ready()).await;
+    run.stop().await;
+    let patches = api.log().iter().filter(|r| r.is_write()).count();
+    assert_eq!(patches, 2, "one Service and one StatefulSet apply");
+
+    // Restart.
+    let mark = api.log().len();
+    let writes = e.counters().writes;
+    let (run, ctx) = start_loop(client, config_rx, pods_rx).await;
+    wait_until("ready after restart", 15, || run.health.is_ready()).await;
+    run.wait_passes(2).await;
+    let since = api.since(mark);
+    assert!(
+        since.iter().all(|r| r.verb == "list" || r.verb == "get"),
+        "restart with nothing changed: only list/get, got {:?}",
+        since
+            .iter()
+            .map(|r| format!("{} {} {}", r.verb, r.kind, r.name))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(e.counters().writes, writes, "no broker write after restart");
+
+    // Drift: someone scales the StatefulSet and drops a label we own -> exactly one re-apply, our body back.
+    let mark = api.log().len();
+    api.edit_statefulset("orders", |v| {
+        v["spec"]["replicas"] = json!(3);
+        v["metadata"]["labels"]
+            .as_object_mut()
+            .unwrap()
+            .remove("maas.io/flavor");
+    });
+    wait_until("drift repaired", 10, || {
+        api.statefulset("orders").unwrap()["spec"]["replicas"] == json!(1)
+    })
+    .await;
+    run.wait_passes(2).await;
+    let writes: Vec<_> = api
+        .since(mark)
+        .into_iter()
+        .filter(|r| r.is_write())
+        .collect();
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!((writes[0].kind, writes[0].verb), ("StatefulSet", "apply"));
+    let (desired, _) = desired_clusters(&cfg);
+    assert_eq!(
+        writes[0].body,
+        statefulset(&desired["orders"], &ctx.opts, 1)
+    );
+    run.stop().await;
+    e.stop().await;
+}
