@@ -284,27 +284,44 @@ pub fn connector_entity(pod: &BrokerPod, opts: &EntityOptions) -> Entity {
 /// `[full type name, name, attributes]` (object keys sorted, no whitespace). Equal entities give equal digests on
 /// every machine and in every version.
 pub fn entity_digest(e: &Entity) -> u64 {
-    let mut canonical = String::from("[");
-    write_canonical(
-        &Value::String(e.entity_type.full_name().into()),
-        &mut canonical,
-    );
-    canonical.push(',');
-    write_canonical(&Value::String(e.name.clone()), &mut canonical);
-    canonical.push_str(",{");
+    let mut h = Sha256::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(256);
+    buf.push(b'[');
+    json_str(&mut buf, e.entity_type.full_name());
+    buf.push(b',');
+    json_str(&mut buf, &e.name);
+    buf.extend_from_slice(b",{");
     for (i, (k, v)) in e.attributes.iter().enumerate() {
         if i > 0 {
-            canonical.push(',');
+            buf.push(b',');
         }
-        canonical.push_str(&Value::String(k.clone()).to_string());
-        canonical.push(':');
-        write_canonical(v, &mut canonical);
+        json_str(&mut buf, k);
+        buf.push(b':');
+        match v {
+            Value::String(s) => json_str(&mut buf, s),
+            Value::Bool(true) => buf.extend_from_slice(b"true"),
+            Value::Bool(false) => buf.extend_from_slice(b"false"),
+            other => {
+                let mut text = String::new();
+                write_canonical(other, &mut text);
+                buf.extend_from_slice(text.as_bytes());
+            }
+        }
     }
-    canonical.push_str("}]");
-    let digest = Sha256::digest(canonical.as_bytes());
+    buf.extend_from_slice(b"}]");
+    h.update(&buf);
+    let digest = h.finalize();
     let mut b = [0u8; 8];
     b.copy_from_slice(&digest[..8]);
     u64::from_be_bytes(b)
+}
+
+/// Append `s` as a JSON string (serde_json's escaping, as in the canonical text).
+fn json_str(buf: &mut Vec<u8>, s: &str) {
+    if serde_json::to_writer(&mut *buf, s).is_err() {
+        // Writing to a Vec cannot fail; keep the digest defined anyway.
+        buf.extend_from_slice(s.as_bytes());
+    }
 }
 
 /// The compact form of an [`EntitySet`]: (type, name) -> [`entity_digest`]. A few dozen bytes per entity instead

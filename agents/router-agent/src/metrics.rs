@@ -12,11 +12,11 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabels {
     /// CREATE, DELETE, READ, QUERY.
-    pub operation: String,
+    pub operation: &'static str,
     /// Entity type short name (address, autoLink, linkRoute, connector).
-    pub r#type: String,
-    /// ok, or the error's metric label (status_400, timeout, disconnected, ...).
-    pub result: String,
+    pub r#type: &'static str,
+    /// ok, or the error's metric label (bad_request, timeout, disconnected, ...).
+    pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -117,12 +117,12 @@ impl Metrics {
         (m, Arc::new(r))
     }
 
-    pub fn op(&self, operation: &str, type_: &str, result: &str) {
+    pub fn op(&self, operation: &'static str, type_: &'static str, result: &'static str) {
         self.operations
             .get_or_create(&OpLabels {
-                operation: operation.to_string(),
-                r#type: type_.to_string(),
-                result: result.to_string(),
+                operation,
+                r#type: type_,
+                result,
             })
             .inc();
     }
