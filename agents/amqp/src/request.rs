@@ -214,7 +214,9 @@ impl std::fmt::Debug for RequestClient {
 impl RequestClient {
     /// Connects (TCP, TLS, SASL, open within `opts.connect_timeout`), attaches a sender to `node`
     /// and the dynamic reply receiver (both within `opts.connect_timeout` too), and starts the
-    /// send/receive tasks.
+    /// send/receive tasks. The reply receiver's attach is complete and its credit granted (the flow
+    /// queued on the session ahead of any request) before this returns, so the first request can be
+    /// sent at once; a peer must route replies to an address it handed out in an attach.
     pub async fn connect(
         opts: &ConnectOptions,
         node: &str,

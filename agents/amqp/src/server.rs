@@ -662,6 +662,10 @@ impl<'s> IncomingLink<'s> {
 
     /// Accepts the link as our SENDER like [`IncomingLink::accept_sender`], answering a DYNAMIC source with
     /// `address` (the node the server created for it, e.g. a temporary reply queue).
+    ///
+    /// The attach is on the wire before this returns, and the peer may use `address` at once (e.g. as the
+    /// `reply-to` of a request another task answers): register whatever routes messages to `address`
+    /// BEFORE calling this (and undo it on `Err`), never after.
     pub async fn accept_dynamic_sender(
         self,
         address: String,

@@ -175,6 +175,7 @@ impl BrokerEmulator {
             withhold: AtomicBool::new(false),
             auto_create: cfg.auto_create,
             credit: cfg.management_credit.max(1),
+            pause_after_dynamic_attach_ns: AtomicU64::new(0),
         });
         // Bind first with the asked address (port 0 picks one), then keep that port across restarts.
         let running = launch(cfg.listen, options.clone(), Arc::clone(&shared)).await?;
@@ -245,6 +246,17 @@ impl BrokerEmulator {
     /// While on, requests still take effect but their replies are never sent (clients time out).
     pub fn withhold_replies(&self, on: bool) {
         self.inner.shared.withhold.store(on, Ordering::Relaxed);
+    }
+
+    /// Fault injection: from now on, each session's task pauses for `d` right after answering a dynamic
+    /// receiver's attach, as if its thread were preempted there (`Duration::ZERO`: no pause). The client
+    /// sees the attach and sends at once; its replies must still arrive, as with a real Artemis.
+    pub fn pause_after_dynamic_attach(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.inner
+            .shared
+            .pause_after_dynamic_attach_ns
+            .store(ns, Ordering::Relaxed);
     }
 
     /// Changes the cost of each management operation from now on.

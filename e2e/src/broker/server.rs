@@ -3,6 +3,11 @@
 //! Artemis does), the `activemq.management` node (requests in, replies routed by `reply-to` to the
 //! dynamic receiver owning that temporary queue), dynamic receivers as UUID temporary queues, and
 //! ordinary links: senders' messages are counted into queues, receivers count as queue consumers.
+//!
+//! Reply routing: a dynamic receiver's route is registered BEFORE its attach is answered. The client may
+//! send its first request the moment it sees the attach, and the management link is served by another
+//! task; registering afterwards let that request's reply find no route (a real Artemis never drops a
+//! reply to an attached temporary queue). A reply whose `reply-to` has no route is logged at `warn`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,6 +43,9 @@ pub(crate) struct Shared {
     pub auto_create: bool,
     /// Credit granted on `activemq.management` links.
     pub credit: u32,
+    /// Fault injection, nanoseconds: how long a session's task pauses right after answering a dynamic
+    /// receiver's attach (as if its thread were preempted there). 0: no pause.
+    pub pause_after_dynamic_attach_ns: AtomicU64,
 }
 
 impl Shared {
@@ -105,13 +113,21 @@ impl LinkHandler for Handler {
             if link.source_dynamic() {
                 let name = uuid();
                 shared.model().create_temporary(&name);
+                // The route must exist before the attach goes out: the client sends its first request
+                // as soon as it sees the attach, and the management link's task may answer it before
+                // this task runs again. Replies routed meanwhile wait in the channel.
+                let (tx, rx) = mpsc::unbounded_channel();
+                shared.routes().insert(name.clone(), tx.clone());
                 match link.accept_dynamic_sender(name.clone()).await {
                     Ok(accepted) => {
-                        let (tx, rx) = mpsc::unbounded_channel();
-                        shared.routes().insert(name.clone(), tx);
+                        let pause = shared.pause_after_dynamic_attach_ns.load(Ordering::Relaxed);
+                        if pause > 0 {
+                            tokio::time::sleep(Duration::from_nanos(pause)).await;
+                        }
                         accepted.tracker.spawn(reply_sender(
                             accepted.sender,
                             rx,
+                            tx,
                             name,
                             shared,
                             accepted.scope,
@@ -120,6 +136,7 @@ impl LinkHandler for Handler {
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "dynamic receiver attach failed");
+                        remove_route(&shared, &name, &tx);
                         shared.model().remove_temporary(&name);
                     }
                 }
@@ -248,18 +265,37 @@ async fn management_reader<G: Send + 'static>(
             continue;
         };
         let message = reply_message(&reply_to, correlation, reply.succeeded, reply.body);
-        let route = shared.routes().get(&reply_to).cloned();
-        match route {
-            Some(tx) => {
-                let _ = tx.send(message);
-            }
-            None => {
-                // Artemis would route the reply to that address like any message.
-                shared.model().deliver(&reply_to);
-            }
-        }
+        route_reply(&shared, &reply_to, &operation, message);
     }
     let _ = tokio::time::timeout(Duration::from_millis(500), receiver.close()).await;
+}
+
+/// Hands a management reply to the link owning its `reply-to`. Without one (nobody attached to that
+/// address, or its link just went away) the reply is stored like any message sent there, as Artemis
+/// routes it, and a warning says so: no client will see it.
+fn route_reply(shared: &Shared, reply_to: &str, operation: &str, message: Message<Body<Value>>) {
+    let route = shared.routes().get(reply_to).cloned();
+    let unsent = match route {
+        Some(tx) => tx.send(message).is_err(),
+        None => true,
+    };
+    if unsent {
+        let stored = shared.model().deliver(reply_to);
+        tracing::warn!(
+            %reply_to,
+            %operation,
+            stored,
+            "management reply for a reply-to address no attached link owns: no client gets it"
+        );
+    }
+}
+
+/// Removes `name`'s route if it is still the one `tx` feeds (not a newer link's).
+fn remove_route(shared: &Shared, name: &str, tx: &mpsc::UnboundedSender<Message<Body<Value>>>) {
+    let mut routes = shared.routes();
+    if routes.get(name).is_some_and(|t| t.same_channel(tx)) {
+        routes.remove(name);
+    }
 }
 
 /// The reply as Artemis 2.21 sends it: `_AMQ_OperationSucceeded`, `JMSXDeliveryCount` (null), the
@@ -292,6 +328,7 @@ fn reply_message(
 async fn reply_sender<G: Send + 'static>(
     mut sender: Sender,
     mut rx: mpsc::UnboundedReceiver<Message<Body<Value>>>,
+    tx: mpsc::UnboundedSender<Message<Body<Value>>>,
     name: String,
     shared: Arc<Shared>,
     scope: CancellationToken,
@@ -315,7 +352,16 @@ async fn reply_sender<G: Send + 'static>(
             }
         }
     }
-    shared.routes().remove(&name);
+    remove_route(&shared, &name, &tx);
+    drop(tx);
+    rx.close();
+    let mut lost = 0usize;
+    while rx.try_recv().is_ok() {
+        lost += 1;
+    }
+    if lost > 0 {
+        tracing::warn!(reply_to = %name, lost, "reply link gone with management replies not sent");
+    }
     shared.model().remove_temporary(&name);
     if !scope.is_cancelled() {
         let _ = tokio::time::timeout(Duration::from_millis(500), sender.close()).await;
@@ -381,6 +427,59 @@ async fn sink<G: Send + 'static>(
 #[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
+
+    /// Collects formatted log output.
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_reply_nobody_owns_is_logged_as_a_warning_and_stored() {
+        let shared = Shared {
+            model: Mutex::new(Model::new()),
+            routes: Mutex::new(HashMap::new()),
+            cost_ns: AtomicU64::new(0),
+            withhold: AtomicBool::new(false),
+            auto_create: true,
+            credit: 10,
+            pause_after_dynamic_attach_ns: AtomicU64::new(0),
+        };
+        shared.model().create_temporary("tmp-1");
+        // A route whose link task is gone (its receiving half dropped) counts as no route.
+        let (gone_tx, gone_rx) = mpsc::unbounded_channel();
+        drop(gone_rx);
+        shared.routes().insert("tmp-2".to_string(), gone_tx);
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let reply = || reply_message("x", Some(MessageId::Ulong(1)), true, None);
+            route_reply(&shared, "tmp-1", "getAddressNames", reply());
+            route_reply(&shared, "tmp-2", "getQueueNames", reply());
+        });
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let warnings: Vec<&str> = text.lines().filter(|l| l.contains("WARN")).collect();
+        assert_eq!(warnings.len(), 2, "{text}");
+        assert!(
+            warnings[0].contains("tmp-1") && warnings[0].contains("getAddressNames"),
+            "{text}"
+        );
+        assert!(warnings[1].contains("tmp-2"), "{text}");
+        assert_eq!(shared.model().queues()["tmp-1"].messages, 1);
+    }
 
     #[test]
     fn uuids_look_like_artemis_temporary_queues() {

@@ -285,9 +285,11 @@ fn deliver(shared: &Shared, out: Outgoing) {
     let tx = shared.routes().get(&out.reply_to).cloned();
     match tx {
         Some(tx) => {
-            let _ = tx.send(out);
+            if let Err(e) = tx.send(out) {
+                tracing::warn!(reply_to = %e.0.reply_to, "reply dropped: the reply link has ended");
+            }
         }
-        None => tracing::debug!(reply_to = %out.reply_to, "reply to an unknown address dropped"),
+        None => tracing::warn!(reply_to = %out.reply_to, "reply to an unknown address dropped"),
     }
 }
 

@@ -2,6 +2,10 @@
 //! opens them with the router's container-id and properties (frames.txt:9), hands out dynamic reply addresses
 //! `amqp:/_topo/0/<id>/temp.<random>`, reads requests from links to `$management` with a limited window, and
 //! sends the management thread's replies pre-settled on the link owning the reply-to address.
+//!
+//! A link's reply route is registered BEFORE its attach is answered: the client sends its first request as
+//! soon as it sees the attach, and the management thread may answer it before any later step of this side
+//! runs (qdrouterd never drops a reply to an attached dynamic address).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +18,7 @@ use fe2o3_amqp::acceptor::{
     ListenerSessionHandle, SaslAcceptor, SessionAcceptor,
 };
 use fe2o3_amqp::link::{Receiver, Sender};
-use fe2o3_amqp::types::definitions::Fields;
+use fe2o3_amqp::types::definitions::{Fields, Role};
 use fe2o3_amqp::types::messaging::{
     AmqpValue, ApplicationProperties, Body, Header, Message, MessageId, Properties, Source,
     TargetArchetype,
@@ -199,18 +203,6 @@ async fn session_task(
     epoch: u64,
     mut gone: watch::Receiver<bool>,
 ) {
-    let router_id = ctx.router_id.clone();
-    let acceptor = LinkAcceptor::builder()
-        .on_dynamic_source(move |mut source: Source| {
-            let suffix: String = rand::rng()
-                .sample_iter(rand::distr::Alphanumeric)
-                .take(15)
-                .map(char::from)
-                .collect();
-            source.address = Some(format!("amqp:/_topo/0/{router_id}/temp.{suffix}"));
-            Some(source)
-        })
-        .build();
     loop {
         let attach: Attach = tokio::select! {
             a = session.next_incoming_attach() => match a { Some(a) => a, None => break },
@@ -221,6 +213,30 @@ async fn session_task(
             #[allow(unreachable_patterns)]
             _ => None,
         };
+        // The client receives on this link: its address (ours to pick when dynamic) gets a reply route now,
+        // before the attach goes out. Replies routed before the link's task runs wait in the channel.
+        let route = if matches!(attach.role, Role::Receiver) {
+            let source = attach.source.as_deref();
+            let address = if source.is_some_and(|s| s.dynamic) {
+                Some(dynamic_address(&ctx.router_id))
+            } else {
+                source.and_then(|s| s.address.clone())
+            };
+            address.map(|address| {
+                let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
+                ctx.shared.routes().insert(address.clone(), tx.clone());
+                (address, tx, rx)
+            })
+        } else {
+            None
+        };
+        let dynamic = route.as_ref().map(|(a, _, _)| a.clone());
+        let acceptor = LinkAcceptor::builder()
+            .on_dynamic_source(move |mut source: Source| {
+                source.address = dynamic.clone();
+                Some(source)
+            })
+            .build();
         match acceptor.accept_incoming_attach(attach, &mut session).await {
             Ok(LinkEndpoint::Receiver(receiver)) => {
                 let mgmt = is_management(target.as_deref(), &ctx.router_id);
@@ -232,10 +248,23 @@ async fn session_task(
                     gone.clone(),
                 ));
             }
-            Ok(LinkEndpoint::Sender(sender)) => {
-                tokio::spawn(reply_sender(sender, ctx.clone(), gone.clone()));
+            Ok(LinkEndpoint::Sender(sender)) => match route {
+                Some(route) => {
+                    tokio::spawn(reply_sender(sender, route, ctx.clone(), gone.clone()));
+                }
+                None => {
+                    tokio::spawn(async move {
+                        let _ =
+                            tokio::time::timeout(Duration::from_millis(500), sender.close()).await;
+                    });
+                }
+            },
+            Err(e) => {
+                if let Some((address, tx, _)) = &route {
+                    remove_route(&ctx, address, tx);
+                }
+                tracing::debug!(error = ?e, "attach refused");
             }
-            Err(e) => tracing::debug!(error = ?e, "attach refused"),
         }
     }
     // Keep the handle alive until here: dropping it ends the session.
@@ -360,14 +389,39 @@ fn encode(out: &Outgoing) -> Message<Body<Value>> {
         .build()
 }
 
-/// Owns a link the client receives on: registers its address as a reply route and sends replies pre-settled.
-async fn reply_sender(mut sender: Sender, ctx: Ctx, mut gone: watch::Receiver<bool>) {
-    let Some(address) = sender.source().as_ref().and_then(|s| s.address.clone()) else {
-        let _ = sender.close().await;
-        return;
-    };
-    let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
-    ctx.shared.routes().insert(address.clone(), tx);
+/// A dynamic reply address as qdrouterd hands them out: `amqp:/_topo/0/<router id>/temp.<15 random>`.
+fn dynamic_address(router_id: &str) -> String {
+    let suffix: String = rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(15)
+        .map(char::from)
+        .collect();
+    format!("amqp:/_topo/0/{router_id}/temp.{suffix}")
+}
+
+/// Removes `address`'s route if it is still the one `tx` feeds (not a newer link's).
+fn remove_route(ctx: &Ctx, address: &str, tx: &mpsc::UnboundedSender<Outgoing>) {
+    let mut routes = ctx.shared.routes();
+    if routes.get(address).is_some_and(|t| t.same_channel(tx)) {
+        routes.remove(address);
+    }
+}
+
+/// A link's reply route: its address, the sending half registered in the route table, the receiving half.
+type Route = (
+    String,
+    mpsc::UnboundedSender<Outgoing>,
+    mpsc::UnboundedReceiver<Outgoing>,
+);
+
+/// Owns a link the client receives on (its reply route registered before the attach was answered): sends
+/// the replies routed to it pre-settled, and removes the route when the link or connection goes.
+async fn reply_sender(
+    mut sender: Sender,
+    (address, tx, mut rx): Route,
+    ctx: Ctx,
+    mut gone: watch::Receiver<bool>,
+) {
     let mut batch = Vec::new();
     'outer: loop {
         tokio::select! {
@@ -388,6 +442,15 @@ async fn reply_sender(mut sender: Sender, ctx: Ctx, mut gone: watch::Receiver<bo
             drop(out.permit);
         }
     }
-    ctx.shared.routes().remove(&address);
+    remove_route(&ctx, &address, &tx);
+    drop(tx);
+    rx.close();
+    let mut lost = 0usize;
+    while rx.try_recv().is_ok() {
+        lost += 1;
+    }
+    if lost > 0 {
+        tracing::warn!(reply_to = %address, lost, "reply link gone with management replies not sent");
+    }
     let _ = tokio::time::timeout(Duration::from_millis(500), sender.close()).await;
 }
