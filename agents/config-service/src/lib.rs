@@ -249,6 +249,7 @@ pub async fn start(
     let handler = serve::SnapshotHandler {
         snapshots,
         metrics: metrics.clone(),
+        sends: serve::SendGate::new(args.max_concurrent_sends, args.send_timeout),
     };
     let server = Server::bind_with_stats(args.listen, options, handler, stats).await?;
     let amqp_addr = server.local_addr();

@@ -150,7 +150,9 @@ impl Metrics {
     /// Counts a snapshot send in progress until the returned guard is dropped (and records the peak).
     pub fn send_started(&self) -> SendGuard {
         let now = self.sends_in_flight.inc().saturating_add(1);
-        self.sends_in_flight_max.inner().fetch_max(now, Ordering::Relaxed);
+        self.sends_in_flight_max
+            .inner()
+            .fetch_max(now, Ordering::Relaxed);
         SendGuard(self.sends_in_flight.clone())
     }
 
@@ -166,12 +168,16 @@ impl Metrics {
 
     /// Counts one subscriber of `source` detached because a send did not complete in time.
     pub fn subscriber_detached(&self, source: &'static str) {
-        self.subscribers_detached.get_or_create(&label(source)).inc();
+        self.subscribers_detached
+            .get_or_create(&label(source))
+            .inc();
     }
 
     /// Subscribers of `source` detached so far because a send did not complete in time.
     pub fn subscribers_detached(&self, source: &'static str) -> u64 {
-        self.subscribers_detached.get_or_create(&label(source)).get()
+        self.subscribers_detached
+            .get_or_create(&label(source))
+            .get()
     }
 
     /// Records how long building one snapshot of `source` took.

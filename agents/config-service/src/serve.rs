@@ -1,25 +1,36 @@
-//! The per-link decision and the subscriber tasks.
+//! The per-link decision, the subscriber tasks, and the bound on snapshot sends in progress.
 //!
 //! A receiving link on `v1/addresses`, `maas` or `v1/flavors` gets the current snapshot at once (as soon as the
 //! source is synced), then every newer one; `podsense` does the same with the pods matching the link's filter
 //! map, compared per subscriber so an unrelated pod change sends nothing. Anything else is attached and closed
 //! with `amqp:not-found` naming the address.
 //!
-//! One task per subscriber, pre-settled sends: a subscriber without credit waits alone (holding one `Arc`), the
-//! others are not delayed. Each task ends when its link is detached, its session or connection ends, or the
-//! server stops.
+//! One task per subscriber, pre-settled sends. Waiting subscribers share the source's one `Arc` snapshot, but
+//! fe2o3 0.18 encodes a message BEFORE it waits for the link's credit, so a send in progress holds its own
+//! encoded copy — and a link that never grants credit would hold one forever. [`SendGate`] bounds that: a task
+//! takes one of `--max-concurrent-sends` permits, then the LATEST snapshot (intermediate ones are skipped), and
+//! gives the permit back when `send` returns. A send not done within `--send-timeout` (no credit granted, or the
+//! peer does not read) is dropped — which fe2o3 allows: while it waits for credit it has consumed none and handed
+//! nothing to the session, and a half-handed delivery dies with the link — and the link is closed with
+//! `amqp:link:detach-forced` ("no credit for N s; re-attach to resume"), counted in `subscribers_detached_total`.
+//!
+//! Not bounded here: once `send` returns, fe2o3 still holds the message's frames in its session and connection
+//! queues (`u16::MAX` frames deep by default) until the connection writes them to the socket, plus buffers it
+//! keeps per connection; those are sized by the AMQP server's options, not by this module.
+//!
+//! Each task ends when its link is detached, its session or connection ends, or the server stops.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use fe2o3_amqp::types::definitions::AmqpError;
+use fe2o3_amqp::types::definitions::{self, AmqpError, LinkError};
 use maas_amqp::server::{AcceptedSender, IncomingLink, LinkHandler};
 use maas_model::pods::PodInfo;
-use tokio::sync::watch;
-use tracing::debug;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tracing::{debug, info};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SendGuard};
 use crate::snapshot::{Snapshot, Snapshots, Source, podsense_body};
 
 /// Decides what each incoming link gets.
@@ -29,6 +40,57 @@ pub struct SnapshotHandler {
     pub snapshots: Snapshots,
     /// Subscriber and sent counters.
     pub metrics: Metrics,
+    /// The bound on sends in progress, and their timeout.
+    pub sends: SendGate,
+}
+
+/// How long closing a stuck link may wait for the peer's detach before the link is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Bounds the snapshot sends in progress (each holds one encoded copy of its message inside fe2o3) and how long
+/// one may take; shared by every subscriber of the server.
+#[derive(Debug, Clone)]
+pub struct SendGate {
+    permits: Arc<Semaphore>,
+    max: usize,
+    timeout: Duration,
+}
+
+impl SendGate {
+    /// At most `max_concurrent` sends at once (at least one); a send not done within `timeout` closes its link.
+    pub fn new(max_concurrent: usize, timeout: Duration) -> SendGate {
+        let max = max_concurrent.clamp(1, Semaphore::MAX_PERMITS);
+        SendGate {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+            timeout,
+        }
+    }
+
+    /// The most sends in progress at once.
+    pub fn max_concurrent(&self) -> usize {
+        self.max
+    }
+
+    /// How long one send may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Waits for a permit; `None` only if the gate was closed (it never is).
+    async fn acquire(&self, metrics: &Metrics) -> Option<InFlight> {
+        let permit = Arc::clone(&self.permits).acquire_owned().await.ok()?;
+        Some(InFlight {
+            _counted: metrics.send_started(),
+            _permit: permit,
+        })
+    }
+}
+
+/// One send in progress: its permit and its count in `sends_in_flight`, both given back on drop.
+struct InFlight {
+    _counted: SendGuard,
+    _permit: OwnedSemaphorePermit,
 }
 
 impl LinkHandler for SnapshotHandler {
@@ -88,6 +150,7 @@ impl LinkHandler for SnapshotHandler {
                         accepted,
                         pods,
                         selector,
+                        self.sends.clone(),
                         self.metrics.clone(),
                     ));
                 }
@@ -98,7 +161,13 @@ impl LinkHandler for SnapshotHandler {
                 };
                 if let Some(accepted) = accept(link, source, connection).await {
                     let tracker = accepted.tracker.clone();
-                    tracker.spawn(serve_snapshots(accepted, rx, source, self.metrics.clone()));
+                    tracker.spawn(serve_snapshots(
+                        accepted,
+                        rx,
+                        source,
+                        self.sends.clone(),
+                        self.metrics.clone(),
+                    ));
                 }
             }
         }
@@ -119,16 +188,88 @@ async fn accept(link: IncomingLink<'_>, source: Source, connection: u64) -> Opti
     }
 }
 
-/// Sends one snapshot; false when the link is gone.
-async fn send(accepted: &mut AcceptedSender, snapshot: &Snapshot) -> bool {
-    match accepted.sender.send_batchable_ref(&snapshot.sendable).await {
-        // Pre-settled: the delivery future resolves at once; awaiting it just collects the result.
-        Ok(delivery) => delivery.await.is_ok(),
-        Err(error) => {
-            debug!(%error, "snapshot send failed; ending the subscription");
-            false
+/// How a subscriber task's loop ended.
+enum End {
+    /// The link, session, connection or server ended, or a send failed: nothing more to do.
+    Gone,
+    /// A send did not complete in time: close the link with an error.
+    Stuck,
+}
+
+/// What became of one bounded send.
+enum Sent {
+    /// Sent.
+    Done,
+    /// The link is gone (the send failed).
+    Failed,
+    /// Not done within the gate's timeout: the send (and its encoded copy) was dropped.
+    TimedOut,
+}
+
+/// Sends one snapshot under `_in_flight`, within `timeout`.
+async fn send(
+    accepted: &mut AcceptedSender,
+    snapshot: &Snapshot,
+    timeout: Duration,
+    _in_flight: InFlight,
+) -> Sent {
+    // Dropping this future on timeout is safe in fe2o3 0.18.4: while it waits for credit it has consumed none and
+    // handed nothing to the session; if it stalls part-way through the transfer frames of a large message, the
+    // link is closed right after, which discards the partial delivery at the peer.
+    let sending = async {
+        match accepted.sender.send_batchable_ref(&snapshot.sendable).await {
+            // Pre-settled: the delivery future resolves at once; awaiting it just collects the result.
+            Ok(delivery) => delivery.await.is_ok(),
+            Err(error) => {
+                debug!(%error, "snapshot send failed; ending the subscription");
+                false
+            }
         }
+    };
+    match tokio::time::timeout(timeout, sending).await {
+        Ok(true) => Sent::Done,
+        Ok(false) => Sent::Failed,
+        Err(_) => Sent::TimedOut,
     }
+}
+
+/// `5 s`, `0.3 s`: a timeout as said in the detach description.
+fn seconds(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if d.subsec_nanos() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{s:.1} s")
+    }
+}
+
+/// Closes a link whose send did not complete within `timeout` with `amqp:link:detach-forced`, and counts it.
+async fn close_stuck(
+    accepted: AcceptedSender,
+    source: Source,
+    timeout: Duration,
+    metrics: &Metrics,
+) {
+    metrics.subscriber_detached(source.address());
+    let description = format!("no credit for {}; re-attach to resume", seconds(timeout));
+    info!(source = source.address(), %description, "closing a subscriber link that takes no snapshot");
+    let AcceptedSender {
+        sender,
+        scope,
+        guard,
+        ..
+    } = accepted;
+    let error = definitions::Error::new(LinkError::DetachForced, description, None);
+    tokio::select! {
+        () = scope.cancelled() => {}
+        r = tokio::time::timeout(CLOSE_TIMEOUT, sender.close_with_error(error)) => match r {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => debug!(%error, "closing the stuck link"),
+            // The peer does not answer (or read): dropping the sender ends the link locally.
+            Err(_) => debug!("the stuck link's peer did not answer the detach in time"),
+        },
+    }
+    drop(guard);
 }
 
 /// Serves a static source: current snapshot, then each newer one.
@@ -136,18 +277,28 @@ async fn serve_snapshots(
     mut accepted: AcceptedSender,
     mut rx: watch::Receiver<Option<Arc<Snapshot>>>,
     source: Source,
+    gate: SendGate,
     metrics: Metrics,
 ) {
     let _counted = metrics.subscriber(source.address());
     let scope = accepted.scope.clone();
     let mut last: Option<Arc<Snapshot>> = None;
     rx.mark_changed();
-    loop {
+    let end = loop {
         tokio::select! {
-            () = scope.cancelled() => break,
-            r = rx.changed() => if r.is_err() { break },
-            _ = accepted.sender.on_detach() => break,
+            () = scope.cancelled() => break End::Gone,
+            r = rx.changed() => if r.is_err() { break End::Gone },
+            _ = accepted.sender.on_detach() => break End::Gone,
         }
+        // The permit first, then the LATEST snapshot: what changed while waiting is skipped.
+        let in_flight = tokio::select! {
+            () = scope.cancelled() => break End::Gone,
+            _ = accepted.sender.on_detach() => break End::Gone,
+            p = gate.acquire(&metrics) => match p {
+                Some(p) => p,
+                None => break End::Gone,
+            },
+        };
         let Some(snapshot) = rx.borrow_and_update().clone() else {
             continue;
         };
@@ -158,14 +309,20 @@ async fn serve_snapshots(
             continue;
         }
         let sent = tokio::select! {
-            () = scope.cancelled() => break,
-            ok = send(&mut accepted, &snapshot) => ok,
+            () = scope.cancelled() => break End::Gone,
+            sent = send(&mut accepted, &snapshot, gate.timeout, in_flight) => sent,
         };
-        if !sent {
-            break;
+        match sent {
+            Sent::Done => {}
+            Sent::Failed => break End::Gone,
+            Sent::TimedOut => break End::Stuck,
         }
         metrics.snapshot_sent(source.address());
         last = Some(snapshot);
+    };
+    drop(last);
+    if let End::Stuck = end {
+        close_stuck(accepted, source, gate.timeout, &metrics).await;
     }
     debug!(source = source.address(), "subscriber ended");
 }
@@ -175,6 +332,7 @@ async fn serve_podsense(
     mut accepted: AcceptedSender,
     mut rx: watch::Receiver<Option<Arc<Vec<PodInfo>>>>,
     selector: BTreeMap<String, String>,
+    gate: SendGate,
     metrics: Metrics,
 ) {
     let source = Source::Podsense;
@@ -182,12 +340,20 @@ async fn serve_podsense(
     let scope = accepted.scope.clone();
     let mut last_body: Option<String> = None;
     rx.mark_changed();
-    loop {
+    let end = loop {
         tokio::select! {
-            () = scope.cancelled() => break,
-            r = rx.changed() => if r.is_err() { break },
-            _ = accepted.sender.on_detach() => break,
+            () = scope.cancelled() => break End::Gone,
+            r = rx.changed() => if r.is_err() { break End::Gone },
+            _ = accepted.sender.on_detach() => break End::Gone,
         }
+        let in_flight = tokio::select! {
+            () = scope.cancelled() => break End::Gone,
+            _ = accepted.sender.on_detach() => break End::Gone,
+            p = gate.acquire(&metrics) => match p {
+                Some(p) => p,
+                None => break End::Gone,
+            },
+        };
         let Some(pods) = rx.borrow_and_update().clone() else {
             continue;
         };
@@ -199,14 +365,19 @@ async fn serve_podsense(
         let snapshot = Snapshot::new(source, body.clone());
         metrics.build_time(source.address(), started.elapsed().as_secs_f64());
         let sent = tokio::select! {
-            () = scope.cancelled() => break,
-            ok = send(&mut accepted, &snapshot) => ok,
+            () = scope.cancelled() => break End::Gone,
+            sent = send(&mut accepted, &snapshot, gate.timeout, in_flight) => sent,
         };
-        if !sent {
-            break;
+        match sent {
+            Sent::Done => {}
+            Sent::Failed => break End::Gone,
+            Sent::TimedOut => break End::Stuck,
         }
         metrics.snapshot_sent(source.address());
         last_body = Some(body);
+    };
+    if let End::Stuck = end {
+        close_stuck(accepted, source, gate.timeout, &metrics).await;
     }
     debug!(source = source.address(), "podsense subscriber ended");
 }
