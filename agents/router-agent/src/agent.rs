@@ -19,7 +19,7 @@ use futures_util::stream::FuturesUnordered;
 use maas_amqp::options::{Backoff, ConnectOptions};
 use maas_amqp::router::{ClientConfig, MgmtError, RouterClient};
 use maas_model::entity::NAME_PREFIX;
-use maas_model::{Entity, EntityType};
+use maas_model::{DigestSet, Entity, EntityType};
 use maas_ops::Health;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
@@ -155,6 +155,7 @@ pub async fn execute(
     client: &RouterClient,
     deletes: &[(EntityType, String)],
     creates: impl Iterator<Item = Entity>,
+    desired: &DigestSet,
     known: &mut Known,
     metrics: &Metrics,
     window: usize,
@@ -202,7 +203,7 @@ pub async fn execute(
         let t = e.entity_type;
         metrics.op("CREATE", t.short_name(), result_label(&r));
         match r {
-            Ok(body) if e.matches_reported(&body) => known.created(&e),
+            Ok(body) if e.matches_reported(&body) => known.created(e, desired),
             Ok(body) => {
                 // The router accepted but stored something else (it silently ignores unknown attributes and
                 // stores an invalid distribution as `balanced`): record it as wrong so it is replaced.
@@ -372,8 +373,19 @@ async fn apply(
     writes += plan.len();
     let (deletes, creates) = (plan.deletes, plan.creates);
     let (n_deletes, n_creates) = (deletes.len(), creates.len());
-    let creates = desired.inputs.entities(creates.into_iter().collect());
-    execute(client, &deletes, creates, known, metrics, window).await?;
+    // On an empty router everything is created: no need to look each entity up.
+    let keys = (n_creates < desired.digests.len()).then(|| creates.into_iter().collect());
+    let creates = desired.inputs.entities(keys);
+    execute(
+        client,
+        &deletes,
+        creates,
+        &desired.digests,
+        known,
+        metrics,
+        window,
+    )
+    .await?;
     let marker = marker_entity(&desired.hash);
     let r = client
         .create(

@@ -69,9 +69,10 @@ impl DesiredInputs {
 
     /// The desired entities with these keys, produced lazily (address by address), so that even creating
     /// everything on an empty router never holds more than a few entities at a time.
+    /// With `keys` None: every desired entity (an empty router), without any lookup.
     pub fn entities(
         &self,
-        keys: BTreeSet<(EntityType, String)>,
+        keys: Option<BTreeSet<(EntityType, String)>>,
     ) -> impl Iterator<Item = Entity> + Send + '_ {
         let connectors = maas_model::connector_entities(
             &self.config.addresses,
@@ -84,7 +85,11 @@ impl DesiredInputs {
         let per_address = self.config.addresses.iter().flat_map(move |a| {
             let mut out = Vec::new();
             maas_model::for_each_entity_of_address(a, &self.config.flavors, &self.brokers, |e| {
-                if k2.contains(&(e.entity_type, e.name.clone())) {
+                if k2
+                    .as_ref()
+                    .as_ref()
+                    .is_none_or(|k| k.contains(&(e.entity_type, e.name.clone())))
+                {
                     out.push(e);
                 }
             });
@@ -92,7 +97,11 @@ impl DesiredInputs {
         });
         connectors
             .into_iter()
-            .filter(move |e| keys.contains(&(e.entity_type, e.name.clone())))
+            .filter(move |e| {
+                keys.as_ref()
+                    .as_ref()
+                    .is_none_or(|k| k.contains(&(e.entity_type, e.name.clone())))
+            })
             .chain(per_address)
     }
 }

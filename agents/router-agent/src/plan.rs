@@ -103,6 +103,9 @@ impl Known {
             known.overrides.insert((*t, name.to_string()), None);
             by_key.insert((*t, name), row);
         }
+        if by_key.is_empty() {
+            return known;
+        }
         for_each_desired(&mut |e: Entity| {
             if let Some(row) = by_key.get(&(e.entity_type, e.name.as_str()))
                 && e.matches_reported(row)
@@ -141,10 +144,17 @@ impl Known {
         out.into_iter()
     }
 
-    /// Record a verified CREATE.
-    pub fn created(&mut self, e: &Entity) {
-        let key = (e.entity_type, e.name.clone());
-        let d = entity_digest(e);
+    /// Record a verified CREATE of `e`, a member of `desired` (its digest is taken from there, not recomputed).
+    pub fn created(&mut self, e: Entity, desired: &DigestSet) {
+        let key = (e.entity_type, e.name);
+        let d = match desired.digests.get(&key) {
+            Some(d) => *d,
+            None => entity_digest(&Entity {
+                entity_type: key.0,
+                name: key.1.clone(),
+                attributes: e.attributes,
+            }),
+        };
         self.removed.remove(&key);
         if self.base.digests.get(&key) == Some(&d) {
             self.overrides.remove(&key);
