@@ -107,6 +107,34 @@ fn stop_agent(mut child: Child) {
     let _ = child.wait();
 }
 
+/// The minimal pipelined client as its own process (`mgmt-load`, built by `scripts/bench` next to this bench), like
+/// the agent it is compared with; in-process when that binary is not there.
+fn raw_create_process(url: &str, entities_file: &Path, expected: usize) -> Option<Duration> {
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.parent()?.join("mgmt-load");
+    if !bin.exists() {
+        return None;
+    }
+    let out = Command::new(bin)
+        .args(["--router-url", url])
+        .args(["--entities", entities_file.to_str().unwrap_or_default()])
+        .output()
+        .ok()?;
+    let report: Value = serde_json::from_slice(&out.stdout).ok()?;
+    assert_eq!(report["failed"], 0, "raw client CREATE failures: {report}");
+    assert_eq!(report["created"], expected as u64, "raw client: {report}");
+    report["seconds"].as_f64().map(Duration::from_secs_f64)
+}
+
+fn write_entities(desired: &EntitySet, path: &Path) {
+    let mut text = String::new();
+    for e in desired.iter() {
+        text.push_str(&json!([e.entity_type.full_name(), e.name, e.attributes]).to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text).expect("entities file");
+}
+
 async fn raw_create(url: &str, desired: &EntitySet) -> Duration {
     let client = RouterClient::connect(
         &ConnectOptions::from_url(url).expect("url"),
@@ -190,6 +218,8 @@ async fn bench() {
     // (a) raw pipelined client vs. agent on an empty router, alternating, 3 rounds each: the machine is shared
     // and a single pair of runs varies by tens of percent; the medians are compared.
     let port = free_port();
+    let entities_file = tmp.path().join("entities.jsonl");
+    write_entities(&desired, &entities_file);
     let mut raws = Vec::new();
     let mut agents = Vec::new();
     let mut agent = None;
@@ -198,7 +228,17 @@ async fn bench() {
             stop_agent(previous);
         }
         emu.restart().await;
-        let raw = raw_create(&url, &desired).await;
+        let raw = match raw_create_process(&url, &entities_file, desired.len()) {
+            Some(t) => t,
+            None => {
+                if round == 0 {
+                    println!(
+                        "(a) note: mgmt-load not built next to the bench; raw client runs in the bench process"
+                    );
+                }
+                raw_create(&url, &desired).await
+            }
+        };
         raws.push(raw);
         emu.restart().await;
         let started = Instant::now();
@@ -207,7 +247,7 @@ async fn bench() {
         let t_agent = started.elapsed();
         agents.push(t_agent);
         println!(
-            "(a) round {}: raw pipelined client (window 250) {} CREATEs in {:.3} s = {:.0}/s; agent (process start to /readyz 200) {:.3} s",
+            "(a) round {}: raw pipelined client (own process, window 250) {} CREATEs in {:.3} s = {:.0}/s; agent (process start to /readyz 200) {:.3} s",
             round + 1,
             desired.len(),
             raw.as_secs_f64(),
