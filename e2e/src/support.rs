@@ -59,3 +59,50 @@ pub fn rss_kb(pid: u32) -> (u64, u64) {
     };
     (field("VmRSS:"), field("VmHWM:"))
 }
+
+/// A throw-away certificate authority and a server certificate for `localhost` / 127.0.0.1, made with the
+/// `openssl` command in a temporary directory (`ca.crt`, `server.crt`, `server.key`), removed on drop. None (with
+/// a SKIPPED line) where openssl is missing, so TLS tests skip rather than fail on such a machine.
+pub struct TestPki(pub std::path::PathBuf);
+
+impl TestPki {
+    /// `tag` keeps the directories of different test binaries apart.
+    pub fn create(tag: &str) -> Option<TestPki> {
+        let dir = std::env::temp_dir().join(format!("maas-{tag}-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        std::fs::write(
+            dir.join("san.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .ok()?;
+        let run = |args: &str| {
+            std::process::Command::new("openssl")
+                .args(args.split(' '))
+                .current_dir(&dir)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+        let ok = run(&format!(
+            "req -x509 {ec} -keyout ca.key -out ca.crt -days 1 -subj /CN=test-ca"
+        )) && run(&format!(
+            "req {ec} -keyout server.key -out server.csr -subj /CN=localhost"
+        )) && run(
+            "x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 1 -extfile san.ext",
+        );
+        if !ok {
+            eprintln!("SKIPPED: openssl could not create test certificates");
+            let _ = std::fs::remove_dir_all(&dir);
+            return None;
+        }
+        Some(TestPki(dir))
+    }
+}
+
+impl Drop for TestPki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -4,8 +4,7 @@
 //! TLS, timeouts, Disconnected on broker loss, restart, and 1,000 pipelined createQueue.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-use std::path::PathBuf;
-use std::process::Stdio;
+use maas_e2e::support::TestPki;
 use std::time::{Duration, Instant};
 
 use maas_amqp::ConnectOptions;
@@ -332,51 +331,11 @@ async fn a_thousand_pipelined_create_queues() {
     b.stop().await;
 }
 
-struct Pki(PathBuf);
-
-impl Pki {
-    fn create() -> Option<Pki> {
-        let dir = std::env::temp_dir().join(format!("maas-artemis-tls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("san.ext"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-        )
-        .unwrap();
-        let run = |args: &str| {
-            std::process::Command::new("openssl")
-                .args(args.split(' '))
-                .current_dir(&dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
-        let ok = run(&format!(
-            "req -x509 {ec} -keyout ca.key -out ca.crt -days 1 -subj /CN=test-ca"
-        )) && run(&format!(
-            "req {ec} -keyout server.key -out server.csr -subj /CN=localhost"
-        )) && run(
-            "x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 1 -extfile san.ext",
-        );
-        if !ok {
-            eprintln!("SKIPPED: openssl could not create test certificates");
-            return None;
-        }
-        Some(Pki(dir))
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_sasl_plain() {
-    let Some(pki) = Pki::create() else { return };
+    let Some(pki) = TestPki::create("artemis") else {
+        return;
+    };
     let b = BrokerEmulator::start(BrokerConfig {
         cost_model: CostModel::none(),
         tls: Some((pki.0.join("server.crt"), pki.0.join("server.key"))),

@@ -2,9 +2,8 @@
 //! users file, the handler seeing source address and filter map, refusals, and the server surviving bad clients.
 #![allow(clippy::unwrap_used)]
 
+use maas_e2e::support::TestPki;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -51,48 +50,6 @@ impl LinkHandler for Echo {
     }
 }
 
-struct Pki(PathBuf);
-
-impl Pki {
-    fn create() -> Option<Pki> {
-        let dir = std::env::temp_dir().join(format!("maas-amqp-server-tls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("san.ext"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-        )
-        .unwrap();
-        let run = |args: &str| {
-            std::process::Command::new("openssl")
-                .args(args.split(' '))
-                .current_dir(&dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
-        let ok = run(&format!(
-            "req -x509 {ec} -keyout ca.key -out ca.crt -days 1 -subj /CN=test-ca"
-        )) && run(&format!(
-            "req {ec} -keyout server.key -out server.csr -subj /CN=localhost"
-        )) && run(
-            "x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 1 -extfile san.ext",
-        );
-        if !ok {
-            eprintln!("SKIPPED: openssl could not create test certificates");
-            return None;
-        }
-        Some(Pki(dir))
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 async fn receive(
     opts: &ConnectOptions,
     address: &str,
@@ -129,7 +86,9 @@ async fn receive(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_and_sasl_plain_with_a_handler_seeing_source_and_filter() {
-    let Some(pki) = Pki::create() else { return };
+    let Some(pki) = TestPki::create("amqp-server") else {
+        return;
+    };
     let users = pki.0.join("users");
     std::fs::write(&users, "svc:secret\n").unwrap();
     let mut options = ServerOptions::new("test-server");
