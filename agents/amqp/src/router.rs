@@ -27,7 +27,8 @@ use serde_json::Value as Json;
 use crate::options::ConnectOptions;
 pub use crate::request::ClientConfig;
 use crate::request::{RequestClient, RequestError, Response};
-use crate::value::json_map_to_amqp;
+use crate::value::{json_map_to_amqp, json_to_amqp};
+use serde_amqp::primitives::OrderedMap;
 
 /// Address of the router's management node.
 pub const MANAGEMENT_ADDRESS: &str = "$management";
@@ -180,6 +181,65 @@ impl RouterClient {
         body.insert("name".to_string(), Json::String(name.to_string()));
         let reply = self.call("CREATE", entity_type, name, &[], body).await?;
         Ok(into_map(reply.body))
+    }
+
+    /// CREATE an entity and check the reply (the entity as the router stored it) against what was sent, without
+    /// turning the whole reply into JSON: `Ok(None)` when every attribute in `attributes` came back with the same
+    /// value, `Ok(Some(reported))` (the whole reply as JSON) when the router stored something else or left an
+    /// attribute out. The request is the same as [`Self::create`]'s.
+    pub async fn create_checked(
+        &self,
+        entity_type: &str,
+        name: &str,
+        attributes: &std::collections::BTreeMap<String, Json>,
+    ) -> Result<Option<serde_json::Map<String, Json>>, MgmtError> {
+        // The same body as `create` sends: the attributes and `name`, in key order.
+        let mut body = OrderedMap::new();
+        let mut name_sent = false;
+        for (k, v) in attributes {
+            if k == "name" {
+                continue;
+            }
+            if !name_sent && k.as_str() > "name" {
+                body.insert(
+                    Value::String("name".into()),
+                    Value::String(name.to_string()),
+                );
+                name_sent = true;
+            }
+            body.insert(Value::String(k.clone()), json_to_amqp(v));
+        }
+        if !name_sent {
+            body.insert(
+                Value::String("name".into()),
+                Value::String(name.to_string()),
+            );
+        }
+        let (_, _, reported) = self
+            .request_raw("CREATE", entity_type, name, entity_type, &[], body)
+            .await?;
+        let mut matched = 0;
+        if let Value::Map(map) = &reported {
+            for (k, v) in map.iter() {
+                let key = match k {
+                    Value::String(s) => s.as_str(),
+                    Value::Symbol(s) => s.0.as_str(),
+                    _ => continue,
+                };
+                if let Some(want) = attributes.get(key).filter(|_| key != "name") {
+                    if crate::value::amqp_to_json(v.clone()) != *want {
+                        return Ok(Some(into_map(crate::value::amqp_to_json(reported))));
+                    }
+                    matched += 1;
+                }
+            }
+        }
+        let expected = attributes.len() - usize::from(attributes.contains_key("name"));
+        if matched == expected {
+            Ok(None)
+        } else {
+            Ok(Some(into_map(crate::value::amqp_to_json(reported))))
+        }
     }
 
     /// READ an entity by name; `None` when the router answers 404.
@@ -379,10 +439,37 @@ impl RouterClient {
         extra: &[(&str, SimpleValue)],
         body: serde_json::Map<String, Json>,
     ) -> Result<Reply, MgmtError> {
+        let (status_code, status_description, body) = self
+            .request_raw(
+                operation,
+                type_property,
+                name,
+                entity_type_for_errors,
+                extra,
+                json_map_to_amqp(&body),
+            )
+            .await?;
+        Ok(Reply {
+            status_code,
+            status_description,
+            body: crate::value::amqp_to_json(body),
+        })
+    }
+
+    /// One request with an AMQP map body; a 2xx reply as (statusCode, statusDescription, AMQP body).
+    async fn request_raw(
+        &self,
+        operation: &str,
+        type_property: &str,
+        name: &str,
+        entity_type_for_errors: &str,
+        extra: &[(&str, SimpleValue)],
+        body: OrderedMap<Value, Value>,
+    ) -> Result<(i32, String, Value), MgmtError> {
         let props = request_properties(operation, type_property, name, extra);
         let response = self
             .inner
-            .request(props, Value::Map(json_map_to_amqp(&body)))
+            .request(props, Value::Map(body))
             .await
             .map_err(|e| match e {
                 RequestError::Timeout { after } => MgmtError::Timeout {
@@ -397,11 +484,7 @@ impl RouterClient {
             })?;
         let raw = parse_status(&response)?;
         if (200..300).contains(&raw.0) {
-            Ok(Reply {
-                status_code: raw.0,
-                status_description: raw.1,
-                body: crate::value::amqp_to_json(response.body),
-            })
+            Ok((raw.0, raw.1, response.body))
         } else {
             Err(MgmtError::Status {
                 operation: operation.to_string(),

@@ -136,13 +136,11 @@ impl EntitySet {
 
     /// The compact form: one 64-bit digest per entity.
     pub fn digests(&self) -> DigestSet {
-        DigestSet {
-            digests: self
-                .entities
-                .iter()
-                .map(|(k, e)| (k.clone(), entity_digest(e)))
-                .collect(),
+        let mut b = DigestSetBuilder::default();
+        for ((t, name), e) in &self.entities {
+            b.push(*t, name, entity_digest(e));
         }
+        b.build()
     }
 
     /// A copy fit for logs and `plan` output: every entity [`Entity::redacted`].
@@ -326,30 +324,68 @@ fn json_str(buf: &mut Vec<u8>, s: &str) {
 
 /// The compact form of an [`EntitySet`]: (type, name) -> [`entity_digest`]. A few dozen bytes per entity instead
 /// of the whole attribute map, enough to diff against what a router holds and to name the generation.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// Stored as two buffers (every name back to back, and one fixed-size entry per entity sorted by (type, name))
+/// instead of a map of 25,000 small allocations: a new desired state then costs two allocations, nothing
+/// interleaves with the transient garbage of building it, and the heap does not fragment edit after edit.
+#[derive(Clone, Default)]
 pub struct DigestSet {
-    pub digests: BTreeMap<(EntityType, String), u64>,
+    /// Every name, back to back.
+    names: String,
+    /// Sorted by (type, name), names unique per type.
+    entries: Vec<DigestEntry>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct DigestEntry {
+    start: usize,
+    len: usize,
+    digest: u64,
+    entity_type: EntityType,
 }
 
 impl DigestSet {
+    /// Number of entities.
     pub fn len(&self) -> usize {
-        self.digests.len()
+        self.entries.len()
     }
 
+    /// True when there are no entities.
     pub fn is_empty(&self) -> bool {
-        self.digests.is_empty()
+        self.entries.is_empty()
     }
 
+    fn name_of(&self, e: &DigestEntry) -> &str {
+        self.names.get(e.start..e.start + e.len).unwrap_or_default()
+    }
+
+    fn position(&self, t: EntityType, name: &str) -> Result<usize, usize> {
+        self.entries
+            .binary_search_by(|e| (e.entity_type, self.name_of(e)).cmp(&(t, name)))
+    }
+
+    /// The digest of the entity of type `t` named `name`.
     pub fn get(&self, t: EntityType, name: &str) -> Option<u64> {
-        // BTreeMap<(EntityType, String), _> cannot be queried by (EntityType, &str) without allocating.
-        self.digests.get(&(t, name.to_string())).copied()
+        self.position(t, name).ok().map(|i| self.entries[i].digest)
+    }
+
+    /// True when the set holds an entity of type `t` named `name`.
+    pub fn contains(&self, t: EntityType, name: &str) -> bool {
+        self.position(t, name).is_ok()
+    }
+
+    /// Every (type, name, digest), in (type, name) order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (EntityType, &str, u64)> + '_ {
+        self.entries
+            .iter()
+            .map(|e| (e.entity_type, self.name_of(e), e.digest))
     }
 
     /// A stable hash (hex SHA-256, 32 chars) of the set: SHA-256 over one line
     /// `<full type name>\0<name>\0<digest as 16 hex digits>\n` per entity in (type, name) order.
     pub fn generation_hash(&self) -> String {
         let mut h = Sha256::new();
-        for ((t, name), d) in &self.digests {
+        for (t, name, d) in self.iter() {
             h.update(t.full_name().as_bytes());
             h.update([0]);
             h.update(name.as_bytes());
@@ -360,6 +396,87 @@ impl DigestSet {
     }
 }
 
+impl PartialEq for DigestSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for DigestSet {}
+
+impl std::fmt::Debug for DigestSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.iter().map(|(t, n, d)| ((t, n), d)))
+            .finish()
+    }
+}
+
+/// Builds a [`DigestSet`] from entries in any order; a later entry of the same type and name replaces an earlier
+/// one.
+#[derive(Debug, Default)]
+pub struct DigestSetBuilder {
+    set: DigestSet,
+}
+
+impl DigestSetBuilder {
+    /// Room for about `entities` entities with names of about `name_bytes` bytes in all.
+    pub fn with_capacity(entities: usize, name_bytes: usize) -> Self {
+        DigestSetBuilder {
+            set: DigestSet {
+                names: String::with_capacity(name_bytes),
+                entries: Vec::with_capacity(entities),
+            },
+        }
+    }
+
+    /// Add the entity of type `t` named `name` with digest `digest`.
+    pub fn push(&mut self, t: EntityType, name: &str, digest: u64) {
+        let start = self.set.names.len();
+        self.set.names.push_str(name);
+        self.set.entries.push(DigestEntry {
+            start,
+            len: name.len(),
+            digest,
+            entity_type: t,
+        });
+    }
+
+    /// The finished set.
+    pub fn build(self) -> DigestSet {
+        let DigestSet { names, mut entries } = self.set;
+        // In place (no merge buffer); equal keys stay in push order (a later push has a later name), so that the
+        // last of them is kept below.
+        entries.sort_unstable_by(|a, b| {
+            let name = |e: &DigestEntry| names.get(e.start..e.start + e.len).unwrap_or_default();
+            (a.entity_type, name(a), a.start).cmp(&(b.entity_type, name(b), b.start))
+        });
+        entries.dedup_by(|later, earlier| {
+            let same = later.entity_type == earlier.entity_type
+                && names.get(later.start..later.start + later.len)
+                    == names.get(earlier.start..earlier.start + earlier.len);
+            if same {
+                *earlier = *later;
+            }
+            same
+        });
+        let mut set = DigestSet { names, entries };
+        set.names.shrink_to_fit();
+        set.entries.shrink_to_fit();
+        set
+    }
+}
+
+impl FromIterator<(EntityType, String, u64)> for DigestSet {
+    fn from_iter<I: IntoIterator<Item = (EntityType, String, u64)>>(iter: I) -> Self {
+        let mut b = DigestSetBuilder::default();
+        for (t, name, d) in iter {
+            b.push(t, &name, d);
+        }
+        b.build()
+    }
+}
+
 /// The digests of the desired entities, built without ever holding them all (see [`for_each_desired_entity`]).
 pub fn desired_digests(
     addresses: &AddressSet,
@@ -367,15 +484,13 @@ pub fn desired_digests(
     brokers: &Brokers,
     opts: &EntityOptions,
 ) -> DigestSet {
-    let mut set = DigestSet::default();
+    // Room for about three entities of ~30 bytes of name per address, so that the buffers do not grow (and copy)
+    // on the way; the builder gives back what is left over.
+    let mut set = DigestSetBuilder::with_capacity(addresses.len() * 3 + 16, addresses.len() * 90);
     for_each_desired_entity(addresses, flavors, brokers, opts, |e| {
-        let d = entity_digest(&e);
-        // Names come from `format!`, which over-allocates; 25,000 of them are held for as long as the set lives.
-        let mut name = e.name;
-        name.shrink_to_fit();
-        set.digests.insert((e.entity_type, name), d);
+        set.push(e.entity_type, &e.name, entity_digest(&e));
     });
-    set
+    set.build()
 }
 
 /// The desired router entities for an address set (ARCHITECTURE §4 table).

@@ -15,10 +15,10 @@ pub mod pods;
 
 pub use address::{Address, AddressKind, AddressSet};
 pub use entity::{
-    DigestSet, Direction, Entity, EntityOptions, EntitySet, EntityType, address_entity_name,
-    autolink_name, connector_entities, connector_entity, connector_name, desired_digests,
-    desired_entities, entity_digest, for_each_desired_entity, for_each_entity_of_address,
-    linkroute_name,
+    DigestSet, DigestSetBuilder, Direction, Entity, EntityOptions, EntitySet, EntityType,
+    address_entity_name, autolink_name, connector_entities, connector_entity, connector_name,
+    desired_digests, desired_entities, entity_digest, for_each_desired_entity,
+    for_each_entity_of_address, linkroute_name,
 };
 pub use error::ConfigError;
 pub use flavor::{Flavor, FlavorSet, parse_flavor_config, parse_flavors};

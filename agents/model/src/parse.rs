@@ -215,11 +215,12 @@ pub fn address_problems(address: &str) -> Vec<String> {
 
 /// One address definition as found in the input, before validation and merging.
 #[derive(Debug, Clone)]
-struct Raw {
+struct Raw<'k> {
     address: String,
     kind: AddressKind,
     flavor: Option<String>,
-    key: Option<String>,
+    /// The data key it came from (borrowed: one allocation less per address).
+    key: Option<&'k str>,
 }
 
 /// Whether to check that queue/topic flavors exist.
@@ -232,12 +233,12 @@ enum FlavorCheck<'a> {
 }
 
 /// Read the address definitions of one key into `raws`.
-fn collect(
+fn collect<'k>(
     origin: &str,
-    key: Option<&str>,
+    key: Option<&'k str>,
     format: KeyFormat,
     text: &str,
-    raws: &mut Vec<Raw>,
+    raws: &mut Vec<Raw<'k>>,
     errors: &mut Vec<ConfigError>,
 ) {
     match format {
@@ -302,14 +303,14 @@ fn collect(
 }
 
 /// Reads a 2016-format object one entry at a time.
-struct LegacyVisitor<'a> {
+struct LegacyVisitor<'a, 'k> {
     origin: &'a str,
-    key: Option<&'a str>,
-    raws: &'a mut Vec<Raw>,
+    key: Option<&'k str>,
+    raws: &'a mut Vec<Raw<'k>>,
     errors: &'a mut Vec<ConfigError>,
 }
 
-impl<'de> serde::de::Visitor<'de> for LegacyVisitor<'_> {
+impl<'de, 'k> serde::de::Visitor<'de> for LegacyVisitor<'_, 'k> {
     type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -333,11 +334,11 @@ impl<'de> serde::de::Visitor<'de> for LegacyVisitor<'_> {
 }
 
 /// The 2016 format: `{"<address>": {"store_and_forward": b, "multicast": b, "flavor": f}}`.
-fn collect_legacy(
+fn collect_legacy<'k>(
     origin: &str,
-    key: Option<&str>,
+    key: Option<&'k str>,
     value: Value,
-    raws: &mut Vec<Raw>,
+    raws: &mut Vec<Raw<'k>>,
     errors: &mut Vec<ConfigError>,
 ) {
     let Value::Object(map) = value else {
@@ -359,12 +360,12 @@ fn collect_legacy(
 }
 
 /// One entry of the 2016 format.
-fn legacy_entry(
+fn legacy_entry<'k>(
     origin: &str,
-    key: Option<&str>,
+    key: Option<&'k str>,
     address: String,
     props: Value,
-    raws: &mut Vec<Raw>,
+    raws: &mut Vec<Raw<'k>>,
     errors: &mut Vec<ConfigError>,
 ) {
     let err = |msg: String| ConfigError::new(origin, key, Some(&address), msg);
@@ -393,7 +394,7 @@ fn legacy_entry(
         kind: AddressKind::from_flags(store_and_forward, multicast),
         address,
         flavor,
-        key: key.map(str::to_string),
+        key,
     });
 }
 
@@ -442,11 +443,11 @@ fn flavor_field(value: Option<&Value>, what: &str, problems: &mut Vec<String>) -
 }
 
 /// The typed format: one Address, a list of them, or an AddressList.
-fn collect_typed(
+fn collect_typed<'k>(
     origin: &str,
-    key: Option<&str>,
+    key: Option<&'k str>,
     value: &Value,
-    raws: &mut Vec<Raw>,
+    raws: &mut Vec<Raw<'k>>,
     errors: &mut Vec<ConfigError>,
 ) {
     match value {
@@ -488,12 +489,12 @@ fn collect_typed(
 }
 
 /// One typed Address object; `label` says where it is (`item 3`) when it has no address to name it by.
-fn typed_item(
+fn typed_item<'k>(
     origin: &str,
-    key: Option<&str>,
+    key: Option<&'k str>,
     label: &str,
     item: &Value,
-    raws: &mut Vec<Raw>,
+    raws: &mut Vec<Raw<'k>>,
     errors: &mut Vec<ConfigError>,
 ) {
     let Value::Object(o) = item else {
@@ -584,7 +585,7 @@ fn typed_item(
             address,
             kind,
             flavor,
-            key: key.map(str::to_string),
+            key,
         }),
         (Some(address), _) => errors.extend(
             problems
@@ -608,7 +609,7 @@ fn typed_item(
 }
 
 /// A short description of where a definition came from, for conflict messages.
-fn where_from(key: &Option<String>) -> String {
+fn where_from(key: &Option<&str>) -> String {
     match key {
         Some(k) => format!("key {k:?}"),
         None => "input".to_string(),
@@ -618,21 +619,27 @@ fn where_from(key: &Option<String>) -> String {
 /// Validate, merge repeats, resolve flavors and check conflicts; every problem goes to `errors`.
 fn assemble(
     origin: &str,
-    raws: Vec<Raw>,
+    mut raws: Vec<Raw<'_>>,
     check: FlavorCheck<'_>,
     default_flavor: Option<&str>,
     errors: &mut Vec<ConfigError>,
 ) -> AddressSet {
-    let mut groups: BTreeMap<String, Vec<Raw>> = BTreeMap::new();
-    for raw in raws {
-        groups.entry(raw.address.clone()).or_default().push(raw);
-    }
+    // Group the definitions of each address by sorting (stable: each group keeps input order), without a map
+    // and a list per address.
+    raws.sort_by(|a, b| a.address.cmp(&b.address));
     let mut set = AddressSet::default();
-    for (address, mut defs) in groups {
-        let first_key = defs[0].key.clone();
-        let err = |key: &Option<String>, msg: String| {
-            ConfigError::new(origin, key.as_deref(), Some(&address), msg)
-        };
+    let mut raws = raws.into_iter().peekable();
+    let mut defs: Vec<Raw<'_>> = Vec::new();
+    while let Some(first) = raws.next() {
+        defs.clear();
+        defs.push(first);
+        while let Some(next) = raws.next_if(|r| r.address == defs[0].address) {
+            defs.push(next);
+        }
+        let address = std::mem::take(&mut defs[0].address);
+        let first_key = defs[0].key;
+        let err =
+            |key: &Option<&str>, msg: String| ConfigError::new(origin, *key, Some(&address), msg);
         let problems = address_problems(&address);
         if !problems.is_empty() {
             errors.extend(problems.into_iter().map(|m| err(&first_key, m)));
@@ -654,7 +661,7 @@ fn assemble(
             let mut seen = BTreeSet::new();
             let listed: Vec<String> = defs
                 .iter()
-                .filter(|d| seen.insert((d.kind, d.key.clone())))
+                .filter(|d| seen.insert((d.kind, d.key)))
                 .map(|d| format!("{} ({})", d.kind.as_str(), where_from(&d.key)))
                 .collect();
             errors.push(err(
@@ -667,7 +674,7 @@ fn assemble(
             let mut seen = BTreeSet::new();
             let listed: Vec<String> = defs
                 .iter()
-                .filter(|d| seen.insert((d.flavor.clone(), d.key.clone())))
+                .filter(|d| seen.insert((d.flavor.clone(), d.key)))
                 .map(|d| {
                     let f = d
                         .flavor

@@ -194,7 +194,7 @@ pub async fn execute(
         let c = client.clone();
         async move {
             let r = c
-                .create(e.entity_type.full_name(), &e.name, attributes_json(&e))
+                .create_checked(e.entity_type.full_name(), &e.name, &e.attributes)
                 .await;
             (e, r)
         }
@@ -203,8 +203,8 @@ pub async fn execute(
         let t = e.entity_type;
         metrics.op("CREATE", t.short_name(), result_label(&r));
         match r {
-            Ok(body) if e.matches_reported(&body) => known.created(e, desired),
-            Ok(body) => {
+            Ok(None) => known.created(e, desired),
+            Ok(Some(body)) => {
                 // The router accepted but stored something else (it silently ignores unknown attributes and
                 // stores an invalid distribution as `balanced`): record it as wrong so it is replaced.
                 known.mark_wrong(t, &e.name);
@@ -219,6 +219,8 @@ pub async fn execute(
                 connection_error.get_or_insert(e2);
             }
             Err(e2) => {
+                // Not created (whatever `known` assumed).
+                known.deleted(t, &e.name);
                 if let MgmtError::Status { description, .. } = &e2
                     && description.contains("Name conflicts")
                 {
@@ -346,16 +348,23 @@ async fn apply(
     metrics: &Metrics,
     window: usize,
 ) -> Result<Applied, ReconcileError> {
-    let plan = diff(&desired.digests, known);
-    if plan.is_empty() && known.marker.as_deref() == Some(desired.hash.as_str()) {
+    // A router holding no maas- entity gets everything: no plan of 25,000 names to build, no lookups.
+    let everything = known.is_empty();
+    let plan = if everything {
+        Plan::default()
+    } else {
+        diff(&desired.digests, known)
+    };
+    let (n_deletes, n_creates) = if everything {
+        (0, desired.digests.len())
+    } else {
+        (plan.deletes.len(), plan.creates.len())
+    };
+    if n_deletes + n_creates == 0 && known.marker.as_deref() == Some(desired.hash.as_str()) {
         return Ok(Applied { writes: 0 });
     }
     let mut writes = 0;
-    debug!(
-        deletes = plan.deletes.len(),
-        creates = plan.creates.len(),
-        "applying"
-    );
+    debug!(deletes = n_deletes, creates = n_creates, "applying");
     if known.marker.is_some() {
         // The marker goes first: from now on the router no longer claims any generation.
         let r = client
@@ -370,12 +379,14 @@ async fn apply(
         }
         known.marker = None;
     }
-    writes += plan.len();
+    writes += n_deletes + n_creates;
     let (deletes, creates) = (plan.deletes, plan.creates);
-    let (n_deletes, n_creates) = (deletes.len(), creates.len());
-    // On an empty router everything is created: no need to look each entity up.
+    // When everything is created there is no need to look each entity up.
     let keys = (n_creates < desired.digests.len()).then(|| creates.into_iter().collect());
     let creates = desired.inputs.entities(keys);
+    if everything {
+        *known = Known::assume_created(&desired.digests);
+    }
     execute(
         client,
         &deletes,

@@ -73,37 +73,107 @@ impl DesiredInputs {
     pub fn entities(
         &self,
         keys: Option<BTreeSet<(EntityType, String)>>,
-    ) -> impl Iterator<Item = Entity> + Send + '_ {
+    ) -> Box<dyn Iterator<Item = Entity> + Send + '_> {
+        if let Some(keys) = &keys
+            && let Some(found) = self.entities_by_name(keys)
+        {
+            return Box::new(found.into_iter());
+        }
         let connectors = maas_model::connector_entities(
             &self.config.addresses,
             &self.config.flavors,
             &self.brokers,
             &self.options,
         );
-        let keys = Arc::new(keys);
+        let keys = Arc::new(keys.map(by_type));
         let k2 = keys.clone();
+        let wanted = move |keys: &Option<ByType>, e: &Entity| {
+            keys.as_ref().is_none_or(|k| {
+                k.get(&e.entity_type)
+                    .is_some_and(|names| names.contains(e.name.as_str()))
+            })
+        };
         let per_address = self.config.addresses.iter().flat_map(move |a| {
             let mut out = Vec::new();
             maas_model::for_each_entity_of_address(a, &self.config.flavors, &self.brokers, |e| {
-                if k2
-                    .as_ref()
-                    .as_ref()
-                    .is_none_or(|k| k.contains(&(e.entity_type, e.name.clone())))
-                {
+                if wanted(&k2, &e) {
                     out.push(e);
                 }
             });
             out
         });
-        connectors
-            .into_iter()
-            .filter(move |e| {
-                keys.as_ref()
-                    .as_ref()
-                    .is_none_or(|k| k.contains(&(e.entity_type, e.name.clone())))
-            })
-            .chain(per_address)
+        Box::new(
+            connectors
+                .into_iter()
+                .filter(move |e| wanted(&keys, e))
+                .chain(per_address),
+        )
     }
+
+    /// The few entities of a small change, generated only for the addresses their names name (instead of walking
+    /// every address). None when that does not account for every key: the caller then walks everything.
+    fn entities_by_name(&self, keys: &BTreeSet<(EntityType, String)>) -> Option<Vec<Entity>> {
+        const MOST: usize = 1_000;
+        if keys.len() > MOST {
+            return None;
+        }
+        let mut addresses = BTreeMap::new();
+        let mut connectors = false;
+        for (t, name) in keys {
+            let address = match t {
+                EntityType::Connector => {
+                    connectors = true;
+                    continue;
+                }
+                EntityType::Address => name.strip_prefix("maas-address/"),
+                // `<address>/<pod>/<direction>`: pod names and directions hold no '/', addresses may.
+                EntityType::AutoLink => name
+                    .strip_prefix("maas-autolink/")
+                    .and_then(|rest| rest.rsplitn(3, '/').nth(2)),
+                EntityType::LinkRoute => name
+                    .strip_prefix("maas-linkroute/")
+                    .and_then(|rest| rest.rsplitn(3, '/').nth(2)),
+            };
+            let a = self.config.addresses.get(address?)?;
+            addresses.insert(a.address.as_str(), a);
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        let mut keep = |e: Entity| {
+            if keys.contains(&(e.entity_type, e.name.clone())) {
+                out.push(e);
+            }
+        };
+        if connectors {
+            maas_model::connector_entities(
+                &self.config.addresses,
+                &self.config.flavors,
+                &self.brokers,
+                &self.options,
+            )
+            .into_iter()
+            .for_each(&mut keep);
+        }
+        for a in addresses.into_values() {
+            maas_model::for_each_entity_of_address(
+                a,
+                &self.config.flavors,
+                &self.brokers,
+                &mut keep,
+            );
+        }
+        (out.len() == keys.len()).then_some(out)
+    }
+}
+
+/// Keys grouped by type, so that a name can be looked up without allocating.
+type ByType = BTreeMap<EntityType, BTreeSet<String>>;
+
+fn by_type(keys: BTreeSet<(EntityType, String)>) -> ByType {
+    let mut m = ByType::new();
+    for (t, name) in keys {
+        m.entry(t).or_default().insert(name);
+    }
+    m
 }
 
 /// Parse everything once (for `plan`, `validate`, and tests). Errors are one line each.
@@ -326,5 +396,76 @@ impl DesiredState {
             errors,
             loaded: true,
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn inputs() -> DesiredInputs {
+        let files: BTreeMap<String, String> = [
+            (
+                "json".to_string(),
+                r#"{"a/b": {"store_and_forward": true, "multicast": false, "flavor": "shared"},
+                    "t": {"store_and_forward": true, "multicast": true, "flavor": "shared"},
+                    "plain": {"store_and_forward": false, "multicast": false}}"#
+                    .to_string(),
+            ),
+            (
+                "flavor.json".to_string(),
+                r#"{"shared": {"type": "queue", "shared": true, "templateName": "x"}}"#.to_string(),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let config = maas_model::parse_config("test", &files, None).unwrap();
+        let brokers = maas_model::placement::parse_brokers(
+            "brokers",
+            r#"{"shared": [{"name": "b-0", "host": "127.0.0.1", "port": 5674}]}"#,
+        )
+        .unwrap();
+        DesiredInputs {
+            config: Arc::new(config),
+            brokers,
+            options: EntityOptions::default(),
+        }
+    }
+
+    fn all(i: &DesiredInputs) -> Vec<Entity> {
+        let mut out = Vec::new();
+        i.for_each(|e| out.push(e));
+        out
+    }
+
+    #[test]
+    fn entities_by_key_are_exactly_the_desired_ones_with_those_keys() {
+        let i = inputs();
+        let every = all(&i);
+        assert_eq!(i.entities(None).count(), every.len());
+        // Every single key, and one key of each type together (an address with '/' in it included).
+        for e in &every {
+            let keys = [(e.entity_type, e.name.clone())].into_iter().collect();
+            let got: Vec<Entity> = i.entities(Some(keys)).collect();
+            assert_eq!(got, vec![e.clone()]);
+        }
+        let keys: BTreeSet<(EntityType, String)> = every
+            .iter()
+            .map(|e| (e.entity_type, e.name.clone()))
+            .collect();
+        let mut got: Vec<Entity> = i.entities(Some(keys)).collect();
+        got.sort_by(|a, b| (a.entity_type, &a.name).cmp(&(b.entity_type, &b.name)));
+        let mut want = every.clone();
+        want.sort_by(|a, b| (a.entity_type, &a.name).cmp(&(b.entity_type, &b.name)));
+        assert_eq!(got, want);
+        // A key nothing desired has yields nothing (the full walk finds nothing either).
+        let keys = [(
+            EntityType::AutoLink,
+            "maas-autolink/nope/b-0/in".to_string(),
+        )]
+        .into_iter()
+        .collect();
+        assert_eq!(i.entities(Some(keys)).count(), 0);
     }
 }

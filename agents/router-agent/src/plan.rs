@@ -5,7 +5,7 @@
 //! a CREATE. Only names starting with `maas-` are ever deleted; static configuration and other tools' entities are
 //! left alone.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use maas_model::entity::NAME_PREFIX;
@@ -45,6 +45,31 @@ pub fn marker_hash(reported: &Map<String, Value>) -> Option<String> {
 
 type Key = (EntityType, String);
 
+/// A small map keyed by (type, name) that can be looked up with a borrowed name.
+type ByType<V> = BTreeMap<EntityType, BTreeMap<String, V>>;
+
+fn by_type_get<'a, V>(m: &'a ByType<V>, t: EntityType, name: &str) -> Option<&'a V> {
+    m.get(&t).and_then(|names| names.get(name))
+}
+
+fn by_type_remove<V>(m: &mut ByType<V>, t: EntityType, name: &str) -> Option<V> {
+    let names = m.get_mut(&t)?;
+    let v = names.remove(name);
+    if names.is_empty() {
+        m.remove(&t);
+    }
+    v
+}
+
+fn by_type_iter<V>(m: &ByType<V>) -> impl Iterator<Item = (EntityType, &str, &V)> {
+    m.iter()
+        .flat_map(|(t, names)| names.iter().map(move |(n, v)| (*t, n.as_str(), v)))
+}
+
+fn by_type_len<V>(m: &ByType<V>) -> usize {
+    m.values().map(BTreeMap::len).sum()
+}
+
 /// What the agent knows the router holds: its `maas-` entities (except the marker), each with the digest
 /// ([`entity_digest`]) of the desired entity it was verified equal to (None: it matches nothing desired and must
 /// go), and the marker.
@@ -56,9 +81,9 @@ pub struct Known {
     /// Entities known to be on the router as this set says (unless overridden or removed below).
     base: Arc<DigestSet>,
     /// Entities whose state differs from `base`: Some(digest) = present with that digest, None = present but wrong.
-    overrides: BTreeMap<Key, Option<u64>>,
+    overrides: ByType<Option<u64>>,
     /// Entities of `base` that are gone.
-    removed: BTreeSet<Key>,
+    removed: ByType<()>,
     /// The hash carried by the marker entity, if the router holds one.
     pub marker: Option<String>,
 }
@@ -75,8 +100,18 @@ impl Known {
         Known {
             base: desired.clone(),
             overrides: BTreeMap::new(),
-            removed: BTreeSet::new(),
+            removed: BTreeMap::new(),
             marker: Some(hash.to_string()),
+        }
+    }
+
+    /// About to create every entity of `desired` on a router holding none: assume each will be there, so that a
+    /// verified CREATE costs no bookkeeping; each one that fails must then be recorded ([`Self::deleted`] or
+    /// [`Self::mark_wrong`]). No marker.
+    pub fn assume_created(desired: &Arc<DigestSet>) -> Known {
+        Known {
+            base: desired.clone(),
+            ..Known::default()
         }
     }
 
@@ -100,7 +135,7 @@ impl Known {
                 known.marker = marker_hash(row);
                 continue;
             }
-            known.overrides.insert((*t, name.to_string()), None);
+            known.set_override(*t, name.to_string(), None);
             by_key.insert((*t, name), row);
         }
         if by_key.is_empty() {
@@ -111,78 +146,93 @@ impl Known {
                 && e.matches_reported(row)
             {
                 let d = entity_digest(&e);
-                known.overrides.insert((e.entity_type, e.name), Some(d));
+                known.set_override(e.entity_type, e.name, Some(d));
             }
         });
         known
     }
 
+    fn set_override(&mut self, t: EntityType, name: String, v: Option<u64>) {
+        self.overrides.entry(t).or_default().insert(name, v);
+    }
+
     /// What is known of one entity: None = not on the router; Some(None) = there but wrong; Some(Some(d)) = there,
     /// equal to the desired entity with digest d.
     pub fn get(&self, key: &Key) -> Option<Option<u64>> {
-        if let Some(v) = self.overrides.get(key) {
+        self.lookup(key.0, &key.1)
+    }
+
+    /// [`Self::get`] by type and name.
+    pub fn lookup(&self, t: EntityType, name: &str) -> Option<Option<u64>> {
+        if let Some(v) = by_type_get(&self.overrides, t, name) {
             return Some(*v);
         }
-        if self.removed.contains(key) {
+        if by_type_get(&self.removed, t, name).is_some() {
             return None;
         }
-        self.base.digests.get(key).map(|d| Some(*d))
+        self.base.get(t, name).map(Some)
+    }
+
+    /// True when nothing is stored beside the shared set.
+    fn is_plain(&self) -> bool {
+        self.overrides.is_empty() && self.removed.is_empty()
     }
 
     /// Every entity known to be on the router, in (type, name) order.
-    pub fn iter(&self) -> impl Iterator<Item = (&Key, Option<u64>)> {
-        let base = self
-            .base
-            .digests
-            .iter()
-            .filter(|(k, _)| !self.removed.contains(*k) && !self.overrides.contains_key(*k))
-            .map(|(k, d)| (k, Some(*d)));
-        let over = self.overrides.iter().map(|(k, v)| (k, *v));
+    pub fn iter(&self) -> Box<dyn Iterator<Item = (EntityType, &str, Option<u64>)> + '_> {
+        let base = self.base.iter().map(|(t, n, d)| (t, n, Some(d)));
+        if self.is_plain() {
+            // The common case (right after a generation was applied): the shared set itself, nothing to merge.
+            return Box::new(base);
+        }
+        let base = base.filter(|(t, n, _)| {
+            by_type_get(&self.removed, *t, n).is_none()
+                && by_type_get(&self.overrides, *t, n).is_none()
+        });
+        let over = by_type_iter(&self.overrides).map(|(t, n, v)| (t, n, *v));
         // Both are sorted; merge them so the order stays (type, name).
-        let mut out: Vec<(&Key, Option<u64>)> = base.chain(over).collect();
-        out.sort_by(|a, b| a.0.cmp(b.0));
-        out.into_iter()
+        let mut out: Vec<(EntityType, &str, Option<u64>)> = base.chain(over).collect();
+        out.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        Box::new(out.into_iter())
     }
 
     /// Record a verified CREATE of `e`, a member of `desired` (its digest is taken from there, not recomputed).
     pub fn created(&mut self, e: Entity, desired: &DigestSet) {
-        let key = (e.entity_type, e.name);
-        let d = match desired.digests.get(&key) {
-            Some(d) => *d,
-            None => entity_digest(&Entity {
-                entity_type: key.0,
-                name: key.1.clone(),
-                attributes: e.attributes,
-            }),
+        let t = e.entity_type;
+        let d = match desired.get(t, &e.name) {
+            Some(d) => d,
+            None => entity_digest(&e),
         };
-        self.removed.remove(&key);
-        if self.base.digests.get(&key) == Some(&d) {
-            self.overrides.remove(&key);
+        by_type_remove(&mut self.removed, t, &e.name);
+        if self.base.get(t, &e.name) == Some(d) {
+            by_type_remove(&mut self.overrides, t, &e.name);
         } else {
-            self.overrides.insert(key, Some(d));
+            self.set_override(t, e.name, Some(d));
         }
     }
 
     /// Record that an entity is on the router but not as desired (it must be replaced).
     pub fn mark_wrong(&mut self, t: EntityType, name: &str) {
-        self.overrides.insert((t, name.to_string()), None);
+        self.set_override(t, name.to_string(), None);
     }
 
     /// Record a DELETE (or a 404 on DELETE: it is gone either way).
     pub fn deleted(&mut self, t: EntityType, name: &str) {
-        let key = (t, name.to_string());
-        self.overrides.remove(&key);
-        if self.base.digests.contains_key(&key) {
-            self.removed.insert(key);
+        by_type_remove(&mut self.overrides, t, name);
+        if self.base.contains(t, name) {
+            self.removed
+                .entry(t)
+                .or_default()
+                .insert(name.to_string(), ());
         }
     }
 
     pub fn len(&self) -> usize {
-        self.base.digests.len() - self.removed.len()
-            + self
-                .overrides
-                .keys()
-                .filter(|k| !self.base.digests.contains_key(*k) || self.removed.contains(*k))
+        self.base.len() - by_type_len(&self.removed)
+            + by_type_iter(&self.overrides)
+                .filter(|(t, n, _)| {
+                    !self.base.contains(*t, n) || by_type_get(&self.removed, *t, n).is_some()
+                })
                 .count()
     }
 
@@ -193,7 +243,7 @@ impl Known {
     /// True when nothing differs from the shared set `desired` (cheap: no walk when it is the same `Arc`).
     pub fn holds_exactly(&self, desired: &Arc<DigestSet>) -> bool {
         if Arc::ptr_eq(&self.base, desired) {
-            return self.overrides.is_empty() && self.removed.is_empty();
+            return self.is_plain();
         }
         diff(desired, self).is_empty()
     }
@@ -220,21 +270,42 @@ impl Plan {
 
 /// Diff desired against known. Only changed entities cause operations.
 pub fn diff(desired: &DigestSet, known: &Known) -> Plan {
+    use std::cmp::Ordering;
     let mut plan = Plan::default();
-    for (key, fp) in known.iter() {
-        let keep = matches!((desired.digests.get(key), fp), (Some(d), Some(fp)) if *d == fp);
-        if !keep {
-            plan.deletes.push(key.clone());
+    // Both sides are in (type, name) order: one merge walk.
+    let mut k = known.iter().peekable();
+    let mut d = desired.iter().peekable();
+    loop {
+        let order = match (k.peek(), d.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((kt, kn, _)), Some((dt, dn, _))) => (kt, kn).cmp(&(dt, dn)),
+        };
+        match order {
+            Ordering::Less => {
+                if let Some((t, name, _)) = k.next() {
+                    plan.deletes.push((t, name.to_string()));
+                }
+            }
+            Ordering::Greater => {
+                if let Some((t, name, _)) = d.next() {
+                    plan.creates.push((t, name.to_string()));
+                }
+            }
+            Ordering::Equal => {
+                if let (Some((t, name, fp)), Some((_, _, want))) = (k.next(), d.next())
+                    && fp != Some(want)
+                {
+                    plan.deletes.push((t, name.to_string()));
+                    plan.creates.push((t, name.to_string()));
+                }
+            }
         }
     }
     // Delete autoLinks/linkRoutes before addresses before connectors: the reverse of creation order.
     plan.deletes
         .sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-    for (key, d) in &desired.digests {
-        if !matches!(known.get(key), Some(Some(fp)) if fp == *d) {
-            plan.creates.push(key.clone());
-        }
-    }
     plan
 }
 

@@ -590,3 +590,52 @@ async fn broker_pods_coming_and_going_change_only_their_own_entities() {
     router_matches(&emu, &desired_for(&addrs, Some(&brokers))).unwrap();
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_checked_tells_stored_as_sent_from_stored_otherwise() {
+    use maas_amqp::options::ConnectOptions;
+    use maas_amqp::router::{ClientConfig, RouterClient};
+    let emu = emulator(false).await;
+    let client = RouterClient::connect(
+        &ConnectOptions::from_url(&emu.url()).unwrap(),
+        ClientConfig::default(),
+    )
+    .await
+    .unwrap();
+    let t = EntityType::Address.full_name();
+    let attrs = |prefix: &str, dist: &str| {
+        [
+            ("prefix".to_string(), json!(prefix)),
+            ("distribution".to_string(), json!(dist)),
+            ("waypoint".to_string(), json!(false)),
+        ]
+        .into_iter()
+        .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let stored = client
+        .create_checked(t, "maas-address/checked", &attrs("checked", "balanced"))
+        .await
+        .unwrap();
+    assert_eq!(stored, None, "stored exactly as sent");
+    // The router stores an invalid distribution as `balanced` without complaint: the reply says so.
+    let reported = client
+        .create_checked(t, "maas-address/normalised", &attrs("normalised", "bogus"))
+        .await
+        .unwrap()
+        .expect("reported as stored differently");
+    assert_eq!(reported["distribution"], json!("balanced"));
+    assert_eq!(reported["name"], json!("maas-address/normalised"));
+    // An attribute the router does not report back counts as different too.
+    let mut extra = attrs("extra", "closest");
+    extra.insert("noSuchAttribute".to_string(), json!("x"));
+    let reported = client
+        .create_checked(t, "maas-address/extra", &extra)
+        .await
+        .unwrap();
+    assert!(
+        reported.is_some(),
+        "unknown attributes are dropped by the router"
+    );
+    client.close().await;
+    emu.stop().await;
+}
