@@ -25,8 +25,10 @@ use std::future::Future;
 use std::io::BufReader;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use fe2o3_amqp::acceptor::sasl_acceptor::SaslServerFrame;
@@ -41,6 +43,7 @@ use fe2o3_amqp::types::definitions::{AmqpError, Error as AmqpErrorBody, ErrorCon
 use fe2o3_amqp::types::performatives::Attach;
 use fe2o3_amqp::types::primitives::{Array, Symbol, Value};
 use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslOutcome, SaslResponse};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -485,6 +488,103 @@ pub struct ConnectionInfo {
     pub mechanism: String,
     /// The authenticated user (`anonymous` for ANONYMOUS).
     pub user: String,
+    /// Bytes written to this connection's socket so far (below TLS: ciphertext).
+    pub written: Arc<WriteProgress>,
+}
+
+/// How many bytes a connection has handed to its socket (the kernel) so far.
+///
+/// fe2o3's `send` returns once a message's frames are QUEUED inside the connection (its session and connection
+/// queues are `u16::MAX` frames deep), not once they are written; a task sending large messages to many peers
+/// would otherwise pile up every encoded copy in memory. Waiting with [`WriteProgress::wait_for`] until the
+/// count has grown by the message's size bounds that: the frames left the process.
+#[derive(Debug, Default)]
+pub struct WriteProgress {
+    written: AtomicU64,
+    notify: tokio::sync::Notify,
+}
+
+impl WriteProgress {
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    /// Resolves once at least `target` bytes were written in all. Never resolves if the connection stops
+    /// writing: select on the link's scope and a timeout around it.
+    pub async fn wait_for(&self, target: u64) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.written() >= target {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn add(&self, n: usize) {
+        if n > 0 {
+            self.written.fetch_add(n as u64, Ordering::AcqRel);
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+/// The socket under TLS and fe2o3, counting the bytes written into [`WriteProgress`].
+#[derive(Debug)]
+struct Counted<S> {
+    inner: S,
+    progress: Arc<WriteProgress>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.progress.add(*n);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.progress.add(*n);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Held by the task serving an accepted link: counts against `max_links_per_connection` until dropped.
@@ -512,6 +612,9 @@ pub struct AcceptedSender {
     pub guard: LinkGuard,
     /// Spawn the task serving this link here: [`Server::serve`] waits for it on shutdown.
     pub tracker: TaskTracker,
+    /// Bytes this link's connection has handed to its socket: after `send` returns, fe2o3 still holds the
+    /// message's frames in its queues; wait on this to know they left the process.
+    pub written: Arc<WriteProgress>,
 }
 
 /// What a handler gets for an accepted receiving link (the peer sends).
@@ -718,6 +821,7 @@ impl<'s> IncomingLink<'s> {
                         stats: Arc::clone(&self.stats),
                     },
                     tracker: self.tracker.clone(),
+                    written: Arc::clone(&self.connection.written),
                 })
             }
             Ok(LinkEndpoint::Receiver(receiver)) => {
@@ -1023,7 +1127,7 @@ fn resource_limit(description: String) -> AmqpErrorBody {
 }
 
 async fn handshake(
-    stream: TcpStream,
+    stream: Counted<TcpStream>,
     options: &ServerOptions,
     sasl: ConnSasl,
 ) -> Result<ListenerConnectionHandle, HandshakeError> {
@@ -1077,9 +1181,15 @@ async fn connection_task<H: LinkHandler>(
         config: options.sasl.clone(),
         seen: Arc::new(Mutex::new(None)),
     };
+    let written = Arc::new(WriteProgress::default());
+    let counted = Counted {
+        inner: stream,
+        progress: Arc::clone(&written),
+    };
     let opened = tokio::select! {
         () = token.cancelled() => return,
-        r = tokio::time::timeout(options.handshake_timeout, handshake(stream, options, sasl.clone())) => r,
+        // Boxed: the handshake's state (TLS, SASL) is large and needed only here, not for the connection's life.
+        r = tokio::time::timeout(options.handshake_timeout, Box::pin(handshake(counted, options, sasl.clone()))) => r,
     };
     let seen = sasl.seen();
     let mut connection = match opened {
@@ -1129,6 +1239,7 @@ async fn connection_task<H: LinkHandler>(
         peer,
         mechanism,
         user,
+        written,
     });
     if let Err((condition, description)) = shared.handler.on_connection(&info) {
         info!(connection = id, %peer, user = %info.user, %description, "connection refused by the application");
@@ -1212,8 +1323,11 @@ async fn session_task<H: LinkHandler>(
                 .await;
             continue;
         }
-        let handled =
-            tokio::time::timeout(options.handshake_timeout, shared.handler.on_attach(link));
+        // Boxed: the handler's future lives only while it answers this attach.
+        let handled = tokio::time::timeout(
+            options.handshake_timeout,
+            Box::pin(shared.handler.on_attach(link)),
+        );
         tokio::select! {
             () = token.cancelled() => break,
             r = handled => if r.is_err() {
@@ -1229,6 +1343,42 @@ async fn session_task<H: LinkHandler>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn write_progress_counts_what_reached_the_socket_and_wakes_waiters() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A 4 KiB pipe: a 10 KiB write can only complete as the other end reads.
+        let (a, mut b) = tokio::io::duplex(4096);
+        let progress = Arc::new(WriteProgress::default());
+        let mut counted = Counted {
+            inner: a,
+            progress: Arc::clone(&progress),
+        };
+        let waiter = {
+            let progress = Arc::clone(&progress);
+            tokio::spawn(async move { progress.wait_for(10_240).await })
+        };
+        let writer = tokio::spawn(async move {
+            counted.write_all(&[7u8; 10_240]).await.unwrap();
+            counted
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Nothing read yet: only what fits the pipe was written, and the waiter still waits.
+        assert_eq!(progress.written(), 4096);
+        assert!(!waiter.is_finished());
+        let mut buf = vec![0u8; 10_240];
+        b.read_exact(&mut buf).await.unwrap();
+        let _counted = writer.await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter wakes once 10 KiB were written")
+            .unwrap();
+        assert_eq!(progress.written(), 10_240);
+        // A target already reached resolves at once.
+        tokio::time::timeout(Duration::from_millis(100), progress.wait_for(5))
+            .await
+            .unwrap();
+    }
 
     #[test]
     fn users_file_parses_and_checks_without_showing_passwords() {

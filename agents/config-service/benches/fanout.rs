@@ -17,25 +17,31 @@
 //!
 //!    With the default `--send-timeout 5s` that subscriber is closed (`amqp:link:detach-forced`) once a send to it
 //!    waited 5 s; the bench reports which happened.
+//! 5. The floor of the machine: the same number of bytes written to as many loopback TCP sockets with plain tokio
+//!    writes and read by minimal readers in this process (no AMQP, no encoding, no JSON); p50/p99 over 3 rounds
+//!    and the service's p99 as a multiple of it.
 //!
 //! Environment (for quick runs): `FANOUT_SUBSCRIBERS` (default 1000), `FANOUT_EDITS` (edits per block, default
 //! 10; four blocks), `FANOUT_DEBOUNCE_MS` (default 20), `FANOUT_MAX_SENDS` (the service's `--max-concurrent-sends`;
-//! default: the service's default, 16; a large value such as 100000 gives the unbounded behaviour of before).
+//! default: the service's default, 16; a large value such as 100000 gives the unbounded behaviour of before),
+//! `FANOUT_CLIENT_FRAME` (the subscribers' max-frame-size, default 262144 = fe2o3's default), `FANOUT_SCALE`
+//! (divides the address set, e.g. 100 for 100 addresses: shows fe2o3's fixed cost per connection).
 //! Run with `cargo bench -p config-service --bench fanout`.
 //!
-//! Figures of 2026-11-28 (2 shared cores, other builds running; 1,000 subscribers, 1.39 MB encoded message):
+//! Figures of 2026-11-28 (2 shared cores, other builds running; 1,000 subscribers, 1.39 MB encoded message,
+//! a send holds its permit until the connection wrote the message):
 //!
-//! | | `--max-concurrent-sends 100000` (unbounded, as before) | default 16 |
-//! | --- | --- | --- |
-//! | RSS with 1,001 subscribers (peak) | 431 MB (435) | 419 MB (439) |
-//! | edit -> all hold it, p50 / p99 | 514 / 978 ms | 616 / 1612 ms |
-//! | with the slow subscriber, p50 / p99 | 595 / 1760 ms | 573 / 1650 ms |
-//! | 50 more links granting no credit | +1.09 MB each, held for ever | +0.37 MB each, closed after 5 s |
-//! | most sends in flight at once | 50 | 16 |
+//! | | p99 edit -> all hold it | CPU per edit: service / subscribers | RSS after the edits (peak) |
+//! | --- | --- | --- | --- |
+//! | subscribers with fe2o3's default 256 KB frames | 1,574–1,718 ms | 671 / 1,022 ms | 415–417 MB (423) |
+//! | subscribers announcing 32 KB frames | 2,856 ms | 928 / 1,487 ms | 249 MB (253) |
+//! | 100 addresses (14 KB snapshot), 256 KB frames | 64 ms | 35 / 38 ms | 108 MB (108) |
+//! | plain loopback TCP, same bytes, no AMQP (5.) | 287–445 ms | | |
 //!
-//! Run-to-run noise on p99 is ~±40 %. CPU per edit: config-service ~670 ms, the subscribers ~890 ms, so ~0.8 s
-//! of wall time per edit is the floor on 2 cores. RSS is per connection, not per send: sends return once fe2o3
-//! has queued the frames, and fe2o3 keeps ~90 KB per connection (~190 KB after a 1.4 MB message).
+//! Run-to-run noise on p99 is ~±40 %. So: the loopback floor alone is above the 250 ms target on this machine,
+//! and fe2o3's fixed memory per connection (~100 KB with 100 addresses) is above 64 MB for 1,000 subscribers;
+//! the 1,000 write buffers sized by the subscribers' max-frame-size make most of the rest. Before sends waited
+//! for the socket, subscribers with 16 KB frames drove the service to 1.2 GB (frames of queued sends piled up).
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -91,7 +97,8 @@ fn address_set(flipped: usize) -> BTreeMap<String, String> {
         }
         m.insert(name, v);
     };
-    for i in 0..4000 {
+    let scale = env_usize("FANOUT_SCALE", 1);
+    for i in 0..4000 / scale {
         put(
             format!("anycast-{i}"),
             false,
@@ -99,13 +106,13 @@ fn address_set(flipped: usize) -> BTreeMap<String, String> {
             None,
         );
     }
-    for i in 0..2000 {
+    for i in 0..2000 / scale {
         put(format!("broadcast-{i}"), false, true, None);
     }
-    for i in 0..3000 {
+    for i in 0..3000 / scale {
         put(format!("queue-{i}"), true, false, Some("shared"));
     }
-    for i in 0..1000 {
+    for i in 0..1000 / scale {
         put(format!("topic-{i}"), true, true, Some("shared"));
     }
     let mut files = BTreeMap::new();
@@ -336,6 +343,7 @@ async fn attach(
         STEP_TIMEOUT,
         Connection::builder()
             .container_id(name.to_string())
+            .max_frame_size(env_usize("FANOUT_CLIENT_FRAME", 256 * 1024) as u32)
             .sasl_profile(SaslProfile::Anonymous)
             .open(url),
     )
@@ -506,6 +514,64 @@ impl Fanout<'_> {
 }
 
 /// Attaches the slow subscriber: it takes the current snapshot with a credit of one and never grants more.
+/// Writes `size` bytes to each of `n` loopback TCP connections at once and returns, over `rounds` rounds after a
+/// warm-up, the time from the start of a round until each reader had read them all (sorted): what moving the
+/// bytes of one fan-out costs this machine with no protocol at all.
+async fn raw_floor(n: usize, size: usize, rounds: usize) -> Vec<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let payload: Arc<Vec<u8>> = Arc::new(vec![b'x'; size]);
+    let mut readers = Vec::with_capacity(n);
+    let mut writers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let r = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (w, _) = listener.accept().await.unwrap();
+        r.set_nodelay(true).unwrap();
+        w.set_nodelay(true).unwrap();
+        readers.push(r);
+        writers.push(w);
+    }
+    let mut all = Vec::with_capacity(n * rounds);
+    for round in 0..=rounds {
+        let start = Instant::now();
+        let mut reading = tokio::task::JoinSet::new();
+        for mut r in readers.drain(..) {
+            reading.spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut got = 0;
+                while got < size {
+                    match tokio::time::timeout(STEP_TIMEOUT, r.read(&mut buf)).await {
+                        Ok(Ok(k)) if k > 0 => got += k,
+                        other => panic!("floor reader: {other:?}"),
+                    }
+                }
+                (r, start.elapsed())
+            });
+        }
+        let mut writing = tokio::task::JoinSet::new();
+        for mut w in writers.drain(..) {
+            let p = Arc::clone(&payload);
+            writing.spawn(async move {
+                w.write_all(&p).await.unwrap();
+                w
+            });
+        }
+        while let Some(w) = writing.join_next().await {
+            writers.push(w.unwrap());
+        }
+        while let Some(r) = reading.join_next().await {
+            let (r, took) = r.unwrap();
+            readers.push(r);
+            if round > 0 {
+                all.push(took);
+            }
+        }
+    }
+    all.sort();
+    all
+}
+
 async fn attach_slow(url: &str, n: usize) -> (Conn, Sess, Receiver) {
     let (c, s, mut r) = attach(url, &format!("slow-{n}"), CreditMode::Manual)
         .await
@@ -571,7 +637,7 @@ async fn bench() {
 
     // 1. Snapshot build and encoding.
     let base = config_of(&address_set(0));
-    assert_eq!(base.addresses.len(), 10_000);
+    assert_eq!(base.addresses.len(), 10_000 / env_usize("FANOUT_SCALE", 1));
     let mut builds = Vec::with_capacity(BUILDS);
     let mut whole = Vec::with_capacity(BUILDS);
     let mut encoded_len = 0;
@@ -829,6 +895,24 @@ async fn bench() {
     drop(handles);
     tasks.abort_all();
     drop(service);
+
+    // 5. The floor of this machine: the same bytes over plain loopback TCP, no AMQP, no encoding.
+    let floor = raw_floor(subscribers, encoded_len, 3).await;
+    let floor_p99 = percentile(&floor, 0.99);
+    println!(
+        "5. floor: {:.2} MB written to each of {subscribers} loopback TCP sockets (plain tokio writes, readers in \
+         this process, 3 rounds after a warm-up): p50 {:.0} ms, p99 {:.0} ms; the service's p99 without the \
+         debounce is {:.1} x that",
+        encoded_len as f64 / 1024.0 / 1024.0,
+        ms(percentile(&floor, 0.5)),
+        ms(floor_p99),
+        ms(p99.saturating_sub(debounce)) / ms(floor_p99).max(0.001)
+    );
+    summary.push(format!(
+        "loopback TCP floor, same bytes, p99     {:>6.0} ms  (service / floor {:.1})",
+        ms(floor_p99),
+        ms(p99.saturating_sub(debounce)) / ms(floor_p99).max(0.001)
+    ));
     println!(
         "\nsummary ({subscribers} subscribers, 10,000 addresses, {:.0} s):",
         started.elapsed().as_secs_f64()

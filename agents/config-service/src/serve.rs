@@ -14,9 +14,12 @@
 //! nothing to the session, and a half-handed delivery dies with the link — and the link is closed with
 //! `amqp:link:detach-forced` ("no credit for N s; re-attach to resume"), counted in `subscribers_detached_total`.
 //!
-//! Not bounded here: once `send` returns, fe2o3 still holds the message's frames in its session and connection
-//! queues (`u16::MAX` frames deep by default) until the connection writes them to the socket, plus buffers it
-//! keeps per connection; those are sized by the AMQP server's options, not by this module.
+//! A send counts as done only once its connection has WRITTEN the message to the socket: fe2o3's `send` returns
+//! when the frames are queued inside the connection (queues `u16::MAX` frames deep), so the permit is held until
+//! the connection's [`WriteProgress`](maas_amqp::server::WriteProgress) has grown by the body's length. Without
+//! that, 1,000 subscribers got 1,000 encoded copies queued at once. Not bounded here: what fe2o3 keeps per
+//! connection (its channels, and a write buffer as large as the PEER's max-frame-size once a large message went
+//! out).
 //!
 //! Each task ends when its link is detached, its session or connection ends, or the server stops.
 
@@ -216,15 +219,26 @@ async fn send(
     // Dropping this future on timeout is safe in fe2o3 0.18.4: while it waits for credit it has consumed none and
     // handed nothing to the session; if it stalls part-way through the transfer frames of a large message, the
     // link is closed right after, which discards the partial delivery at the peer.
+    //
+    // `send` returns once the frames are queued inside fe2o3; the permit is held until the connection has written
+    // at least the body's length more to its socket, so the encoded copies in memory stay bounded by the permits.
+    let written = Arc::clone(&accepted.written);
+    let before = written.written();
     let sending = async {
-        match accepted.sender.send_batchable_ref(&snapshot.sendable).await {
+        let queued = match accepted.sender.send_batchable_ref(&snapshot.sendable).await {
             // Pre-settled: the delivery future resolves at once; awaiting it just collects the result.
             Ok(delivery) => delivery.await.is_ok(),
             Err(error) => {
                 debug!(%error, "snapshot send failed; ending the subscription");
                 false
             }
+        };
+        if queued {
+            written
+                .wait_for(before.saturating_add(snapshot.body.len() as u64))
+                .await;
         }
+        queued
     };
     match tokio::time::timeout(timeout, sending).await {
         Ok(true) => Sent::Done,
