@@ -33,12 +33,13 @@
 //!
 //! | | p99 edit -> all hold it | CPU per edit: service / subscribers | RSS after the edits (peak) |
 //! | --- | --- | --- | --- |
-//! | subscribers with fe2o3's default 256 KB frames | 1,574–1,718 ms | 671 / 1,022 ms | 415–417 MB (423) |
+//! | subscribers with fe2o3's default 256 KB frames, quiet machine | 946 ms | 696 / 860 ms | 409 MB (417) |
+//! | the same, other builds running | 1,574–1,718 ms | 671 / 1,022 ms | 415–417 MB (423) |
 //! | subscribers announcing 32 KB frames | 2,856 ms | 928 / 1,487 ms | 249 MB (253) |
 //! | 100 addresses (14 KB snapshot), 256 KB frames | 64 ms | 35 / 38 ms | 108 MB (108) |
-//! | plain loopback TCP, same bytes, no AMQP (5.) | 287–445 ms | | |
+//! | plain loopback TCP, same bytes, no AMQP (5.) | 221 ms quiet, 287–593 ms under load | | |
 //!
-//! Run-to-run noise on p99 is ~±40 %. So: the loopback floor alone is above the 250 ms target on this machine,
+//! Run-to-run noise on p99 is ~±40 %. So: the loopback floor alone takes most of the 250 ms target (or more),
 //! and fe2o3's fixed memory per connection (~100 KB with 100 addresses) is above 64 MB for 1,000 subscribers;
 //! the 1,000 write buffers sized by the subscribers' max-frame-size make most of the rest. Before sends waited
 //! for the socket, subscribers with 16 KB frames drove the service to 1.2 GB (frames of queued sends piled up).
