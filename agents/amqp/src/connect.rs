@@ -3,6 +3,13 @@
 //! socket (qdrouterd and Artemis expect plain TLS, not the AMQP TLS header), SASL, the idle
 //! timeout, all under `connect_timeout`. It also captures the peer's `open` frame so callers can
 //! show what they are talking to (`product`, `version`).
+//!
+//! SASL EXTERNAL is negotiated here, not by fe2o3: fe2o3 0.18.4 accepts EXTERNAL only when it does
+//! the TLS handshake itself (else `InvalidSchemeForSaslExternal`), which would hide the decrypted
+//! bytes from the `open` capture and split the TLS code in two. [`sasl_external`] runs the SASL
+//! layer on our TLS stream — `sasl-init` with an empty initial response, as Qpid Proton clients
+//! send (fe2o3 sends none) — then the stream goes to fe2o3 without a SASL profile for the AMQP
+//! header and `open`.
 
 use std::fs::File;
 use std::io::BufReader;
@@ -14,7 +21,9 @@ use fe2o3_amqp::Connection;
 use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::types::performatives::Open;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use fe2o3_amqp::types::primitives::{Binary, Symbol};
+use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslMechanisms, SaslOutcome};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::options::{ConnectOptions, SaslOptions, TlsOptions, install_crypto_provider};
@@ -64,6 +73,9 @@ pub async fn open_connection(opts: &ConnectOptions) -> Result<Opened, ConnectErr
 }
 
 async fn open_inner(opts: &ConnectOptions) -> Result<Opened, String> {
+    if opts.sasl == SaslOptions::External {
+        check_external(opts.tls.as_ref())?;
+    }
     let tcp = TcpStream::connect((opts.host.as_str(), opts.port))
         .await
         .map_err(|e| format!("TCP connect failed: {e}"))?;
@@ -77,10 +89,13 @@ async fn open_inner(opts: &ConnectOptions) -> Result<Opened, String> {
             let name = tls.server_name.clone().unwrap_or_else(|| opts.host.clone());
             let server_name = rustls::pki_types::ServerName::try_from(name.clone())
                 .map_err(|e| format!("invalid TLS server name {name:?}: {e}"))?;
-            let stream = connector
+            let mut stream = connector
                 .connect(server_name, tcp)
                 .await
                 .map_err(|e| format!("TLS handshake failed: {e}"))?;
+            if opts.sasl == SaslOptions::External {
+                sasl_external(&mut stream, &opts.host).await?;
+            }
             open_amqp(opts, Sniff::new(stream, capture.clone()), capture).await
         }
     }
@@ -101,7 +116,8 @@ where
         .idle_time_out(idle_ms)
         .scheme("amqp");
     let builder = match &opts.sasl {
-        SaslOptions::None => builder,
+        // EXTERNAL was negotiated before (sasl_external): fe2o3 goes straight to the AMQP header.
+        SaslOptions::None | SaslOptions::External => builder,
         SaslOptions::Anonymous => builder.sasl_profile(SaslProfile::Anonymous),
         SaslOptions::Plain { username, password } => builder.sasl_profile(SaslProfile::Plain {
             username: username.clone(),
@@ -130,6 +146,108 @@ where
         peer_properties,
         peer_container_id,
     })
+}
+
+/// EXTERNAL proves the identity with the TLS client certificate: without one it cannot work.
+fn check_external(tls: Option<&TlsOptions>) -> Result<(), String> {
+    match tls {
+        Some(TlsOptions {
+            cert_file: Some(_),
+            key_file: Some(_),
+            ..
+        }) => Ok(()),
+        _ => Err(
+            "SASL EXTERNAL needs TLS with a client certificate (a CA file, a cert file and a key file)"
+                .to_string(),
+        ),
+    }
+}
+
+/// The SASL header `AMQP 3 1 0 0`.
+const SASL_HEADER: &[u8; 8] = b"AMQP\x03\x01\x00\x00";
+/// Largest SASL frame we accept (the SASL minimum max-frame-size is 512; be generous).
+const SASL_FRAME_LIMIT: usize = 64 * 1024;
+/// SASL frame type in the frame header.
+const SASL_FRAME_TYPE: u8 = 1;
+
+/// Runs the SASL layer with mechanism EXTERNAL on `io` (client side): header exchange,
+/// `sasl-mechanisms`, `sasl-init` (empty initial response), `sasl-outcome`. On success the stream
+/// is positioned at the start of the AMQP layer.
+pub(crate) async fn sasl_external<Io>(io: &mut Io, hostname: &str) -> Result<(), String>
+where
+    Io: AsyncRead + AsyncWrite + Unpin,
+{
+    let io_err = |e: std::io::Error| format!("SASL exchange failed: {e}");
+    io.write_all(SASL_HEADER).await.map_err(io_err)?;
+    io.flush().await.map_err(io_err)?;
+    let mut header = [0u8; 8];
+    io.read_exact(&mut header).await.map_err(io_err)?;
+    if &header != SASL_HEADER {
+        return Err(format!(
+            "the server does not speak SASL (protocol header {header:?}); SASL EXTERNAL needs a SASL listener"
+        ));
+    }
+    let body = read_sasl_frame(io).await?;
+    let offered: SaslMechanisms =
+        serde_amqp::from_slice(&body).map_err(|e| format!("cannot decode sasl-mechanisms: {e}"))?;
+    let names: Vec<&str> = offered
+        .sasl_server_mechanisms
+        .0
+        .iter()
+        .map(|m| m.0.as_str())
+        .collect();
+    if !names.contains(&"EXTERNAL") {
+        return Err(format!(
+            "the server does not offer SASL EXTERNAL (it offers: {})",
+            names.join(", ")
+        ));
+    }
+    let init = SaslInit {
+        mechanism: Symbol::from("EXTERNAL"),
+        initial_response: Some(Binary::from(Vec::new())),
+        hostname: Some(hostname.to_string()),
+    };
+    let init = serde_amqp::to_vec(&init).map_err(|e| format!("cannot encode sasl-init: {e}"))?;
+    let size = u32::try_from(init.len() + 8).map_err(|_| "sasl-init too large".to_string())?;
+    let mut frame = Vec::with_capacity(init.len() + 8);
+    frame.extend_from_slice(&size.to_be_bytes());
+    frame.extend_from_slice(&[2, SASL_FRAME_TYPE, 0, 0]);
+    frame.extend_from_slice(&init);
+    io.write_all(&frame).await.map_err(io_err)?;
+    io.flush().await.map_err(io_err)?;
+    let body = read_sasl_frame(io).await?;
+    // Descriptor 0x00 0x53 0x42 is sasl-challenge: EXTERNAL with an initial response needs none.
+    if body.starts_with(&[0x00, 0x53, 0x42]) {
+        return Err("the server sent a SASL challenge to EXTERNAL (not supported)".to_string());
+    }
+    let outcome: SaslOutcome =
+        serde_amqp::from_slice(&body).map_err(|e| format!("cannot decode sasl-outcome: {e}"))?;
+    match outcome.code {
+        SaslCode::Ok => Ok(()),
+        SaslCode::Auth => Err(
+            "SASL EXTERNAL refused: the server did not accept the client certificate (sasl-outcome auth)"
+                .to_string(),
+        ),
+        code => Err(format!("SASL EXTERNAL failed: sasl-outcome {code:?}")),
+    }
+}
+
+/// Reads one SASL frame and returns its body (skipping the extended header).
+async fn read_sasl_frame<Io: AsyncRead + Unpin>(io: &mut Io) -> Result<Vec<u8>, String> {
+    let io_err = |e: std::io::Error| format!("SASL exchange failed: {e}");
+    let mut head = [0u8; 8];
+    io.read_exact(&mut head).await.map_err(io_err)?;
+    let size = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let doff = usize::from(head[4]) * 4;
+    if head[5] != SASL_FRAME_TYPE || size > SASL_FRAME_LIMIT || doff < 8 || doff > size {
+        return Err(format!(
+            "invalid SASL frame (type {}, size {size}, data offset {doff})",
+            head[5]
+        ));
+    }
+    let mut rest = vec![0u8; size - 8];
+    io.read_exact(&mut rest).await.map_err(io_err)?;
+    Ok(rest.split_off(doff - 8))
 }
 
 fn tls_connector(tls: &TlsOptions) -> Result<tokio_rustls::TlsConnector, String> {
@@ -335,6 +453,76 @@ mod tests {
         f.extend_from_slice(&[2, frame_type, 0, 0]);
         f.extend_from_slice(body);
         f
+    }
+
+    /// Runs `sasl_external` against a scripted server that answers `replies` after reading what
+    /// the client sends; returns the client's result.
+    async fn external_against(replies: Vec<u8>) -> Result<(), String> {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let peer = tokio::spawn(async move {
+            server.write_all(&replies).await.unwrap();
+            let mut sink = Vec::new();
+            let _ = server.read_to_end(&mut sink).await;
+            sink
+        });
+        let result = sasl_external(&mut client, "router").await;
+        drop(client);
+        let sent = peer.await.unwrap();
+        if result.is_ok() {
+            // Header, then sasl-init EXTERNAL with an empty initial response.
+            assert!(sent.starts_with(SASL_HEADER));
+            let (body, _) = frame_at(&sent, 8).unwrap();
+            let init: SaslInit = serde_amqp::from_slice(body).unwrap();
+            assert_eq!(init.mechanism, Symbol::from("EXTERNAL"));
+            assert_eq!(init.initial_response, Some(Binary::from(Vec::new())));
+        }
+        result
+    }
+
+    #[tokio::test]
+    async fn sasl_external_exchange_and_its_errors() {
+        let mechanisms = |names: &[&str]| {
+            let m = SaslMechanisms {
+                sasl_server_mechanisms: names
+                    .iter()
+                    .map(|n| Symbol::from(*n))
+                    .collect::<Vec<_>>()
+                    .into(),
+            };
+            frame(1, &serde_amqp::to_vec(&m).unwrap())
+        };
+        let outcome = |code| {
+            let o = SaslOutcome {
+                code,
+                additional_data: None,
+            };
+            frame(1, &serde_amqp::to_vec(&o).unwrap())
+        };
+        let script = |parts: &[Vec<u8>]| {
+            let mut v = SASL_HEADER.to_vec();
+            for p in parts {
+                v.extend_from_slice(p);
+            }
+            v
+        };
+        let ok = script(&[mechanisms(&["EXTERNAL", "PLAIN"]), outcome(SaslCode::Ok)]);
+        external_against(ok).await.unwrap();
+        let refused = script(&[mechanisms(&["EXTERNAL"]), outcome(SaslCode::Auth)]);
+        let err = external_against(refused).await.unwrap_err();
+        assert!(
+            err.contains("did not accept the client certificate"),
+            "{err}"
+        );
+        let not_offered = script(&[mechanisms(&["PLAIN", "ANONYMOUS"])]);
+        let err = external_against(not_offered).await.unwrap_err();
+        assert_eq!(
+            err,
+            "the server does not offer SASL EXTERNAL (it offers: PLAIN, ANONYMOUS)"
+        );
+        let err = external_against(b"AMQP\x00\x01\x00\x00".to_vec())
+            .await
+            .unwrap_err();
+        assert!(err.contains("does not speak SASL"), "{err}");
     }
 
     #[test]

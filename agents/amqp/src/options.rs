@@ -1,5 +1,5 @@
 //! Connection options shared by every AMQP client of the project: where to connect (`amqp://` /
-//! `amqps://` URLs), TLS files, SASL credentials (a [`Secret`] that never prints), idle and connect
+//! `amqps://` URLs), TLS files, SASL mechanism and credentials (a [`Secret`] that never prints), idle and connect
 //! timeouts, the reconnect [`Backoff`], and the process-wide rustls crypto provider.
 //!
 //! Opening the TCP/TLS stream itself lives in [`crate::connect`]; this module is plain data.
@@ -110,6 +110,9 @@ pub enum SaslOptions {
         /// The password; never logged.
         password: Secret,
     },
+    /// SASL EXTERNAL: the identity is the TLS client certificate, so it needs [`TlsOptions`] with
+    /// `cert_file` and `key_file` (opening fails otherwise). No authorization id is sent.
+    External,
 }
 
 /// TLS settings (rustls). The server certificate is checked against `ca_file`, which is required:

@@ -8,6 +8,8 @@
 //!   client blocks only itself;
 //! - SASL ANONYMOUS and/or PLAIN with users from a file ([`Users`]); a wrong password gets a SASL `auth`
 //!   outcome and the server keeps serving; passwords are never logged;
+//! - SASL EXTERNAL ([`ServerOptions::sasl_external`]) for connections whose TLS client certificate was
+//!   verified against a client CA ([`tls_acceptor_with_client_ca`]); the user is [`x509_user`] of it;
 //! - limits: open connections, links per connection, frame size; refusals carry
 //!   `amqp:resource-limit-exceeded` and a description saying which limit;
 //! - one task per session; every incoming attach is handed to the application's [`LinkHandler`] as an
@@ -55,6 +57,17 @@ use crate::options::{Secret, install_crypto_provider};
 pub const ANONYMOUS: &str = "ANONYMOUS";
 /// SASL mechanism name PLAIN.
 pub const PLAIN: &str = "PLAIN";
+/// SASL mechanism name EXTERNAL.
+pub const EXTERNAL: &str = "EXTERNAL";
+
+/// The user name of a connection authenticated by SASL EXTERNAL with this (end-entity, DER) client
+/// certificate: `x509:sha256:` and the first 16 hex digits of the certificate's SHA-256.
+pub fn x509_user(cert_der: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(cert_der);
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("x509:sha256:{hex}")
+}
 
 /// Why a server could not be configured or started. Texts name the file or flag, never a password.
 #[derive(Debug, thiserror::Error)]
@@ -215,29 +228,54 @@ impl Default for SaslConfig {
 
 impl SaslConfig {
     /// From a mechanism list (`ANONYMOUS`, `PLAIN`, case-insensitive) and an optional users file. PLAIN needs
-    /// a users file; a users file without PLAIN is an error too (it would silently do nothing).
+    /// a users file; a users file without PLAIN is an error too (it would silently do nothing). EXTERNAL is
+    /// refused here: use [`SaslConfig::from_mechanisms_with_external`].
     pub fn from_mechanisms<S: AsRef<str>>(
         mechanisms: &[S],
         users_file: Option<&Path>,
     ) -> Result<SaslConfig, ServerError> {
+        Self::parse(mechanisms, users_file, false).map(|(config, _)| config)
+    }
+
+    /// Like [`SaslConfig::from_mechanisms`], but `EXTERNAL` is accepted too; the `bool` says whether it was
+    /// named (set [`ServerOptions::sasl_external`] from it). EXTERNAL alone is a valid list.
+    pub fn from_mechanisms_with_external<S: AsRef<str>>(
+        mechanisms: &[S],
+        users_file: Option<&Path>,
+    ) -> Result<(SaslConfig, bool), ServerError> {
+        Self::parse(mechanisms, users_file, true)
+    }
+
+    fn parse<S: AsRef<str>>(
+        mechanisms: &[S],
+        users_file: Option<&Path>,
+        allow_external: bool,
+    ) -> Result<(SaslConfig, bool), ServerError> {
         let mut anonymous = false;
         let mut plain = false;
+        let mut external = false;
+        let supported = if allow_external {
+            "ANONYMOUS, PLAIN, EXTERNAL"
+        } else {
+            "ANONYMOUS, PLAIN"
+        };
         for m in mechanisms {
             match m.as_ref().trim().to_ascii_uppercase().as_str() {
                 ANONYMOUS => anonymous = true,
                 PLAIN => plain = true,
+                EXTERNAL if allow_external => external = true,
                 "" => {}
                 other => {
                     return Err(ServerError::Mechanisms(format!(
-                        "unsupported mechanism {other:?} (supported: ANONYMOUS, PLAIN)"
+                        "unsupported mechanism {other:?} (supported: {supported})"
                     )));
                 }
             }
         }
-        if !anonymous && !plain {
-            return Err(ServerError::Mechanisms(
-                "no mechanism given (use ANONYMOUS and/or PLAIN)".to_string(),
-            ));
+        if !anonymous && !plain && !external {
+            return Err(ServerError::Mechanisms(format!(
+                "no mechanism given (use one or more of {supported})"
+            )));
         }
         let plain = match (plain, users_file) {
             (true, Some(path)) => Some(Arc::new(Users::from_file(path)?)),
@@ -254,7 +292,7 @@ impl SaslConfig {
             }
             (false, None) => None,
         };
-        Ok(SaslConfig { anonymous, plain })
+        Ok((SaslConfig { anonymous, plain }, external))
     }
 
     /// The mechanism names offered, in preference order (PLAIN first).
@@ -274,11 +312,24 @@ impl SaslConfig {
 #[derive(Clone)]
 struct ConnSasl {
     config: SaslConfig,
-    /// (mechanism, identity) once an init arrived; identity is the user name (PLAIN) or `anonymous`.
+    /// Offer EXTERNAL to connections with a verified client certificate.
+    external: bool,
+    /// [`x509_user`] of the verified TLS client certificate, set after the TLS handshake.
+    peer_cert_user: Arc<Mutex<Option<String>>>,
+    /// (mechanism, identity) once an init arrived; identity is the user name (PLAIN), `anonymous` or the
+    /// [`x509_user`] (EXTERNAL).
     seen: Arc<Mutex<Option<(String, String)>>>,
 }
 
 impl ConnSasl {
+    /// The x509 user EXTERNAL would authenticate, when EXTERNAL is on and a verified certificate is there.
+    fn external_user(&self) -> Option<String> {
+        if !self.external {
+            return None;
+        }
+        self.peer_cert_user.lock().ok().and_then(|g| g.clone())
+    }
+
     fn record(&self, mechanism: &str, identity: &str) {
         if let Ok(mut guard) = self.seen.lock() {
             *guard = Some((mechanism.to_string(), identity.to_string()));
@@ -299,10 +350,12 @@ fn outcome(code: SaslCode) -> SaslServerFrame {
 
 impl SaslAcceptor for ConnSasl {
     fn mechanisms(&self) -> Array<Symbol> {
+        // EXTERNAL only where it can succeed (as Qpid does): a verified client certificate is present.
+        let external = self.external_user().is_some().then_some(EXTERNAL);
         Array::from(
-            self.config
-                .mechanism_names()
+            external
                 .into_iter()
+                .chain(self.config.mechanism_names())
                 .map(Symbol::from)
                 .collect::<Vec<_>>(),
         )
@@ -341,6 +394,24 @@ impl SaslAcceptor for ConnSasl {
                     }
                 }
             }
+            EXTERNAL if self.external => {
+                let Some(user) = self.external_user() else {
+                    // No verified client certificate on this connection.
+                    self.record(EXTERNAL, "");
+                    return outcome(SaslCode::Auth);
+                };
+                self.record(EXTERNAL, &user);
+                // The initial response is an authorization id; we support none but "act as myself".
+                let authzid = init
+                    .initial_response
+                    .map(|b| b.into_vec())
+                    .unwrap_or_default();
+                if authzid.is_empty() || authzid == user.as_bytes() {
+                    outcome(SaslCode::Ok)
+                } else {
+                    outcome(SaslCode::Auth)
+                }
+            }
             other => {
                 self.record(other, "");
                 outcome(SaslCode::Auth)
@@ -359,7 +430,49 @@ pub fn tls_acceptor(
     cert_file: &Path,
     key_file: &Path,
 ) -> Result<tokio_rustls::TlsAcceptor, ServerError> {
+    build_tls_acceptor(cert_file, key_file, None)
+}
+
+/// Like [`tls_acceptor`], and a client certificate, when one is presented, must be signed by a CA in
+/// `client_ca_file` (PEM) or the handshake fails. Clients without a certificate are still accepted (for
+/// PLAIN/ANONYMOUS); with [`ServerOptions::sasl_external`] a verified certificate allows SASL EXTERNAL.
+pub fn tls_acceptor_with_client_ca(
+    cert_file: &Path,
+    key_file: &Path,
+    client_ca_file: &Path,
+) -> Result<tokio_rustls::TlsAcceptor, ServerError> {
+    build_tls_acceptor(cert_file, key_file, Some(client_ca_file))
+}
+
+fn build_tls_acceptor(
+    cert_file: &Path,
+    key_file: &Path,
+    client_ca_file: Option<&Path>,
+) -> Result<tokio_rustls::TlsAcceptor, ServerError> {
     install_crypto_provider();
+    let builder = match client_ca_file {
+        None => rustls::ServerConfig::builder().with_no_client_auth(),
+        Some(ca_file) => {
+            let ca_err =
+                |e: String| ServerError::Tls(format!("client CA file {}: {e}", ca_file.display()));
+            let file = std::fs::File::open(ca_file).map_err(|e| ca_err(e.to_string()))?;
+            let certs = rustls_pemfile::certs(&mut BufReader::new(file))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ca_err(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(ca_err("holds no certificate".to_string()));
+            }
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in certs {
+                roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| ca_err(e.to_string()))?;
+            rustls::ServerConfig::builder().with_client_cert_verifier(verifier)
+        }
+    };
     let file = std::fs::File::open(cert_file).map_err(|e| {
         ServerError::Tls(format!(
             "cannot read certificate file {}: {e}",
@@ -393,8 +506,7 @@ pub fn tls_acceptor(
                 key_file.display()
             ))
         })?;
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
+    let config = builder
         .with_single_cert(chain, key)
         .map_err(|e| ServerError::Tls(format!("certificate/key rejected: {e}")))?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
@@ -409,6 +521,9 @@ pub struct ServerOptions {
     pub sasl: SaslConfig,
     /// TLS on every accepted socket, when set.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Offer SASL EXTERNAL to connections whose TLS client certificate was verified (needs `tls` from
+    /// [`tls_acceptor_with_client_ca`]; without verified certificates EXTERNAL is never offered).
+    pub sasl_external: bool,
     /// Most connections open at once; one more is opened and closed with `amqp:resource-limit-exceeded`.
     pub max_connections: usize,
     /// Most links attached at once on one connection; one more is attached and closed with
@@ -430,6 +545,7 @@ impl fmt::Debug for ServerOptions {
             .field("container_id", &self.container_id)
             .field("sasl", &self.sasl.mechanism_names())
             .field("tls", &self.tls.is_some())
+            .field("sasl_external", &self.sasl_external)
             .field("max_connections", &self.max_connections)
             .field("max_links_per_connection", &self.max_links_per_connection)
             .field("max_frame_size", &self.max_frame_size)
@@ -441,13 +557,14 @@ impl fmt::Debug for ServerOptions {
 }
 
 impl ServerOptions {
-    /// Defaults: ANONYMOUS, no TLS, 1000 connections, 100 links per connection, 1 MiB frames, 60 s idle
+    /// Defaults: ANONYMOUS, no TLS, no EXTERNAL, 1000 connections, 100 links per connection, 1 MiB frames, 60 s idle
     /// timeout, 10 s handshake timeout, 2 s close timeout.
     pub fn new(container_id: impl Into<String>) -> Self {
         ServerOptions {
             container_id: container_id.into(),
             sasl: SaslConfig::default(),
             tls: None,
+            sasl_external: false,
             max_connections: 1000,
             max_links_per_connection: 100,
             max_frame_size: 1024 * 1024,
@@ -486,7 +603,7 @@ pub struct ConnectionInfo {
     pub peer: SocketAddr,
     /// The SASL mechanism used.
     pub mechanism: String,
-    /// The authenticated user (`anonymous` for ANONYMOUS).
+    /// The authenticated user (`anonymous` for ANONYMOUS, [`x509_user`] of the client certificate for EXTERNAL).
     pub user: String,
     /// Bytes written to this connection's socket so far (below TLS: ciphertext).
     pub written: Arc<WriteProgress>,
@@ -1057,6 +1174,7 @@ impl<H: LinkHandler> Server<H> {
         info!(
             addr = %local_addr,
             sasl = ?options.sasl.mechanism_names(),
+            sasl_external = options.sasl_external,
             tls = options.tls.is_some(),
             "AMQP server listening"
         );
@@ -1137,7 +1255,7 @@ async fn handshake(
         .container_id(options.container_id.clone())
         .max_frame_size(max_frame)
         .idle_time_out(idle_ms)
-        .sasl_acceptor(sasl)
+        .sasl_acceptor(sasl.clone())
         .build();
     match &options.tls {
         None => acceptor.accept(stream).await.map_err(HandshakeError::from),
@@ -1146,6 +1264,16 @@ async fn handshake(
                 .accept(stream)
                 .await
                 .map_err(|e| HandshakeError::Other(format!("TLS handshake failed: {e}")))?;
+            // rustls keeps peer certificates only when the client verifier accepted them.
+            if let Some(cert) = tls_stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                && let Ok(mut slot) = sasl.peer_cert_user.lock()
+            {
+                *slot = Some(x509_user(cert));
+            }
             acceptor
                 .accept(tls_stream)
                 .await
@@ -1179,6 +1307,8 @@ async fn connection_task<H: LinkHandler>(
     let stats = &shared.stats;
     let sasl = ConnSasl {
         config: options.sasl.clone(),
+        external: options.sasl_external,
+        peer_cert_user: Arc::new(Mutex::new(None)),
         seen: Arc::new(Mutex::new(None)),
     };
     let written = Arc::new(WriteProgress::default());
@@ -1431,6 +1561,8 @@ mod tests {
                 anonymous: false,
                 plain: Some(Arc::new(users)),
             },
+            external: false,
+            peer_cert_user: Arc::new(Mutex::new(Some("x509:sha256:00".to_string()))),
             seen: Arc::new(Mutex::new(None)),
         };
         assert_eq!(
@@ -1459,6 +1591,8 @@ mod tests {
         );
         let mut anonymous = ConnSasl {
             config: SaslConfig::default(),
+            external: false,
+            peer_cert_user: Arc::new(Mutex::new(None)),
             seen: Arc::new(Mutex::new(None)),
         };
         assert_eq!(code(anonymous.on_init(init(ANONYMOUS, None))), SaslCode::Ok);
@@ -1466,6 +1600,77 @@ mod tests {
             code(anonymous.on_init(init(PLAIN, Some(b"\0u\0p")))),
             SaslCode::Auth
         );
+    }
+
+    #[test]
+    fn external_needs_a_verified_certificate_on_the_connection() {
+        let mut sasl = ConnSasl {
+            config: SaslConfig::default(),
+            external: true,
+            peer_cert_user: Arc::new(Mutex::new(None)),
+            seen: Arc::new(Mutex::new(None)),
+        };
+        // No verified certificate: EXTERNAL is neither offered nor granted.
+        assert_eq!(
+            sasl.mechanisms(),
+            Array::from(vec![Symbol::from(ANONYMOUS)])
+        );
+        assert_eq!(
+            code(sasl.on_init(init(EXTERNAL, Some(b"")))),
+            SaslCode::Auth
+        );
+        assert_eq!(sasl.seen(), Some((EXTERNAL.to_string(), String::new())));
+        // A verified certificate (set by the handshake after TLS): offered first and granted.
+        let user = x509_user(b"certificate");
+        *sasl.peer_cert_user.lock().unwrap() = Some(user.clone());
+        assert_eq!(
+            sasl.mechanisms(),
+            Array::from(vec![Symbol::from(EXTERNAL), Symbol::from(ANONYMOUS)])
+        );
+        assert_eq!(code(sasl.on_init(init(EXTERNAL, Some(b"")))), SaslCode::Ok);
+        assert_eq!(sasl.seen(), Some((EXTERNAL.to_string(), user.clone())));
+        assert_eq!(code(sasl.on_init(init(EXTERNAL, None))), SaslCode::Ok);
+        assert_eq!(
+            code(sasl.on_init(init(EXTERNAL, Some(user.as_bytes())))),
+            SaslCode::Ok
+        );
+        // Asking to act as someone else is refused.
+        assert_eq!(
+            code(sasl.on_init(init(EXTERNAL, Some(b"admin")))),
+            SaslCode::Auth
+        );
+        // EXTERNAL switched off: a certificate alone does not enable it.
+        sasl.external = false;
+        assert_eq!(
+            sasl.mechanisms(),
+            Array::from(vec![Symbol::from(ANONYMOUS)])
+        );
+        assert_eq!(
+            code(sasl.on_init(init(EXTERNAL, Some(b"")))),
+            SaslCode::Auth
+        );
+    }
+
+    #[test]
+    fn x509_user_is_a_short_sha256() {
+        // sha256("abc") = ba7816bf8f01cfea 414140de5dae2223...
+        assert_eq!(x509_user(b"abc"), "x509:sha256:ba7816bf8f01cfea");
+    }
+
+    #[test]
+    fn mechanism_lists_with_external() {
+        let (c, external) = SaslConfig::from_mechanisms_with_external(&["EXTERNAL"], None).unwrap();
+        assert!(external);
+        assert!(c.mechanism_names().is_empty());
+        let (c, external) =
+            SaslConfig::from_mechanisms_with_external(&["anonymous", "external"], None).unwrap();
+        assert!(external);
+        assert_eq!(c.mechanism_names(), vec![ANONYMOUS]);
+        let (_, external) =
+            SaslConfig::from_mechanisms_with_external(&["ANONYMOUS"], None).unwrap();
+        assert!(!external);
+        let err = SaslConfig::from_mechanisms(&["EXTERNAL"], None).unwrap_err();
+        assert!(err.to_string().contains("EXTERNAL"), "{err}");
     }
 
     #[test]

@@ -37,7 +37,8 @@ pub struct Args {
     #[arg(long, env = "NAMESPACE")]
     pub namespace: Option<String>,
 
-    /// SASL mechanisms offered, comma-separated: ANONYMOUS, PLAIN.
+    /// SASL mechanisms offered, comma-separated: ANONYMOUS, PLAIN, EXTERNAL (EXTERNAL needs --tls-client-ca; it is
+    /// offered to connections with a verified client certificate, whose user is `x509:sha256:<16 hex>`).
     #[arg(
         long,
         env = "SASL_MECHANISMS",
@@ -57,6 +58,11 @@ pub struct Args {
     /// TLS: PEM private key of --tls-cert-file.
     #[arg(long, env = "TLS_KEY_FILE")]
     pub tls_key_file: Option<PathBuf>,
+
+    /// TLS: PEM CA certificate(s) verifying client certificates (a client presenting another one is refused;
+    /// clients without one are still accepted). Needed for SASL EXTERNAL.
+    #[arg(long, env = "TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
 
     /// Most AMQP connections open at once; more are closed with amqp:resource-limit-exceeded.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1000)]
@@ -105,6 +111,7 @@ impl Args {
             users_file: None,
             tls_cert_file: None,
             tls_key_file: None,
+            tls_client_ca: None,
             max_connections: 1000,
             max_links_per_connection: 100,
             max_frame_size: 65536,
@@ -135,6 +142,18 @@ impl Args {
         }
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
             return invalid("--tls-cert-file and --tls-key-file go together");
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert_file.is_none() {
+            return invalid("--tls-client-ca needs TLS: give --tls-cert-file and --tls-key-file");
+        }
+        let external = self
+            .sasl_mechanisms
+            .iter()
+            .any(|m| m.trim().eq_ignore_ascii_case("EXTERNAL"));
+        if external && self.tls_client_ca.is_none() {
+            return invalid(
+                "--sasl-mechanisms EXTERNAL needs --tls-client-ca (and --tls-cert-file, --tls-key-file)",
+            );
         }
         match (&self.addresses_dir, self.kube) {
             (Some(_), true) => invalid("--addresses-dir and --kube exclude each other"),
@@ -238,6 +257,19 @@ mod tests {
             (
                 &["--addresses-dir", "/c", "--max-frame-size", "100"],
                 "at least 512",
+            ),
+            (
+                &["--addresses-dir", "/c", "--tls-client-ca", "ca.pem"],
+                "--tls-client-ca needs TLS",
+            ),
+            (
+                &[
+                    "--addresses-dir",
+                    "/c",
+                    "--sasl-mechanisms",
+                    "ANONYMOUS,external",
+                ],
+                "EXTERNAL needs --tls-client-ca",
             ),
             (
                 &["--kube", "--namespace", "n", "--pods-file", "p"],

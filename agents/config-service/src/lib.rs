@@ -18,7 +18,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use maas_amqp::server::{SaslConfig, Server, ServerOptions, tls_acceptor};
+use maas_amqp::server::{
+    SaslConfig, Server, ServerOptions, tls_acceptor, tls_acceptor_with_client_ca,
+};
 use maas_ops::{Health, HttpServer};
 use maas_source::{ConfigState, FileConfig, WatchOptions};
 use prometheus_client::registry::Registry;
@@ -163,14 +165,19 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, Error> {
     let mode = args.mode()?;
-    let sasl = SaslConfig::from_mechanisms(&args.sasl_mechanisms, args.users_file.as_deref())?;
-    let tls = match (&args.tls_cert_file, &args.tls_key_file) {
-        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+    let (sasl, sasl_external) = SaslConfig::from_mechanisms_with_external(
+        &args.sasl_mechanisms,
+        args.users_file.as_deref(),
+    )?;
+    let tls = match (&args.tls_cert_file, &args.tls_key_file, &args.tls_client_ca) {
+        (Some(cert), Some(key), None) => Some(tls_acceptor(cert, key)?),
+        (Some(cert), Some(key), Some(ca)) => Some(tls_acceptor_with_client_ca(cert, key, ca)?),
         _ => None,
     };
     let mut options = ServerOptions::new(format!("config-service-{}", std::process::id()));
     options.sasl = sasl;
     options.tls = tls;
+    options.sasl_external = sasl_external;
     options.max_connections = args.max_connections;
     options.max_links_per_connection = args.max_links_per_connection;
     options.max_frame_size = args.max_frame_size;

@@ -82,6 +82,12 @@ pub struct RouterConnArgs {
     #[arg(long, env = "ROUTER_USERNAME")]
     pub router_username: Option<String>,
 
+    /// SASL mechanism for the router. Default: PLAIN when a user name is given (--router-username or in
+    /// --router-url), else ANONYMOUS. EXTERNAL authenticates with the TLS client certificate and needs
+    /// --router-ca-file, --router-cert-file and --router-key-file (and no user name).
+    #[arg(long, env = "ROUTER_SASL_MECHANISM", value_enum, ignore_case = true)]
+    pub router_sasl_mechanism: Option<SaslMechanism>,
+
     /// File holding the SASL PLAIN password for the router (never logged).
     #[arg(
         long,
@@ -108,6 +114,18 @@ pub struct RouterConnArgs {
     /// Time to wait for each management reply (e.g. 10s, 500ms).
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+}
+
+/// A SASL mechanism the agent can use towards the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "UPPER")]
+pub enum SaslMechanism {
+    /// No credentials (`authenticatePeer: no` listeners).
+    Anonymous,
+    /// User name and password.
+    Plain,
+    /// The TLS client certificate is the identity.
+    External,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -227,6 +245,7 @@ pub struct ShowArgs {
 pub use maas_ops::parse_duration;
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
     use clap::CommandFactory;
@@ -234,5 +253,60 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// The router connection options `router-agent show` would use with these extra arguments.
+    fn show_sasl(args: &[&str]) -> Result<maas_amqp::SaslOptions, String> {
+        let mut argv = vec!["router-agent", "show", "--router-url", "amqps://127.0.0.1"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let Command::Show(show) = cli.command else {
+            unreachable!()
+        };
+        crate::commands::connect_options(&show.router_url, &show.conn).map(|o| o.sasl)
+    }
+
+    #[test]
+    fn sasl_mechanism_defaults_and_choices() {
+        use maas_amqp::SaslOptions;
+        assert_eq!(show_sasl(&[]).unwrap(), SaslOptions::Anonymous);
+        let tls = [
+            "--router-ca-file",
+            "ca.crt",
+            "--router-cert-file",
+            "c.crt",
+            "--router-key-file",
+            "c.key",
+        ];
+        let mut external = tls.to_vec();
+        external.extend(["--router-sasl-mechanism", "external"]);
+        assert_eq!(show_sasl(&external).unwrap(), SaslOptions::External);
+        // A client certificate alone does not switch the mechanism.
+        assert_eq!(show_sasl(&tls).unwrap(), SaslOptions::Anonymous);
+        assert_eq!(
+            show_sasl(&["--router-sasl-mechanism", "ANONYMOUS"]).unwrap(),
+            SaslOptions::Anonymous
+        );
+        let err = show_sasl(&["--router-sasl-mechanism", "EXTERNAL"]).unwrap_err();
+        assert!(
+            err.contains("--router-cert-file and --router-key-file") && !err.contains('\n'),
+            "{err}"
+        );
+        let err = show_sasl(&[
+            "--router-sasl-mechanism",
+            "EXTERNAL",
+            "--router-ca-file",
+            "ca",
+        ])
+        .unwrap_err();
+        assert!(err.contains("--router-cert-file"), "{err}");
+        let err = show_sasl(&["--router-sasl-mechanism", "PLAIN"]).unwrap_err();
+        assert!(err.contains("--router-username"), "{err}");
+        let mut with_user = external.clone();
+        with_user.extend(["--router-username", "u", "--router-password", "p"]);
+        let err = show_sasl(&with_user).unwrap_err();
+        assert!(err.contains("takes no user name"), "{err}");
+        let err = show_sasl(&["--router-sasl-mechanism", "GSSAPI"]).unwrap_err();
+        assert!(err.contains("EXTERNAL"), "{err}");
     }
 }

@@ -15,7 +15,8 @@ use tracing::{error, info};
 
 use crate::agent::{AgentConfig, Outcome, plan_against_router, run_agent};
 use crate::args::{
-    Cli, Command, PlanArgs, RouterConnArgs, RunArgs, ShowArgs, SourceArgs, ValidateArgs,
+    Cli, Command, PlanArgs, RouterConnArgs, RunArgs, SaslMechanism, ShowArgs, SourceArgs,
+    ValidateArgs,
 };
 use crate::desired::{BrokersInput, FileSources, load_once, spawn_desired, spawn_file_sources};
 use crate::metrics::Metrics;
@@ -103,6 +104,34 @@ pub fn connect_options(url: &str, conn: &RouterConnArgs) -> Result<ConnectOption
             username: user.clone(),
             password,
         };
+    }
+    match conn.router_sasl_mechanism {
+        None => {}
+        Some(SaslMechanism::Anonymous) => {
+            if matches!(opts.sasl, SaslOptions::Plain { .. }) {
+                return Err("--router-sasl-mechanism ANONYMOUS takes no user name (drop --router-username or the user in --router-url)".into());
+            }
+            opts.sasl = SaslOptions::Anonymous;
+        }
+        Some(SaslMechanism::Plain) if !matches!(opts.sasl, SaslOptions::Plain { .. }) => {
+            return Err(
+                "--router-sasl-mechanism PLAIN needs --router-username (or a user in --router-url)"
+                    .into(),
+            );
+        }
+        Some(SaslMechanism::Plain) => {}
+        Some(SaslMechanism::External) => {
+            if matches!(opts.sasl, SaslOptions::Plain { .. }) {
+                return Err("--router-sasl-mechanism EXTERNAL takes no user name (the client certificate is the identity; drop --router-username or the user in --router-url)".into());
+            }
+            let tls_complete = opts.tls.as_ref().is_some_and(|t| {
+                t.ca_file.is_some() && t.cert_file.is_some() && t.key_file.is_some()
+            });
+            if !tls_complete {
+                return Err("--router-sasl-mechanism EXTERNAL needs TLS with a client certificate: give --router-ca-file, --router-cert-file and --router-key-file".into());
+            }
+            opts.sasl = SaslOptions::External;
+        }
     }
     Ok(opts)
 }
