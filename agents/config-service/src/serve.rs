@@ -288,71 +288,64 @@ async fn close_stuck(
 
 /// Serves a static source: current snapshot, then each newer one.
 async fn serve_snapshots(
-    mut accepted: AcceptedSender,
-    mut rx: watch::Receiver<Option<Arc<Snapshot>>>,
+    accepted: AcceptedSender,
+    rx: watch::Receiver<Option<Arc<Snapshot>>>,
     source: Source,
     gate: SendGate,
     metrics: Metrics,
 ) {
-    let _counted = metrics.subscriber(source.address());
-    let scope = accepted.scope.clone();
     let mut last: Option<Arc<Snapshot>> = None;
-    rx.mark_changed();
-    let end = loop {
-        tokio::select! {
-            () = scope.cancelled() => break End::Gone,
-            r = rx.changed() => if r.is_err() { break End::Gone },
-            _ = accepted.sender.on_detach() => break End::Gone,
-        }
-        // The permit first, then the LATEST snapshot: what changed while waiting is skipped.
-        let in_flight = tokio::select! {
-            () = scope.cancelled() => break End::Gone,
-            _ = accepted.sender.on_detach() => break End::Gone,
-            p = gate.acquire(&metrics) => match p {
-                Some(p) => p,
-                None => break End::Gone,
-            },
-        };
-        let Some(snapshot) = rx.borrow_and_update().clone() else {
-            continue;
-        };
+    let next = move |snapshot: Arc<Snapshot>| {
         if last
             .as_ref()
             .is_some_and(|l| Arc::ptr_eq(l, &snapshot) || l.body == snapshot.body)
         {
-            continue;
+            return None;
         }
-        let sent = tokio::select! {
-            () = scope.cancelled() => break End::Gone,
-            sent = send(&mut accepted, &snapshot, gate.timeout, in_flight) => sent,
-        };
-        match sent {
-            Sent::Done => {}
-            Sent::Failed => break End::Gone,
-            Sent::TimedOut => break End::Stuck,
-        }
-        metrics.snapshot_sent(source.address());
-        last = Some(snapshot);
+        last = Some(Arc::clone(&snapshot));
+        Some(snapshot)
     };
-    drop(last);
-    if let End::Stuck = end {
-        close_stuck(accepted, source, gate.timeout, &metrics).await;
-    }
-    debug!(source = source.address(), "subscriber ended");
+    serve_source(accepted, rx, source, gate, metrics, next).await;
 }
 
-/// Serves `podsense` for one label selector.
+/// Serves `podsense` for one label selector: each subscriber encodes its own view of the pods, and gets it only
+/// when that view changed.
 async fn serve_podsense(
-    mut accepted: AcceptedSender,
-    mut rx: watch::Receiver<Option<Arc<Vec<PodInfo>>>>,
+    accepted: AcceptedSender,
+    rx: watch::Receiver<Option<Arc<Vec<PodInfo>>>>,
     selector: BTreeMap<String, String>,
     gate: SendGate,
     metrics: Metrics,
 ) {
     let source = Source::Podsense;
+    let build_metrics = metrics.clone();
+    let mut last_body: Option<String> = None;
+    let next = move |pods: Arc<Vec<PodInfo>>| {
+        let started = Instant::now();
+        let body = podsense_body(&pods, &selector);
+        if last_body.as_deref() == Some(body.as_str()) {
+            return None;
+        }
+        let snapshot = Snapshot::new(source, body.clone());
+        build_metrics.build_time(source.address(), started.elapsed().as_secs_f64());
+        last_body = Some(body);
+        Some(Arc::new(snapshot))
+    };
+    serve_source(accepted, rx, source, gate, metrics, next).await;
+}
+
+/// The loop of one subscriber: on each change of `rx`, a send permit first, then `next` of the LATEST value (what
+/// changed while waiting is skipped; `None`: nothing new for this subscriber), sent within the gate's timeout.
+async fn serve_source<T>(
+    mut accepted: AcceptedSender,
+    mut rx: watch::Receiver<Option<Arc<T>>>,
+    source: Source,
+    gate: SendGate,
+    metrics: Metrics,
+    mut next: impl FnMut(Arc<T>) -> Option<Arc<Snapshot>>,
+) {
     let _counted = metrics.subscriber(source.address());
     let scope = accepted.scope.clone();
-    let mut last_body: Option<String> = None;
     rx.mark_changed();
     let end = loop {
         tokio::select! {
@@ -368,16 +361,12 @@ async fn serve_podsense(
                 None => break End::Gone,
             },
         };
-        let Some(pods) = rx.borrow_and_update().clone() else {
+        let Some(value) = rx.borrow_and_update().clone() else {
             continue;
         };
-        let started = Instant::now();
-        let body = podsense_body(&pods, &selector);
-        if last_body.as_deref() == Some(body.as_str()) {
+        let Some(snapshot) = next(value) else {
             continue;
-        }
-        let snapshot = Snapshot::new(source, body.clone());
-        metrics.build_time(source.address(), started.elapsed().as_secs_f64());
+        };
         let sent = tokio::select! {
             () = scope.cancelled() => break End::Gone,
             sent = send(&mut accepted, &snapshot, gate.timeout, in_flight) => sent,
@@ -388,10 +377,11 @@ async fn serve_podsense(
             Sent::TimedOut => break End::Stuck,
         }
         metrics.snapshot_sent(source.address());
-        last_body = Some(body);
     };
+    // What `next` keeps (the last snapshot sent) is not needed while a stuck link is closed.
+    drop(next);
     if let End::Stuck = end {
         close_stuck(accepted, source, gate.timeout, &metrics).await;
     }
-    debug!(source = source.address(), "podsense subscriber ended");
+    debug!(source = source.address(), "subscriber ended");
 }
