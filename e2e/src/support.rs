@@ -75,15 +75,8 @@ impl TestPki {
             "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
         )
         .ok()?;
-        let run = |args: &str| {
-            std::process::Command::new("openssl")
-                .args(args.split(' '))
-                .current_dir(&dir)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
+        let pki = TestPki(dir);
+        let run = |args: &str| pki.openssl(args);
         let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
         let ok = run(&format!(
             "req -x509 {ec} -keyout ca.key -out ca.crt -days 1 -subj /CN=test-ca"
@@ -94,10 +87,21 @@ impl TestPki {
         );
         if !ok {
             eprintln!("SKIPPED: openssl could not create test certificates");
-            let _ = std::fs::remove_dir_all(&dir);
-            return None;
+            return None; // dropping `pki` removes the directory
         }
-        Some(TestPki(dir))
+        Some(pki)
+    }
+
+    /// Runs `openssl` with `args` (split at spaces) in the PKI's directory, e.g. to sign more certificates with
+    /// `ca.crt`/`ca.key`; false when it fails.
+    pub fn openssl(&self, args: &str) -> bool {
+        std::process::Command::new("openssl")
+            .args(args.split(' '))
+            .current_dir(&self.0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     }
 }
 

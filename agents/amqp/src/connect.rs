@@ -237,14 +237,16 @@ async fn read_sasl_frame<Io: AsyncRead + Unpin>(io: &mut Io) -> Result<Vec<u8>, 
     let io_err = |e: std::io::Error| format!("SASL exchange failed: {e}");
     let mut head = [0u8; 8];
     io.read_exact(&mut head).await.map_err(io_err)?;
-    let size = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-    let doff = usize::from(head[4]) * 4;
-    if head[5] != SASL_FRAME_TYPE || size > SASL_FRAME_LIMIT || doff < 8 || doff > size {
-        return Err(format!(
-            "invalid SASL frame (type {}, size {size}, data offset {doff})",
-            head[5]
-        ));
-    }
+    let (size, doff) = frame_header(&head)
+        .filter(|(size, _)| head[5] == SASL_FRAME_TYPE && *size <= SASL_FRAME_LIMIT)
+        .ok_or_else(|| {
+            format!(
+                "invalid SASL frame (type {}, size {}, data offset {})",
+                head[5],
+                u32::from_be_bytes([head[0], head[1], head[2], head[3]]),
+                usize::from(head[4]) * 4
+            )
+        })?;
     let mut rest = vec![0u8; size - 8];
     io.read_exact(&mut rest).await.map_err(io_err)?;
     Ok(rest.split_off(doff - 8))
@@ -431,14 +433,17 @@ pub(crate) fn parse_peer_open(bytes: &[u8]) -> Option<Open> {
 
 /// The body of the frame starting at `pos` and the position after it.
 fn frame_at(bytes: &[u8], pos: usize) -> Option<(&[u8], usize)> {
-    let head = bytes.get(pos..pos + 8)?;
-    let size = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-    let doff = head[4] as usize * 4;
-    if size < 8 || doff < 8 || doff > size {
-        return None;
-    }
+    let (size, doff) = frame_header(bytes.get(pos..pos + 8)?)?;
     let body = bytes.get(pos + doff..pos + size)?;
     Some((body, pos + size))
+}
+
+/// `(size, data offset)` of an 8-byte AMQP/SASL frame header; `None` when they are inconsistent.
+fn frame_header(head: &[u8]) -> Option<(usize, usize)> {
+    let size =
+        u32::from_be_bytes([*head.first()?, *head.get(1)?, *head.get(2)?, *head.get(3)?]) as usize;
+    let doff = usize::from(*head.get(4)?) * 4;
+    (size >= 8 && doff >= 8 && doff <= size).then_some((size, doff))
 }
 
 #[cfg(test)]

@@ -177,10 +177,17 @@ impl RouterClient {
         name: &str,
         attributes: serde_json::Map<String, Json>,
     ) -> Result<serde_json::Map<String, Json>, MgmtError> {
-        let mut body = attributes;
-        body.insert("name".to_string(), Json::String(name.to_string()));
-        let reply = self.call("CREATE", entity_type, name, &[], body).await?;
-        Ok(into_map(reply.body))
+        let (_, _, reported) = self
+            .request_raw(
+                "CREATE",
+                entity_type,
+                name,
+                entity_type,
+                &[],
+                create_body(name, &attributes),
+            )
+            .await?;
+        Ok(into_map(crate::value::amqp_to_json(reported)))
     }
 
     /// CREATE an entity and check the reply (the entity as the router stored it) against what was sent, without
@@ -193,30 +200,15 @@ impl RouterClient {
         name: &str,
         attributes: &std::collections::BTreeMap<String, Json>,
     ) -> Result<Option<serde_json::Map<String, Json>>, MgmtError> {
-        // The same body as `create` sends: the attributes and `name`, in key order.
-        let mut body = OrderedMap::new();
-        let mut name_sent = false;
-        for (k, v) in attributes {
-            if k == "name" {
-                continue;
-            }
-            if !name_sent && k.as_str() > "name" {
-                body.insert(
-                    Value::String("name".into()),
-                    Value::String(name.to_string()),
-                );
-                name_sent = true;
-            }
-            body.insert(Value::String(k.clone()), json_to_amqp(v));
-        }
-        if !name_sent {
-            body.insert(
-                Value::String("name".into()),
-                Value::String(name.to_string()),
-            );
-        }
         let (_, _, reported) = self
-            .request_raw("CREATE", entity_type, name, entity_type, &[], body)
+            .request_raw(
+                "CREATE",
+                entity_type,
+                name,
+                entity_type,
+                &[],
+                create_body(name, attributes),
+            )
             .await?;
         let mut matched = 0;
         if let Value::Map(map) = &reported {
@@ -540,6 +532,35 @@ fn simple_to_i32(v: &SimpleValue) -> Option<i32> {
         SimpleValue::Ulong(n) => i32::try_from(*n).ok(),
         _ => None,
     }
+}
+
+/// A CREATE body: the attributes and `name` (which wins over an attribute of that name), in key order.
+fn create_body<'a>(
+    name: &str,
+    attributes: impl IntoIterator<Item = (&'a String, &'a Json)>,
+) -> OrderedMap<Value, Value> {
+    let mut body = OrderedMap::new();
+    let mut name_sent = false;
+    for (k, v) in attributes {
+        if k == "name" {
+            continue;
+        }
+        if !name_sent && k.as_str() > "name" {
+            body.insert(
+                Value::String("name".into()),
+                Value::String(name.to_string()),
+            );
+            name_sent = true;
+        }
+        body.insert(Value::String(k.clone()), json_to_amqp(v));
+    }
+    if !name_sent {
+        body.insert(
+            Value::String("name".into()),
+            Value::String(name.to_string()),
+        );
+    }
+    body
 }
 
 fn into_map(body: Json) -> serde_json::Map<String, Json> {

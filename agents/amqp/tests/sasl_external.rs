@@ -66,39 +66,22 @@ async fn whoami(opts: &ConnectOptions) -> Result<String, String> {
     Ok(body)
 }
 
-/// Runs openssl in `dir`; false when it fails.
-fn openssl(dir: &Path, args: &str) -> bool {
-    std::process::Command::new("openssl")
-        .args(args.split(' '))
-        .current_dir(dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Adds to the test PKI: `client.crt`/`client.key` signed by its CA, and `rogue.crt`/`rogue.key`
 /// signed by another CA (`rogue-ca.crt`).
 fn client_certs(pki: &TestPki) -> bool {
-    let dir = &pki.0;
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    std::fs::write(pki.0.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
     let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
-    openssl(
-        dir,
+    pki.openssl(
         &format!("req {ec} -keyout client.key -out client.csr -subj /CN=router-agent"),
-    ) && openssl(
-        dir,
+    ) && pki.openssl(
         "x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out client.crt -days 1 -extfile client.ext",
-    ) && openssl(
-        dir,
+    ) && pki.openssl(
         &format!(
             "req -x509 {ec} -keyout rogue-ca.key -out rogue-ca.crt -days 1 -subj /CN=rogue-ca"
         ),
-    ) && openssl(
-        dir,
+    ) && pki.openssl(
         &format!("req {ec} -keyout rogue.key -out rogue.csr -subj /CN=router-agent"),
-    ) && openssl(
-        dir,
+    ) && pki.openssl(
         "x509 -req -in rogue.csr -CA rogue-ca.crt -CAkey rogue-ca.key -CAcreateserial -out rogue.crt -days 1 -extfile client.ext",
     )
 }

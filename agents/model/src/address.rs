@@ -204,6 +204,90 @@ impl AddressSet {
     }
 }
 
+// Serialisers writing the snapshot texts directly. Keys are in the order a `serde_json::Value` (sorted map) would
+// write them, so the text is identical to `to_*_value().to_string()` (tested).
+
+struct AddressListOut<'a>(&'a AddressSet);
+struct ItemsOut<'a>(&'a AddressSet);
+struct TypedOut<'a>(&'a Address);
+struct MetadataOut<'a>(&'a str);
+struct SpecOut<'a>(&'a Address);
+struct LegacyOut<'a>(&'a AddressSet);
+struct LegacyPropsOut<'a>(&'a Address);
+
+impl serde::Serialize for AddressListOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(3))?;
+        m.serialize_entry("apiVersion", API_VERSION)?;
+        m.serialize_entry("items", &ItemsOut(self.0))?;
+        m.serialize_entry("kind", ADDRESS_LIST_KIND)?;
+        m.end()
+    }
+}
+
+impl serde::Serialize for ItemsOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(TypedOut))
+    }
+}
+
+impl serde::Serialize for TypedOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(4))?;
+        m.serialize_entry("apiVersion", API_VERSION)?;
+        m.serialize_entry("kind", ADDRESS_KIND)?;
+        m.serialize_entry("metadata", &MetadataOut(&self.0.address))?;
+        m.serialize_entry("spec", &SpecOut(self.0))?;
+        m.end()
+    }
+}
+
+impl serde::Serialize for MetadataOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(1))?;
+        m.serialize_entry("name", self.0)?;
+        m.end()
+    }
+}
+
+impl serde::Serialize for SpecOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let a = self.0;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("address", &a.address)?;
+        if let Some(f) = &a.flavor {
+            m.serialize_entry("flavor", f)?;
+        }
+        m.serialize_entry("type", a.kind.as_str())?;
+        m.end()
+    }
+}
+
+impl serde::Serialize for LegacyOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|a| (&a.address, LegacyPropsOut(a))))
+    }
+}
+
+impl serde::Serialize for LegacyPropsOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let a = self.0;
+        let (store_and_forward, multicast) = a.kind.to_flags();
+        let mut m = s.serialize_map(None)?;
+        if let Some(f) = &a.flavor {
+            m.serialize_entry("flavor", f)?;
+        }
+        m.serialize_entry("multicast", &multicast)?;
+        m.serialize_entry("store_and_forward", &store_and_forward)?;
+        m.end()
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -300,95 +384,6 @@ mod tests {
             empty
         );
     }
-}
-
-// Serialisers writing the snapshot texts directly. Keys are in the order a `serde_json::Value` (sorted map) would
-// write them, so the text is identical to `to_*_value().to_string()` (tested).
-
-struct AddressListOut<'a>(&'a AddressSet);
-struct ItemsOut<'a>(&'a AddressSet);
-struct TypedOut<'a>(&'a Address);
-struct MetadataOut<'a>(&'a str);
-struct SpecOut<'a>(&'a Address);
-struct LegacyOut<'a>(&'a AddressSet);
-struct LegacyPropsOut<'a>(&'a Address);
-
-impl serde::Serialize for AddressListOut<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(Some(3))?;
-        m.serialize_entry("apiVersion", API_VERSION)?;
-        m.serialize_entry("items", &ItemsOut(self.0))?;
-        m.serialize_entry("kind", ADDRESS_LIST_KIND)?;
-        m.end()
-    }
-}
-
-impl serde::Serialize for ItemsOut<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(TypedOut))
-    }
-}
-
-impl serde::Serialize for TypedOut<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(Some(4))?;
-        m.serialize_entry("apiVersion", API_VERSION)?;
-        m.serialize_entry("kind", ADDRESS_KIND)?;
-        m.serialize_entry("metadata", &MetadataOut(&self.0.address))?;
-        m.serialize_entry("spec", &SpecOut(self.0))?;
-        m.end()
-    }
-}
-
-impl serde::Serialize for MetadataOut<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(Some(1))?;
-        m.serialize_entry("name", self.0)?;
-        m.end()
-    }
-}
-
-impl serde::Serialize for SpecOut<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let a = self.0;
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("address", &a.address)?;
-        if let Some(f) = &a.flavor {
-            m.serialize_entry("flavor", f)?;
-        }
-        m.serialize_entry("type", a.kind.as_str())?;
-        m.end()
-    }
-}
-
-impl serde::Serialize for LegacyOut<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.0.iter().map(|a| (&a.address, LegacyPropsOut(a))))
-    }
-}
-
-impl serde::Serialize for LegacyPropsOut<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let a = self.0;
-        let (store_and_forward, multicast) = a.kind.to_flags();
-        let mut m = s.serialize_map(None)?;
-        if let Some(f) = &a.flavor {
-            m.serialize_entry("flavor", f)?;
-        }
-        m.serialize_entry("multicast", &multicast)?;
-        m.serialize_entry("store_and_forward", &store_and_forward)?;
-        m.end()
-    }
-}
-
-#[cfg(test)]
-mod serialiser_tests {
-    use super::*;
 
     #[test]
     fn direct_serialisers_write_exactly_the_value_text() {
