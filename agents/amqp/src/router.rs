@@ -177,17 +177,23 @@ impl RouterClient {
         name: &str,
         attributes: serde_json::Map<String, Json>,
     ) -> Result<serde_json::Map<String, Json>, MgmtError> {
-        let (_, _, reported) = self
-            .request_raw(
-                "CREATE",
-                entity_type,
-                name,
-                entity_type,
-                &[],
-                create_body(name, &attributes),
-            )
+        let reported = self
+            .create_raw(entity_type, name, create_body(name, &attributes))
             .await?;
         Ok(into_map(crate::value::amqp_to_json(reported)))
+    }
+
+    /// CREATE with a ready body; the reply body (the entity as stored) as received.
+    async fn create_raw(
+        &self,
+        entity_type: &str,
+        name: &str,
+        body: OrderedMap<Value, Value>,
+    ) -> Result<Value, MgmtError> {
+        let (_, _, reported) = self
+            .request_raw("CREATE", entity_type, name, entity_type, &[], body)
+            .await?;
+        Ok(reported)
     }
 
     /// CREATE an entity and check the reply (the entity as the router stored it) against what was sent, without
@@ -200,15 +206,8 @@ impl RouterClient {
         name: &str,
         attributes: &std::collections::BTreeMap<String, Json>,
     ) -> Result<Option<serde_json::Map<String, Json>>, MgmtError> {
-        let (_, _, reported) = self
-            .request_raw(
-                "CREATE",
-                entity_type,
-                name,
-                entity_type,
-                &[],
-                create_body(name, attributes),
-            )
+        let reported = self
+            .create_raw(entity_type, name, create_body(name, attributes))
             .await?;
         let mut matched = 0;
         if let Value::Map(map) = &reported {
