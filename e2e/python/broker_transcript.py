@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Replay Artemis management requests with proton (as the transcript was recorded) and print each reply in
 the transcript's format, so Rust tests can compare an emulator with
-reference/artemis-2.21/management-transcript.txt line by line.
+docs/reference/artemis-2.21/management-transcript.txt line by line.
 
 usage: broker_transcript.py URL USER PASSWORD < requests.txt
   requests.txt: one request per line, the left-hand side of a transcript line, e.g.

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """A `$management` responder that behaves like qdrouterd 1.19 AND checks the wire types of every
-request against what qdmanage sends (shared/reference/qdrouterd-1.19.0/frames.txt,
+request against what qdmanage sends (docs/reference/qdrouterd-1.19.0/frames.txt,
 mgmt-transcript.txt). Used by agents/amqp/tests/proton_interop.rs to prove the Rust client is
 interoperable with python3-qpid-proton, not just with fe2o3.
 

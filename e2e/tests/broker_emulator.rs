@@ -1,5 +1,5 @@
-//! The broker emulator against the recorded Artemis 2.21 behaviour (reference/artemis-2.21/
-//! management-transcript.txt, the `A-` lines and "Also seen" of reference/observed-shapes.txt): every
+//! The broker emulator against the recorded Artemis 2.21 behaviour (docs/reference/artemis-2.21/
+//! management-transcript.txt, the `A-` lines and "Also seen" of docs/reference/observed-shapes.txt): every
 //! transcript line replayed through a proton-c client (`e2e/python/broker_transcript.py`, as the transcript
 //! was recorded) and through the shared client `maas_amqp::artemis::ArtemisClient`; SASL refusals; consumer
 //! links blocking destroyQueue; messages sent to queues counted; the cost model; the `broker-emulator` binary.
@@ -17,7 +17,7 @@ use maas_amqp::connect::open_connection;
 use maas_e2e::broker::{BrokerConfig, BrokerEmulator, CostModel};
 use serde_json::Value as Json;
 
-/// reference/artemis-2.21/management-transcript.txt, verbatim (lines 1-21).
+/// docs/reference/artemis-2.21/management-transcript.txt, verbatim (lines 1-21).
 const TRANSCRIPT: &str = r#"broker.getVersion([]) -> props={'_AMQ_OperationSucceeded': True, 'JMSXDeliveryCount': None} body='["2.21.0.redhat-00025"]'
 broker.createAddress(["addr.one","ANYCAST"]) -> props={'_AMQ_OperationSucceeded': True, 'JMSXDeliveryCount': None} body='["Address [name=addr.one, routingTypes={ANYCAST}, autoCreated=false]"]'
 broker.createAddress(["addr.one","ANYCAST"]) -> props={'_AMQ_OperationSucceeded': False, 'JMSXDeliveryCount': None} body='["AMQ229204: Address already exists: addr.one"]'

@@ -1,4 +1,4 @@
-//! router-agent subscribed to config-service (ARCHITECTURE §3, issue 3 §3): the router converges from the
+//! router-agent subscribed to config-service (docs/architecture.md §3, issue 3 §3): the router converges from the
 //! snapshots (addresses, flavors, broker pods from `podsense`), and a config-service restart with an unchanged
 //! configuration causes ZERO management writes at the router, while later edits still arrive.
 #![allow(clippy::unwrap_used)]

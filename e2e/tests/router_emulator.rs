@@ -1,4 +1,4 @@
-//! The router emulator against the recorded qdrouterd 1.19.0 behaviour (reference/qdrouterd-1.19.0/): wire
+//! The router emulator against the recorded qdrouterd 1.19.0 behaviour (docs/reference/qdrouterd-1.19.0/): wire
 //! shapes through a proton-c client (the one qdmanage uses), management semantics and knobs through
 //! `maas_amqp::router::RouterClient`, the cost shape, and the `router-emulator` binary.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report

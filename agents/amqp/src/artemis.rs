@@ -2,7 +2,7 @@
 //! createAddress, deleteAddress, createQueue, destroyQueue, getAddressNames, getQueueNames, queue
 //! getMessageCount) and a raw [`ArtemisClient::call`], pipelined over one connection.
 //!
-//! Wire shape (recorded from Artemis 2.21, `shared/reference/artemis-2.21/management-transcript.txt`
+//! Wire shape (recorded from Artemis 2.21, `docs/reference/artemis-2.21/management-transcript.txt`
 //! and the `A-` lines of `observed-shapes.txt`): a sender to `activemq.management`, a receiver with
 //! a DYNAMIC source (Artemis makes it a temporary queue named by a UUID) whose address is every
 //! request's `reply-to`; application properties `_AMQ_ResourceName` (`broker`, `queue.<name>`,

@@ -1,7 +1,7 @@
 //! The qdrouterd `$management` client: CREATE / READ / DELETE / QUERY (paged) / UPDATE and the
 //! management-node operations, pipelined over one connection.
 //!
-//! Wire shape (see `shared/reference/qdrouterd-1.19.0/frames.txt`): a sender to `$management`, a
+//! Wire shape (see `docs/reference/qdrouterd-1.19.0/frames.txt`): a sender to `$management`, a
 //! receiver with a DYNAMIC source whose router-assigned address is every request's `reply-to`;
 //! application properties `operation`, `type`, `name` (strings; QUERY adds `entityType`,
 //! `offset` as uint and `count` as ulong), an amqp-value map body, a unique ulong

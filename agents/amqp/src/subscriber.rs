@@ -1,4 +1,4 @@
-//! A subscriber of snapshot sources (config-service, ARCHITECTURE §3): one connection, one receiving link per
+//! A subscriber of snapshot sources (config-service, docs/architecture.md §3): one connection, one receiving link per
 //! source address (optionally with a filter map, e.g. a label selector for `podsense`), every message handed over
 //! as it arrives. On any failure — connect, attach refused, connection lost, idle timeout — it reconnects with
 //! capped exponential backoff and jitter, and re-attaches everything; each attach brings a fresh FULL snapshot, so

@@ -1,5 +1,5 @@
 //! `maas_amqp::artemis::ArtemisClient` against the Artemis 2.21 broker emulator (`maas_e2e::broker`, which
-//! reproduces reference/artemis-2.21/management-transcript.txt): every typed operation, idempotent
+//! reproduces docs/reference/artemis-2.21/management-transcript.txt): every typed operation, idempotent
 //! create/delete outcomes, failures with their AMQ codes, the temporary reply queue filtered out, SASL and
 //! TLS, timeouts, Disconnected on broker loss, restart, and 1,000 pipelined createQueue.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report

@@ -1,4 +1,4 @@
-//! config-service: serves full address, flavor and pod snapshots over AMQP 1.0 (ARCHITECTURE §3).
+//! config-service: serves full address, flavor and pod snapshots over AMQP 1.0 (docs/architecture.md §3).
 //!
 //! Data flow: a source ([`maas_source::spawn_file_config`] for a mounted ConfigMap directory, a pods file, or —
 //! once wired — the Kubernetes API) publishes [`maas_source::ConfigState`]; [`snapshot`] turns it into the latest

@@ -14,7 +14,7 @@ pub const ADDRESS_KIND: &str = "Address";
 /// `kind` of a typed address list (the `v1/addresses` snapshot).
 pub const ADDRESS_LIST_KIND: &str = "AddressList";
 
-/// The four kinds of address (ARCHITECTURE §2).
+/// The four kinds of address (docs/architecture.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AddressKind {

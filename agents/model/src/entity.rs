@@ -1,4 +1,4 @@
-//! Router entities: what an address set means for one qdrouterd (ARCHITECTURE §4). Every name starts with `maas-`.
+//! Router entities: what an address set means for one qdrouterd (docs/architecture.md §4). Every name starts with `maas-`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -493,7 +493,7 @@ pub fn desired_digests(
     set.build()
 }
 
-/// The desired router entities for an address set (ARCHITECTURE §4 table).
+/// The desired router entities for an address set (docs/architecture.md §4 table).
 ///
 /// - anycast: address {prefix, distribution balanced, waypoint false}; broadcast: {prefix, distribution
 ///   multicast}.

@@ -1,4 +1,4 @@
-//! Parsing a ConfigMap's data (or a directory's files) into a validated [`Config`] (ARCHITECTURE §2).
+//! Parsing a ConfigMap's data (or a directory's files) into a validated [`Config`] (docs/architecture.md §2).
 //!
 //! Data keys: `json` holds the 2016 format; any other key ending in `.json` (except `flavor.json`) holds the typed
 //! format (one Address, a list of them, or an `AddressList`); `.yaml`/`.yml` the typed format in YAML (several
@@ -165,7 +165,7 @@ pub(crate) fn parse_unchecked(
     }
 }
 
-/// Every rule an address string breaks (ARCHITECTURE §2); empty when it is valid.
+/// Every rule an address string breaks (docs/architecture.md §2); empty when it is valid.
 pub fn address_problems(address: &str) -> Vec<String> {
     let mut problems = Vec::new();
     if address.is_empty() {

@@ -1,4 +1,4 @@
-//! Broker clusters and placement (ARCHITECTURE §4): which broker cluster holds a queue/topic, and the broker pods
+//! Broker clusters and placement (docs/architecture.md §4): which broker cluster holds a queue/topic, and the broker pods
 //! of each cluster. One function shared by router-agent, storage-controller and subscription-service. Also the
 //! DNS-1123 names of clusters and the `--brokers-file` format.
 

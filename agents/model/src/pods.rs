@@ -1,5 +1,5 @@
-//! Pods as config-service's `podsense` reports them (ARCHITECTURE §3), label selectors, and the broker pods of each
-//! cluster derived from them (ARCHITECTURE §4: pods labelled `app.kubernetes.io/component=broker` and
+//! Pods as config-service's `podsense` reports them (docs/architecture.md §3), label selectors, and the broker pods of each
+//! cluster derived from them (docs/architecture.md §4: pods labelled `app.kubernetes.io/component=broker` and
 //! `maas.io/cluster=<cluster>`, ready).
 
 use std::collections::BTreeMap;

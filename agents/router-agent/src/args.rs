@@ -1,4 +1,4 @@
-//! Command line of `router-agent` (ARCHITECTURE §7). Every flag has an environment variable; the doc comments are
+//! Command line of `router-agent` (docs/architecture.md §7). Every flag has an environment variable; the doc comments are
 //! the `--help` text. Configuration is checked here, before any task starts.
 
 use std::net::SocketAddr;

@@ -1,6 +1,6 @@
 //! router-agent: the sidecar that keeps a qdrouterd's `maas-` entities equal to the address configuration.
 //!
-//! Data flow (ARCHITECTURE §1): address directory -> [`desired`] (validated, last good kept) -> [`plan`] (pure
+//! Data flow (docs/architecture.md §1): address directory -> [`desired`] (validated, last good kept) -> [`plan`] (pure
 //! diff against what the router is known to hold) -> [`agent`] (management operations, verification, readiness).
 //! `main` parses [`args::Cli`] and calls [`main_with`]; tests drive the same functions in-process.
 #![forbid(unsafe_code)]

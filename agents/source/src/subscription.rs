@@ -1,4 +1,4 @@
-//! Address configurations from a config-service subscription (ARCHITECTURE §3): `v1/addresses` and `v1/flavors`
+//! Address configurations from a config-service subscription (docs/architecture.md §3): `v1/addresses` and `v1/flavors`
 //! make the [`ConfigState`], and optionally `podsense` (with a label selector) the pods. Every message is a FULL
 //! snapshot; after a reconnect the first snapshots simply replace what was held, so an unchanged configuration
 //! changes nothing downstream. While the config-service is away the last good state stays published.

@@ -1,4 +1,4 @@
-//! Command line of `storage-controller` (ARCHITECTURE §7). Every flag has an environment variable; the doc
+//! Command line of `storage-controller` (docs/architecture.md §7). Every flag has an environment variable; the doc
 //! comments are the `--help` text. Configuration is checked before any task starts.
 
 use std::net::SocketAddr;

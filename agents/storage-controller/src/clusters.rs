@@ -1,4 +1,4 @@
-//! Desired broker clusters (ARCHITECTURE §4, §6), pure: which clusters the queue/topic addresses need (the shared
+//! Desired broker clusters (docs/architecture.md §4, §6), pure: which clusters the queue/topic addresses need (the shared
 //! placement function [`maas_model::cluster_for`]), their settings from the flavor, and the Kubernetes objects of
 //! each (a StatefulSet of the stock Artemis image and its headless Service) as the exact JSON bodies the
 //! controller server-side applies and `render` writes.

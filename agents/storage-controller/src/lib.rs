@@ -1,5 +1,5 @@
 //! storage-controller: broker clusters of stock ActiveMQ Artemis on Kubernetes and the addresses/queues on every
-//! broker, from the address configuration (ARCHITECTURE §4, §6).
+//! broker, from the address configuration (docs/architecture.md §4, §6).
 //!
 //! Data flow: address configuration (directory, config-service or Kubernetes API: [`maas_source`])
 //! -> [`clusters`] (desired StatefulSets and Services, pure) and [`provision`] (desired broker addresses/queues vs

@@ -1,4 +1,4 @@
-//! Broker provisioning plan, pure (ARCHITECTURE §6): what one broker pod should hold for the addresses of its
+//! Broker provisioning plan, pure (docs/architecture.md §6): what one broker pod should hold for the addresses of its
 //! cluster, compared with what it reports (`getAddressNames` / `getQueueNames`), as ordered operations.
 //!
 //! - queue address A: an ANYCAST address A and a durable ANYCAST queue A on it;

@@ -368,7 +368,7 @@ async fn applies_exact_bodies_then_skips_unchanged_and_repairs_drift() {
         .await
         .unwrap();
     assert_eq!(r.applied, vec!["news", "orders"]);
-    // The body is what ARCHITECTURE asks: labels, headless service, full claim template.
+    // The body is what docs/architecture.md asks: labels, headless service, full claim template.
     let sts = statefulset(&desired["orders"], &opts(), 2);
     assert_eq!(
         sts["metadata"]["labels"]["app.kubernetes.io/managed-by"],

@@ -1,6 +1,6 @@
 //! An ActiveMQ Artemis 2.21 broker-management emulator: an AMQP 1.0 server on 127.0.0.1 (on the shared
 //! [`maas_amqp::server`] skeleton) whose `activemq.management` node answers like the real broker recorded
-//! in `reference/artemis-2.21/management-transcript.txt`, with knobs for tests: message counts, consumers,
+//! in `docs/reference/artemis-2.21/management-transcript.txt`, with knobs for tests: message counts, consumers,
 //! withheld replies, restart (durable state survives), operation counters and a per-operation cost.
 //!
 //! - [`model`]: addresses, queues and the exact replies (pure);

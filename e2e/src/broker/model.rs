@@ -1,6 +1,6 @@
 //! The broker's state and its management operations, pure (no I/O): addresses, queues, message and
 //! consumer counts, and the exact replies ActiveMQ Artemis 2.21 gave in
-//! `reference/artemis-2.21/management-transcript.txt` (success bodies, `AMQnnnnnn` error texts, the
+//! `docs/reference/artemis-2.21/management-transcript.txt` (success bodies, `AMQnnnnnn` error texts, the
 //! same-arity overload traps). Texts not in the transcript come from Artemis 2.21's
 //! `ActiveMQMessageBundle` (AMQ229025, AMQ229067, AMQ229205, AMQ229207, AMQ229229).
 

@@ -1,7 +1,7 @@
 //! The router's single management thread, with a virtual clock.
 //!
 //! qdrouterd handles every management request on ONE core thread, so requests queue behind each other. This
-//! module reproduces that shape (reference/qdrouterd-1.19.0/performance.txt): each request advances
+//! module reproduces that shape (docs/reference/qdrouterd-1.19.0/performance.txt): each request advances
 //! `core_free_at = max(now, core_free_at) + cost(op)`, and its reply is released at
 //! `core_free_at + base latency + added latency`. It runs on a dedicated OS thread so that reply times are not
 //! rounded up to tokio's 1 ms timer resolution: the thread waits on its request channel with a timeout equal

@@ -1,5 +1,5 @@
 //! A qdrouterd 1.19.0 management emulator: an AMQP 1.0 server on 127.0.0.1 whose `$management` node answers
-//! like the real router recorded in `reference/qdrouterd-1.19.0/` for `router.config.address|linkRoute|autoLink`,
+//! like the real router recorded in `docs/reference/qdrouterd-1.19.0/` for `router.config.address|linkRoute|autoLink`,
 //! `connector` and `listener`, with the router's cost shape (one management thread, QUERY re-walks the table)
 //! and knobs for fault injection (added latency, withheld replies, dropped connections, restart, drift).
 //!

@@ -1,6 +1,6 @@
 //! The management model of the emulated qdrouterd 1.19.0: entity tables, validation, and the exact replies
 //! (status codes, statusDescription texts, body shapes) recorded from the real router in
-//! `reference/qdrouterd-1.19.0/` (`mgmt-transcript.txt`, `mgmt-raw-errors.txt`, `mgmt-node-ops.txt`,
+//! `docs/reference/qdrouterd-1.19.0/` (`mgmt-transcript.txt`, `mgmt-raw-errors.txt`, `mgmt-node-ops.txt`,
 //! `observed-shapes.txt`). Pure: no I/O, no clock. The cost of each request is returned as [`Work`] so the
 //! management core can turn it into virtual time.
 //!

@@ -1,4 +1,4 @@
-//! The Kubernetes API source (ARCHITECTURE §2, §3): address ConfigMaps labelled `type=address-config`, the flavor
+//! The Kubernetes API source (docs/architecture.md §2, §3): address ConfigMaps labelled `type=address-config`, the flavor
 //! ConfigMap and the namespace's Pods, each followed by a kube-runtime watcher.
 //!
 //! [`spawn_kube_config`] publishes the same [`ConfigState`] as file mode: each address ConfigMap is parsed on its

@@ -1,4 +1,4 @@
-//! The pods of a namespace as [`PodInfo`] (config-service's `podsense`, ARCHITECTURE §3), from a kube-runtime
+//! The pods of a namespace as [`PodInfo`] (config-service's `podsense`, docs/architecture.md §3), from a kube-runtime
 //! watcher on Pods.
 
 use std::collections::BTreeMap;
