@@ -115,8 +115,12 @@ async fn agent_follows_config_service_and_survives_its_restart_without_churn() {
     );
     let desired_rx = spawn_desired(
         config_rx,
-        BrokersInput::Pods(pods_rx.unwrap()),
-        EntityOptions::default(),
+        router_agent::desired::Inputs {
+            brokers: BrokersInput::Pods(pods_rx.unwrap()),
+            routers: BrokersInput::None,
+            entity_options: EntityOptions::default(),
+            mesh: Default::default(),
+        },
         metrics.clone(),
     );
     let agent = tokio::spawn(run_agent(

@@ -24,6 +24,7 @@ fn config() -> ClientConfig {
     ClientConfig {
         window: 16,
         request_timeout: Duration::from_secs(3),
+        ..Default::default()
     }
 }
 

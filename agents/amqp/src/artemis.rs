@@ -32,7 +32,7 @@ use fe2o3_amqp::types::primitives::{SimpleValue, Value};
 use serde_json::Value as Json;
 
 use crate::options::ConnectOptions;
-pub use crate::request::ClientConfig;
+pub use crate::request::{ClientConfig, CorrelationIds, ReplyStats};
 use crate::request::{RequestClient, RequestError, Response};
 
 /// Address of the Artemis management node.
@@ -176,6 +176,16 @@ pub enum ArtemisError {
     /// The broker sent something this client cannot interpret.
     #[error("Artemis management protocol error: {0}")]
     Protocol(String),
+    /// The reply to this request could not be decoded (see [`crate::request`]).
+    #[error("{resource}.{operation}: {reason}")]
+    BadReply {
+        /// Resource of the request.
+        resource: String,
+        /// Operation of the request.
+        operation: String,
+        /// What was wrong with the reply.
+        reason: String,
+    },
 }
 
 impl ArtemisError {
@@ -195,6 +205,7 @@ impl ArtemisError {
             ArtemisError::Disconnected(_) => "disconnected",
             ArtemisError::Connect(_) => "connect",
             ArtemisError::Protocol(_) => "protocol",
+            ArtemisError::BadReply { .. } => "bad_reply",
         }
     }
 
@@ -206,13 +217,13 @@ impl ArtemisError {
         }
     }
 
-    /// True when the connection is (probably) unusable and the caller should reconnect:
-    /// `Disconnected`, `Connect` and `Timeout` (a broker that stops answering is treated like a
-    /// lost one).
+    /// True when the connection is unusable and the caller should reconnect: `Disconnected` and
+    /// `Connect`. A `Timeout` fails one request only (the client drops the connection itself after
+    /// repeated timeouts, and then requests fail with `Disconnected`).
     pub fn is_connection_error(&self) -> bool {
         matches!(
             self,
-            ArtemisError::Disconnected(_) | ArtemisError::Connect(_) | ArtemisError::Timeout { .. }
+            ArtemisError::Disconnected(_) | ArtemisError::Connect(_)
         )
     }
 }
@@ -243,7 +254,16 @@ impl ArtemisClient {
         opts: &ConnectOptions,
         cfg: ClientConfig,
     ) -> Result<ArtemisClient, ArtemisError> {
-        let inner = RequestClient::connect(opts, MANAGEMENT_ADDRESS, cfg)
+        Self::connect_with_stats(opts, cfg, ReplyStats::default()).await
+    }
+
+    /// [`Self::connect`], counting unusable replies and timeouts in `stats`.
+    pub async fn connect_with_stats(
+        opts: &ConnectOptions,
+        cfg: ClientConfig,
+        stats: ReplyStats,
+    ) -> Result<ArtemisClient, ArtemisError> {
+        let inner = RequestClient::connect_with_stats(opts, MANAGEMENT_ADDRESS, cfg, stats)
             .await
             .map_err(|e| match e {
                 RequestError::Connect(reason) => ArtemisError::Connect(reason),
@@ -271,6 +291,11 @@ impl ArtemisClient {
             RequestError::Disconnected(reason) => ArtemisError::Disconnected(reason),
             RequestError::Connect(reason) => ArtemisError::Connect(reason),
             RequestError::Protocol(reason) => ArtemisError::Protocol(reason),
+            RequestError::BadReply(reason) => ArtemisError::BadReply {
+                resource: resource.to_string(),
+                operation: operation.to_string(),
+                reason,
+            },
         })?;
         parse_reply(resource, operation, response)
     }
@@ -630,8 +655,9 @@ mod tests {
         assert_eq!(error_code("No enum constant x"), None);
         assert_eq!(error_code("AMQ12: x"), None);
         assert!(ArtemisError::Disconnected("x".into()).is_connection_error());
+        // One slow request is not a lost connection.
         assert!(
-            ArtemisError::Timeout {
+            !ArtemisError::Timeout {
                 resource: "broker".into(),
                 operation: "getVersion".into(),
                 after: Duration::from_secs(1)

@@ -28,6 +28,7 @@ use tokio::net::TcpStream;
 
 use crate::options::{ConnectOptions, SaslOptions, TlsOptions, install_crypto_provider};
 use crate::value::amqp_to_json;
+use crate::wire::DeliveryLog;
 
 /// Why a connection could not be opened. The text names the peer and the step that failed, never
 /// a password.
@@ -61,8 +62,17 @@ impl std::fmt::Debug for Opened {
 
 /// Opens a connection as described by `opts`, all within `opts.connect_timeout`.
 pub async fn open_connection(opts: &ConnectOptions) -> Result<Opened, ConnectError> {
+    open_connection_logged(opts, None).await
+}
+
+/// [`open_connection`], and every byte read from the peer also goes to `log` (which keeps the first bytes of
+/// each delivery, for replies fe2o3 cannot decode; see [`crate::wire::DeliveryLog`]).
+pub async fn open_connection_logged(
+    opts: &ConnectOptions,
+    log: Option<Arc<DeliveryLog>>,
+) -> Result<Opened, ConnectError> {
     let peer = opts.to_string();
-    match tokio::time::timeout(opts.connect_timeout, open_inner(opts)).await {
+    match tokio::time::timeout(opts.connect_timeout, open_inner(opts, log)).await {
         Ok(Ok(opened)) => Ok(opened),
         Ok(Err(reason)) => Err(ConnectError { peer, reason }),
         Err(_) => Err(ConnectError {
@@ -72,7 +82,10 @@ pub async fn open_connection(opts: &ConnectOptions) -> Result<Opened, ConnectErr
     }
 }
 
-async fn open_inner(opts: &ConnectOptions) -> Result<Opened, String> {
+async fn open_inner(
+    opts: &ConnectOptions,
+    log: Option<Arc<DeliveryLog>>,
+) -> Result<Opened, String> {
     if opts.sasl == SaslOptions::External {
         check_external(opts.tls.as_ref())?;
     }
@@ -83,7 +96,7 @@ async fn open_inner(opts: &ConnectOptions) -> Result<Opened, String> {
         .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
     let capture = Capture::default();
     match &opts.tls {
-        None => open_amqp(opts, Sniff::new(tcp, capture.clone()), capture).await,
+        None => open_amqp(opts, Sniff::new(tcp, capture.clone(), log), capture).await,
         Some(tls) => {
             let connector = tls_connector(tls)?;
             let name = tls.server_name.clone().unwrap_or_else(|| opts.host.clone());
@@ -96,7 +109,7 @@ async fn open_inner(opts: &ConnectOptions) -> Result<Opened, String> {
             if opts.sasl == SaslOptions::External {
                 sasl_external(&mut stream, &opts.host).await?;
             }
-            open_amqp(opts, Sniff::new(stream, capture.clone()), capture).await
+            open_amqp(opts, Sniff::new(stream, capture.clone(), log), capture).await
         }
     }
 }
@@ -328,16 +341,22 @@ impl Capture {
     }
 }
 
-/// A stream wrapper that copies what is read into a [`Capture`] until capture ends.
+/// A stream wrapper that copies what is read into a [`Capture`] until capture ends, and into a
+/// [`DeliveryLog`] for as long as the connection lives when one is given.
 struct Sniff<Io> {
     inner: Io,
     capture: Capture,
+    log: Option<Arc<DeliveryLog>>,
 }
 
 impl<Io> Sniff<Io> {
-    fn new(inner: Io, capture: Capture) -> Self {
+    fn new(inner: Io, capture: Capture, log: Option<Arc<DeliveryLog>>) -> Self {
         capture.start();
-        Sniff { inner, capture }
+        Sniff {
+            inner,
+            capture,
+            log,
+        }
     }
 }
 
@@ -360,6 +379,9 @@ impl<Io: AsyncRead + Unpin> AsyncRead for Sniff<Io> {
             let new = &buf.filled()[before..];
             if !new.is_empty() {
                 this.capture.record(new);
+                if let Some(log) = &this.log {
+                    log.feed(new);
+                }
             }
         }
         res

@@ -18,6 +18,7 @@ pub mod router;
 pub mod server;
 pub mod subscriber;
 pub mod value;
+pub mod wire;
 
 pub use options::{
     Backoff, ConnectOptions, OptionsError, SaslOptions, Secret, TlsOptions, install_crypto_provider,

@@ -26,6 +26,7 @@ use serde_json::Value as Json;
 
 use crate::options::ConnectOptions;
 pub use crate::request::ClientConfig;
+pub use crate::request::{CorrelationIds, ReplyStats};
 use crate::request::{RequestClient, RequestError, Response};
 use crate::value::{json_map_to_amqp, json_to_amqp};
 use serde_amqp::primitives::OrderedMap;
@@ -77,12 +78,25 @@ pub enum MgmtError {
     /// The peer sent something this client cannot interpret.
     #[error("management protocol error: {0}")]
     Protocol(String),
+    /// The reply to this request could not be decoded (e.g. the router changed the type of its
+    /// correlation-id; see [`crate::request`]).
+    #[error("{operation} {entity_type} {name:?}: {reason}")]
+    BadReply {
+        /// Operation of the request.
+        operation: String,
+        /// Entity type of the request.
+        entity_type: String,
+        /// Entity name of the request.
+        name: String,
+        /// What was wrong with the reply.
+        reason: String,
+    },
 }
 
 impl MgmtError {
     /// A short, fixed label for metrics: `bad_request` (400), `not_found` (404),
     /// `not_implemented` (501), `status` (other codes), `timeout`, `disconnected`, `connect`,
-    /// `protocol`.
+    /// `protocol`, `bad_reply`.
     pub fn metric_label(&self) -> &'static str {
         match self {
             MgmtError::Status { code: 400, .. } => "bad_request",
@@ -93,6 +107,7 @@ impl MgmtError {
             MgmtError::Disconnected(_) => "disconnected",
             MgmtError::Connect(_) => "connect",
             MgmtError::Protocol(_) => "protocol",
+            MgmtError::BadReply { .. } => "bad_reply",
         }
     }
 
@@ -104,14 +119,12 @@ impl MgmtError {
         }
     }
 
-    /// True when the connection is (probably) unusable and the caller should reconnect:
-    /// `Disconnected`, `Connect` and `Timeout` (a router that stops answering is treated like a
-    /// lost one).
+    /// True when the connection is unusable and the caller should reconnect: `Disconnected` and
+    /// `Connect`. A `Timeout` fails one request only: a slow QUERY page on a large router is no
+    /// reason to start over (the client drops the connection itself after repeated timeouts, and
+    /// then requests fail with `Disconnected`).
     pub fn is_connection_error(&self) -> bool {
-        matches!(
-            self,
-            MgmtError::Disconnected(_) | MgmtError::Connect(_) | MgmtError::Timeout { .. }
-        )
+        matches!(self, MgmtError::Disconnected(_) | MgmtError::Connect(_))
     }
 }
 
@@ -160,7 +173,16 @@ impl RouterClient {
         opts: &ConnectOptions,
         cfg: ClientConfig,
     ) -> Result<RouterClient, MgmtError> {
-        let inner = RequestClient::connect(opts, MANAGEMENT_ADDRESS, cfg)
+        Self::connect_with_stats(opts, cfg, ReplyStats::default()).await
+    }
+
+    /// [`Self::connect`], counting unusable replies and timeouts in `stats`.
+    pub async fn connect_with_stats(
+        opts: &ConnectOptions,
+        cfg: ClientConfig,
+        stats: ReplyStats,
+    ) -> Result<RouterClient, MgmtError> {
+        let inner = RequestClient::connect_with_stats(opts, MANAGEMENT_ADDRESS, cfg, stats)
             .await
             .map_err(|e| match e {
                 RequestError::Connect(reason) => MgmtError::Connect(reason),
@@ -280,6 +302,19 @@ impl RouterClient {
         offset: u32,
         count: u64,
     ) -> Result<QueryPage, MgmtError> {
+        self.query_page_with_timeout(entity_type, attribute_names, offset, count, None)
+            .await
+    }
+
+    /// [`Self::query_page`] with its own timeout instead of the client's (`None`: the client's).
+    pub async fn query_page_with_timeout(
+        &self,
+        entity_type: &str,
+        attribute_names: &[&str],
+        offset: u32,
+        count: u64,
+        timeout: Option<Duration>,
+    ) -> Result<QueryPage, MgmtError> {
         let mut body = serde_json::Map::new();
         body.insert(
             "attributeNames".to_string(),
@@ -295,17 +330,15 @@ impl RouterClient {
             ("offset", SimpleValue::Uint(offset)),
             ("count", SimpleValue::Ulong(count)),
         ];
-        let reply = self
-            .request(
-                "QUERY",
-                MANAGEMENT_TYPE,
-                MANAGEMENT_SELF,
-                entity_type,
-                &extra,
-                body,
-            )
-            .await?;
-        parse_query_page(reply.body)
+        let props = request_properties("QUERY", MANAGEMENT_TYPE, MANAGEMENT_SELF, &extra);
+        let timeout = timeout.unwrap_or(self.inner.config().request_timeout);
+        let response = self
+            .inner
+            .request_with_timeout(props, Value::Map(json_map_to_amqp(&body)), timeout)
+            .await
+            .map_err(|e| request_error(e, "QUERY", entity_type, MANAGEMENT_SELF))?;
+        let (_, _, body) = check_status(response, "QUERY", entity_type, MANAGEMENT_SELF)?;
+        parse_query_page(crate::value::amqp_to_json(body))
     }
 
     /// QUERY every entity of `entity_type`, in pages of [`QUERY_PAGE_SIZE`] until a page comes
@@ -378,6 +411,11 @@ impl RouterClient {
             .collect();
         self.request(operation, entity_type, name, entity_type, &extra, body)
             .await
+    }
+
+    /// The configuration the client was opened with.
+    pub fn config(&self) -> ClientConfig {
+        self.inner.config()
     }
 
     /// The `properties` of the router's `open` frame (qdrouterd: `product`, `version`).
@@ -462,29 +500,50 @@ impl RouterClient {
             .inner
             .request(props, Value::Map(body))
             .await
-            .map_err(|e| match e {
-                RequestError::Timeout { after } => MgmtError::Timeout {
-                    operation: operation.to_string(),
-                    entity_type: entity_type_for_errors.to_string(),
-                    name: name.to_string(),
-                    after,
-                },
-                RequestError::Disconnected(reason) => MgmtError::Disconnected(reason),
-                RequestError::Connect(reason) => MgmtError::Connect(reason),
-                RequestError::Protocol(reason) => MgmtError::Protocol(reason),
-            })?;
-        let raw = parse_status(&response)?;
-        if (200..300).contains(&raw.0) {
-            Ok((raw.0, raw.1, response.body))
-        } else {
-            Err(MgmtError::Status {
-                operation: operation.to_string(),
-                entity_type: entity_type_for_errors.to_string(),
-                name: name.to_string(),
-                code: raw.0,
-                description: raw.1,
-            })
-        }
+            .map_err(|e| request_error(e, operation, entity_type_for_errors, name))?;
+        check_status(response, operation, entity_type_for_errors, name)
+    }
+}
+
+/// A request's failure with what the request was about.
+fn request_error(e: RequestError, operation: &str, entity_type: &str, name: &str) -> MgmtError {
+    match e {
+        RequestError::Timeout { after } => MgmtError::Timeout {
+            operation: operation.to_string(),
+            entity_type: entity_type.to_string(),
+            name: name.to_string(),
+            after,
+        },
+        RequestError::Disconnected(reason) => MgmtError::Disconnected(reason),
+        RequestError::Connect(reason) => MgmtError::Connect(reason),
+        RequestError::Protocol(reason) => MgmtError::Protocol(reason),
+        RequestError::BadReply(reason) => MgmtError::BadReply {
+            operation: operation.to_string(),
+            entity_type: entity_type.to_string(),
+            name: name.to_string(),
+            reason,
+        },
+    }
+}
+
+/// A 2xx reply as (statusCode, statusDescription, AMQP body); any other as [`MgmtError::Status`].
+fn check_status(
+    response: Response,
+    operation: &str,
+    entity_type: &str,
+    name: &str,
+) -> Result<(i32, String, Value), MgmtError> {
+    let raw = parse_status(&response)?;
+    if (200..300).contains(&raw.0) {
+        Ok((raw.0, raw.1, response.body))
+    } else {
+        Err(MgmtError::Status {
+            operation: operation.to_string(),
+            entity_type: entity_type.to_string(),
+            name: name.to_string(),
+            code: raw.0,
+            description: raw.1,
+        })
     }
 }
 
@@ -636,13 +695,14 @@ mod tests {
             props,
             Value::Map(json_map_to_amqp(&body)),
             "amqp:/_topo/0/R/temp.x",
-            7,
+            crate::request::CorrelationIds::default().encode(7),
         );
         let p = m.properties.as_ref().unwrap();
         assert_eq!(p.reply_to.as_deref(), Some("amqp:/_topo/0/R/temp.x"));
+        // qdmanage sends "1", "2", ...: strings come back unchanged from both management agents.
         assert_eq!(
             p.correlation_id,
-            Some(fe2o3_amqp::types::messaging::MessageId::Ulong(7))
+            Some(fe2o3_amqp::types::messaging::MessageId::String("7".into()))
         );
         let ap = &m.application_properties.as_ref().unwrap().0;
         assert_eq!(
@@ -685,7 +745,8 @@ mod tests {
             name: "n".into(),
             after: Duration::from_secs(1),
         };
-        assert!(t.is_connection_error());
+        // One slow request is not a lost connection.
+        assert!(!t.is_connection_error());
         assert_eq!(t.metric_label(), "timeout");
         assert!(!MgmtError::Protocol("x".into()).is_connection_error());
         assert_eq!(status(400).to_string(), "CREATE t \"n\" failed: 400 d");

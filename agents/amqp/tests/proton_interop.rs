@@ -303,7 +303,8 @@ async fn unanswered_update_times_out_and_the_client_keeps_working() {
         matches!(&err, MgmtError::Timeout { operation, after, .. } if operation == "UPDATE" && *after == Duration::from_millis(500)),
         "{err:?}"
     );
-    assert!(err.is_connection_error());
+    // One unanswered request is not a lost connection.
+    assert!(!err.is_connection_error());
     assert!(started.elapsed() < Duration::from_secs(3));
     assert_eq!(
         client.in_flight(),

@@ -9,6 +9,7 @@ pub mod address;
 pub mod entity;
 pub mod error;
 pub mod flavor;
+pub mod mesh;
 pub mod parse;
 pub mod placement;
 pub mod pods;
@@ -22,6 +23,9 @@ pub use entity::{
 };
 pub use error::ConfigError;
 pub use flavor::{Flavor, FlavorSet, parse_flavor_config, parse_flavors};
+pub use mesh::{
+    MeshInputs, MeshOptions, RouterMode, RouterPod, mesh_entities, router_connector_name,
+};
 pub use parse::{
     Config, KeyFormat, ParseOptions, address_problems, parse_config, parse_config_opts,
     parse_config_with,

@@ -202,7 +202,10 @@ pub fn parse_brokers(origin: &str, text: &str) -> Result<Brokers, Vec<ConfigErro
 }
 
 /// A required, non-empty string field of a pod object, or the problem with it.
-fn pod_text_field(o: &serde_json::Map<String, Value>, field: &str) -> Result<String, String> {
+pub(crate) fn pod_text_field(
+    o: &serde_json::Map<String, Value>,
+    field: &str,
+) -> Result<String, String> {
     match o.get(field) {
         None | Some(Value::Null) => Err(format!("missing \"{field}\"")),
         Some(Value::String(s)) if s.is_empty() => Err(format!("\"{field}\" must not be empty")),
@@ -220,6 +223,47 @@ fn pod_text_field(o: &serde_json::Map<String, Value>, field: &str) -> Result<Str
     }
 }
 
+/// An optional port-number field of a pod object (`Ok(None)` when absent), or the problem with it.
+pub(crate) fn pod_port_field(
+    o: &serde_json::Map<String, Value>,
+    field: &str,
+) -> Result<Option<u16>, String> {
+    match o.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_u64().and_then(|p| u16::try_from(p).ok()) {
+            Some(p) if p >= 1 => Ok(Some(p)),
+            _ => Err(format!("\"{field}\" {n} is not a port number (1..=65535)")),
+        },
+        Some(v) => Err(format!(
+            "\"{field}\" must be a number, found {}",
+            json_type_name(v)
+        )),
+    }
+}
+
+/// Rendezvous (highest-random-weight) hashing: the candidate whose name scores highest for `key`, where the score
+/// is the first 8 bytes of SHA-256(key NUL name). Every caller on every machine picks the same one; adding a
+/// candidate moves only the keys it now wins (about 1/N), removing one moves only the keys it held.
+pub fn rendezvous<'a, T>(
+    key: &str,
+    candidates: impl IntoIterator<Item = (&'a str, T)>,
+) -> Option<T> {
+    candidates
+        .into_iter()
+        .map(|(name, item)| {
+            let mut h = Sha256::new();
+            h.update(key.as_bytes());
+            h.update([0u8]);
+            h.update(name.as_bytes());
+            let d = h.finalize();
+            let score = u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
+            (score, name, item)
+        })
+        // Ties (never seen in practice) go to the lower name, so the choice stays deterministic.
+        .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(a.1)))
+        .map(|(_, _, item)| item)
+}
+
 /// One pod object of a brokers file, or every problem with it.
 fn parse_pod(pod: &Value) -> Result<BrokerPod, Vec<String>> {
     let Value::Object(o) = pod else {
@@ -231,23 +275,14 @@ fn parse_pod(pod: &Value) -> Result<BrokerPod, Vec<String>> {
     let mut problems = Vec::new();
     let name = pod_text_field(o, "name").map_err(|e| problems.push(e)).ok();
     let host = pod_text_field(o, "host").map_err(|e| problems.push(e)).ok();
-    let port = match o.get("port") {
-        None | Some(Value::Null) => {
+    let port = match pod_port_field(o, "port") {
+        Ok(Some(p)) => Some(p),
+        Ok(None) => {
             problems.push("missing \"port\"".to_string());
             None
         }
-        Some(Value::Number(n)) => match n.as_u64().and_then(|p| u16::try_from(p).ok()) {
-            Some(p) if p >= 1 => Some(p),
-            _ => {
-                problems.push(format!("\"port\" {n} is not a port number (1..=65535)"));
-                None
-            }
-        },
-        Some(v) => {
-            problems.push(format!(
-                "\"port\" must be a number, found {}",
-                json_type_name(v)
-            ));
+        Err(e) => {
+            problems.push(e);
             None
         }
     };

@@ -32,6 +32,9 @@ use crate::plan::{Known, MARKER_NAME, Plan, diff, marker_entity, marker_hash};
 
 /// Rows per QUERY page (what the router's own tools ask for).
 pub const PAGE_SIZE: u64 = 500;
+/// Attempts per QUERY page; each retry waits twice as long as the one before (a page deep into a large router
+/// can take seconds: QUERY cost grows with the offset).
+pub const PAGE_ATTEMPTS: u32 = 3;
 
 /// How the agent talks to its router.
 #[derive(Debug, Clone)]
@@ -59,9 +62,12 @@ impl ReconcileError {
         if e.is_connection_error() {
             ReconcileError::Connection(e)
         } else {
+            // A timeout leaves what we know as it was (the next attempt repeats the request); anything else
+            // says what we know may be wrong.
+            let resync = !matches!(e, MgmtError::Timeout { .. });
             ReconcileError::Failed {
                 failures: vec![e.to_string()],
-                resync: true,
+                resync,
             }
         }
     }
@@ -106,11 +112,7 @@ pub async fn read_router(
         let mut offset: u32 = 0;
         loop {
             let started = Instant::now();
-            let page = client
-                .query_page(t.full_name(), attrs, offset, PAGE_SIZE)
-                .await;
-            metrics.op("QUERY", t.short_name(), result_label(&page));
-            let page = page?;
+            let page = query_page_retried(client, metrics, t, attrs, offset).await?;
             let n = page.rows.len();
             for row in page.rows {
                 let map: Map<String, Value> =
@@ -133,6 +135,38 @@ pub async fn read_router(
         }
     }
     Ok(rows_out)
+}
+
+/// One QUERY page; a timeout is retried on the same connection with twice the timeout, up to [`PAGE_ATTEMPTS`]
+/// attempts, instead of starting the whole read again.
+async fn query_page_retried(
+    client: &RouterClient,
+    metrics: &Metrics,
+    t: EntityType,
+    attrs: &[&str],
+    offset: u32,
+) -> Result<maas_amqp::router::QueryPage, MgmtError> {
+    let mut timeout = client.config().request_timeout;
+    let mut attempt = 1;
+    loop {
+        let page = client
+            .query_page_with_timeout(t.full_name(), attrs, offset, PAGE_SIZE, Some(timeout))
+            .await;
+        metrics.op("QUERY", t.short_name(), result_label(&page));
+        match page {
+            Err(MgmtError::Timeout { .. }) if attempt < PAGE_ATTEMPTS => {
+                warn!(
+                    entity_type = t.short_name(),
+                    offset,
+                    ?timeout,
+                    "QUERY page got no reply in time; asking again with a longer timeout"
+                );
+                attempt += 1;
+                timeout = timeout.saturating_mul(2);
+            }
+            other => return other,
+        }
+    }
 }
 
 fn result_label<T>(r: &Result<T, MgmtError>) -> &'static str {
@@ -179,6 +213,10 @@ pub async fn execute(
             Err(e) if e.is_connection_error() => {
                 connection_error.get_or_insert(e);
             }
+            // Maybe deleted, maybe not: it stays known, so the next attempt deletes it again (404 is fine).
+            Err(e @ MgmtError::Timeout { .. }) => {
+                failures.push(format!("DELETE {} {name}: {e}", t.short_name()));
+            }
             Err(e) => {
                 resync = true;
                 failures.push(format!("DELETE {} {name}: {e}", t.short_name()));
@@ -217,6 +255,12 @@ pub async fn execute(
             }
             Err(e2) if e2.is_connection_error() => {
                 connection_error.get_or_insert(e2);
+            }
+            // Maybe created, maybe not: recorded as wrong, so the next attempt deletes (404 is fine) and
+            // creates it again.
+            Err(e2 @ MgmtError::Timeout { .. }) => {
+                known.mark_wrong(t, &e.name);
+                failures.push(format!("CREATE {} {}: {e2}", t.short_name(), e.name));
             }
             Err(e2) => {
                 // Not created (whatever `known` assumed).
@@ -498,7 +542,7 @@ pub async fn run_agent(
         metrics.router_connected.set(0);
         let client = tokio::select! {
             _ = shutdown.cancelled() => return Outcome::Stopped,
-            r = RouterClient::connect(&cfg.router, cfg.client) => r,
+            r = RouterClient::connect_with_stats(&cfg.router, cfg.client, metrics.replies.clone()) => r,
         };
         let client = match client {
             Ok(c) => c,

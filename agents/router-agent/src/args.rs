@@ -63,6 +63,60 @@ pub struct SourceArgs {
     pub broker_ssl_profile: Option<String>,
 }
 
+/// This router in the router network (mesh). Without `--pod-name` the agent makes no mesh connectors.
+#[derive(Debug, Clone, Args)]
+pub struct MeshArgs {
+    /// This router's pod name (from the downward API: `metadata.name`). The agent keeps one `inter-router`
+    /// connector `maas-router-<pod>` to every interior router pod whose name sorts lower than this one (each pair
+    /// is dialled once, by the higher name); an edge router keeps one `edge` connector to one interior pod.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// How this router runs (its qdrouterd.conf `mode`): `interior` (part of the mesh) or `edge` (attached to one
+    /// interior router, chosen by a rendezvous hash of this pod's name over the interior pods).
+    #[arg(
+        long,
+        env = "ROUTER_MODE",
+        value_enum,
+        ignore_case = true,
+        default_value = "interior"
+    )]
+    pub router_mode: RouterModeArg,
+
+    /// Interior router pods, JSON `[{"name": "router-0", "host": "10.1.2.3", "port": 55672, "edgePort": 45672}]`
+    /// (`port`: the inter-router listener; `edgePort`: the edge listener); re-read when it changes, this pod's own
+    /// entry ignored. Without it, with --kube or --config-service-url, router pods come from the pods labelled
+    /// app.kubernetes.io/component=router with a port named inter-router.
+    #[arg(long, env = "ROUTERS_FILE")]
+    pub routers_file: Option<PathBuf>,
+
+    /// `sslProfile` (defined in the router's static configuration) of the connectors to other routers (TLS).
+    #[arg(long, env = "MESH_SSL_PROFILE")]
+    pub mesh_ssl_profile: Option<String>,
+
+    /// `saslMechanisms` of the connectors to other routers (EXTERNAL with TLS client certificates, or PLAIN).
+    #[arg(long, env = "MESH_SASL_MECHANISMS")]
+    pub mesh_sasl_mechanisms: Option<String>,
+
+    /// `saslUsername` of the connectors to other routers (PLAIN).
+    #[arg(long, env = "MESH_SASL_USERNAME")]
+    pub mesh_sasl_username: Option<String>,
+
+    /// Absolute path of the inter-router password file AS MOUNTED IN THE ROUTER CONTAINER: connectors get
+    /// `saslPassword: file:<path>` and the router reads it; the password never passes through the agent.
+    #[arg(long, env = "MESH_SASL_PASSWORD_FILE")]
+    pub mesh_sasl_password_file: Option<String>,
+}
+
+/// `--router-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RouterModeArg {
+    /// Part of the mesh.
+    Interior,
+    /// Attached to one interior router.
+    Edge,
+}
+
 /// How to reach the router's `$management`.
 #[derive(Debug, Clone, Args)]
 pub struct RouterConnArgs {
@@ -111,9 +165,15 @@ pub struct RouterConnArgs {
     #[arg(long, env = "MGMT_WINDOW", default_value_t = 250, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub window: u32,
 
-    /// Time to wait for each management reply (e.g. 10s, 500ms).
+    /// Time to wait for each management reply (e.g. 10s, 500ms). A request without a reply in time fails alone
+    /// and is retried; the connection stays (a QUERY page is asked again with twice the timeout, up to 3 times).
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+
+    /// Drop the connection and reconnect after this many requests in a row time out with no reply at all in
+    /// between (the router stopped answering).
+    #[arg(long, env = "MAX_CONSECUTIVE_TIMEOUTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    pub max_consecutive_timeouts: u32,
 }
 
 /// A SASL mechanism the agent can use towards the router.
@@ -139,6 +199,9 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub conn: RouterConnArgs,
+
+    #[command(flatten)]
+    pub mesh: MeshArgs,
 
     /// Subscribe to a config-service (amqp://host:port) for addresses and flavors instead of a directory; broker
     /// pods come from its `podsense` source unless --brokers-file is given. Reconnects with backoff.

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use maas_amqp::options::{Backoff, ConnectOptions, SaslOptions, Secret, TlsOptions};
 use maas_amqp::router::{ClientConfig, RouterClient};
-use maas_model::{Entity, EntityOptions, desired_entities};
+use maas_model::{Entity, EntityOptions, MeshInputs, MeshOptions, RouterMode, desired_entities};
 use maas_ops::{Health, HttpServer};
 use maas_source::WatchOptions;
 use tokio_util::sync::CancellationToken;
@@ -15,10 +15,12 @@ use tracing::{error, info};
 
 use crate::agent::{AgentConfig, Outcome, plan_against_router, run_agent};
 use crate::args::{
-    Cli, Command, PlanArgs, RouterConnArgs, RunArgs, SaslMechanism, ShowArgs, SourceArgs,
-    ValidateArgs,
+    Cli, Command, MeshArgs, PlanArgs, RouterConnArgs, RouterModeArg, RunArgs, SaslMechanism,
+    ShowArgs, SourceArgs, ValidateArgs,
 };
-use crate::desired::{BrokersInput, FileSources, load_once, spawn_desired, spawn_file_sources};
+use crate::desired::{
+    BrokersInput, FileSources, Inputs, RoutersInput, load_once, spawn_desired, spawn_file_sources,
+};
 use crate::metrics::Metrics;
 
 /// Run the command; `shutdown` resolves on SIGTERM/SIGINT (tests pass their own future).
@@ -71,6 +73,49 @@ pub fn entity_options(src: &SourceArgs) -> Result<EntityOptions, String> {
         broker_password,
         broker_ssl_profile: src.broker_ssl_profile.clone(),
     })
+}
+
+/// This router in the mesh, from the flags (the router pods themselves come from a source).
+pub fn mesh_inputs(m: &MeshArgs) -> Result<MeshInputs, String> {
+    if let Some(path) = &m.mesh_sasl_password_file
+        && !path.starts_with('/')
+    {
+        return Err(format!(
+            "--mesh-sasl-password-file {path:?}: must be an absolute path inside the router container"
+        ));
+    }
+    if m.pod_name.is_none() && m.routers_file.is_some() {
+        return Err(
+            "--routers-file needs --pod-name (POD_NAME): without its own name the agent cannot tell which \
+             connectors are its to make"
+                .into(),
+        );
+    }
+    Ok(MeshInputs {
+        own: m.pod_name.clone(),
+        mode: match m.router_mode {
+            RouterModeArg::Interior => RouterMode::Interior,
+            RouterModeArg::Edge => RouterMode::Edge,
+        },
+        routers: Vec::new(),
+        options: MeshOptions {
+            ssl_profile: m.mesh_ssl_profile.clone(),
+            sasl_mechanisms: m.mesh_sasl_mechanisms.clone(),
+            sasl_username: m.mesh_sasl_username.clone(),
+            sasl_password_file: m.mesh_sasl_password_file.clone(),
+        },
+    })
+}
+
+fn routers_file_input(m: &MeshArgs, watch: WatchOptions) -> Result<Option<RoutersInput>, String> {
+    match &m.routers_file {
+        Some(p) => Ok(Some(RoutersInput::File {
+            path: p.clone(),
+            rx: maas_source::watch_file(p.clone(), watch)
+                .map_err(|e| format!("--routers-file: {e}"))?,
+        })),
+        None => Ok(None),
+    }
 }
 
 /// Connection options for the router from the URL and flags.
@@ -140,12 +185,15 @@ fn client_config(conn: &RouterConnArgs) -> ClientConfig {
     ClientConfig {
         window: conn.window as usize,
         request_timeout: conn.request_timeout,
+        max_consecutive_timeouts: conn.max_consecutive_timeouts,
+        ..Default::default()
     }
 }
 
 async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode, String> {
     let router = connect_options(&args.router_url, &args.conn)?;
     let entity_options = entity_options(&args.source)?;
+    let mesh = mesh_inputs(&args.mesh)?;
     let (metrics, registry) = Metrics::new();
     let health = Health::new();
     health.set_not_ready("starting");
@@ -165,6 +213,21 @@ async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode, Str
             .into_iter()
             .collect()
         });
+        let routers_file = routers_file_input(&args.mesh, watch)?;
+        let want_routers = routers_file.is_none() && mesh.own.is_some();
+        // Broker and router pods come from one podsense subscription: all pods when both are needed.
+        let pods_selector = match (pods_selector, want_routers) {
+            (Some(_), true) => Some(Default::default()),
+            (None, true) => Some(
+                [(
+                    maas_model::pods::COMPONENT_LABEL.to_string(),
+                    maas_model::mesh::ROUTER_COMPONENT.to_string(),
+                )]
+                .into_iter()
+                .collect(),
+            ),
+            (selector, false) => selector,
+        };
         let (config_rx, pods_rx) = maas_source::spawn_config_subscription(
             maas_source::ConfigSubscription {
                 connect,
@@ -173,12 +236,26 @@ async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode, Str
             },
             shutdown.clone(),
         );
-        let brokers = match (brokers_file, pods_rx) {
+        let brokers = match (brokers_file, &pods_rx) {
             (Some(b), _) => b,
-            (None, Some(rx)) => BrokersInput::Pods(rx),
+            (None, Some(rx)) => BrokersInput::Pods(rx.clone()),
             (None, None) => BrokersInput::None,
         };
-        spawn_desired(config_rx, brokers, entity_options, metrics.clone())
+        let routers = match (routers_file, pods_rx) {
+            (Some(r), _) => r,
+            (None, Some(rx)) if want_routers => RoutersInput::Pods(rx),
+            _ => RoutersInput::None,
+        };
+        spawn_desired(
+            config_rx,
+            Inputs {
+                brokers,
+                routers,
+                entity_options,
+                mesh,
+            },
+            metrics.clone(),
+        )
     } else if args.kube {
         let client = kube::Client::try_default().await.map_err(|e| {
             format!("--kube: no usable Kubernetes configuration (in-cluster or KUBECONFIG): {e}")
@@ -187,13 +264,31 @@ async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode, Str
             client.clone(),
             maas_source::KubeConfigOptions::new(args.namespace.clone(), "maas-router-agent"),
         );
-        let brokers = match brokers_file_input(&args.source, watch)? {
-            Some(b) => b,
-            None => {
-                BrokersInput::Pods(maas_source::spawn_kube_pods(client, args.namespace.clone()))
-            }
+        let brokers_file = brokers_file_input(&args.source, watch)?;
+        let routers_file = routers_file_input(&args.mesh, watch)?;
+        // One pod watch serves both the broker and the router pods.
+        let pods = (brokers_file.is_none() || (routers_file.is_none() && mesh.own.is_some()))
+            .then(|| maas_source::spawn_kube_pods(client, args.namespace.clone()));
+        let brokers = match (brokers_file, &pods) {
+            (Some(b), _) => b,
+            (None, Some(rx)) => BrokersInput::Pods(rx.clone()),
+            (None, None) => BrokersInput::None,
         };
-        spawn_desired(config_rx, brokers, entity_options, metrics.clone())
+        let routers = match (routers_file, pods) {
+            (Some(r), _) => r,
+            (None, Some(rx)) if mesh.own.is_some() => RoutersInput::Pods(rx),
+            _ => RoutersInput::None,
+        };
+        spawn_desired(
+            config_rx,
+            Inputs {
+                brokers,
+                routers,
+                entity_options,
+                mesh,
+            },
+            metrics.clone(),
+        )
     } else {
         let Some(dir) = args.source.addresses_dir.clone() else {
             return Err(
@@ -212,7 +307,9 @@ async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode, Str
                 addresses_dir: dir,
                 flavors_file: args.source.flavors_file.clone(),
                 brokers_file: args.source.brokers_file.clone(),
+                routers_file: args.mesh.routers_file.clone(),
                 entity_options,
+                mesh,
                 watch,
             },
             metrics.clone(),

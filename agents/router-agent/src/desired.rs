@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::collections::BTreeSet;
 
 use maas_model::{
-    AddressKind, Brokers, Config, DigestSet, Entity, EntityOptions, EntityType, desired_digests,
-    for_each_desired_entity,
+    AddressKind, Brokers, Config, DigestSet, DigestSetBuilder, Entity, EntityOptions, EntityType,
+    MeshInputs, RouterPod, entity_digest, for_each_desired_entity,
 };
 use maas_source::{ConfigState, FileConfig, FileSnapshot, LastGood, PodsState, WatchOptions};
 use tokio::sync::watch;
@@ -24,7 +24,11 @@ pub struct FileSources {
     pub addresses_dir: PathBuf,
     pub flavors_file: Option<PathBuf>,
     pub brokers_file: Option<PathBuf>,
+    /// `--routers-file`: the interior router pods of the mesh.
+    pub routers_file: Option<PathBuf>,
     pub entity_options: EntityOptions,
+    /// This router in the mesh (pod name, mode, connector login); the router pods come from `routers_file`.
+    pub mesh: MeshInputs,
     pub watch: WatchOptions,
 }
 
@@ -53,11 +57,16 @@ pub struct DesiredInputs {
     pub config: Arc<Config>,
     pub brokers: Brokers,
     pub options: EntityOptions,
+    /// The connectors to other router pods (a handful: held, not generated).
+    pub mesh: Vec<Entity>,
 }
 
 impl DesiredInputs {
-    /// Every desired entity, one at a time.
-    pub fn for_each(&self, f: impl FnMut(Entity)) {
+    /// Every desired entity, one at a time (mesh connectors first).
+    pub fn for_each(&self, mut f: impl FnMut(Entity)) {
+        for e in &self.mesh {
+            f(e.clone());
+        }
         for_each_desired_entity(
             &self.config.addresses,
             &self.config.flavors,
@@ -65,6 +74,14 @@ impl DesiredInputs {
             &self.options,
             f,
         );
+    }
+
+    /// The digests of every desired entity.
+    pub fn digests(&self) -> DigestSet {
+        let n = self.config.addresses.len();
+        let mut set = DigestSetBuilder::with_capacity(n * 3 + 16 + self.mesh.len(), n * 90);
+        self.for_each(|e| set.push(e.entity_type, &e.name, entity_digest(&e)));
+        set.build()
     }
 
     /// The desired entities with these keys, produced lazily (address by address), so that even creating
@@ -103,8 +120,10 @@ impl DesiredInputs {
             out
         });
         Box::new(
-            connectors
-                .into_iter()
+            self.mesh
+                .iter()
+                .cloned()
+                .chain(connectors)
                 .filter(move |e| wanted(&keys, e))
                 .chain(per_address),
         )
@@ -144,6 +163,7 @@ impl DesiredInputs {
             }
         };
         if connectors {
+            self.mesh.iter().cloned().for_each(&mut keep);
             maas_model::connector_entities(
                 &self.config.addresses,
                 &self.config.flavors,
@@ -210,6 +230,13 @@ pub fn spawn_file_sources(
     src: FileSources,
     metrics: Metrics,
 ) -> Result<watch::Receiver<Arc<Desired>>, maas_source::SourceError> {
+    let routers = match &src.routers_file {
+        Some(p) => RoutersInput::File {
+            path: p.clone(),
+            rx: maas_source::watch_file(p.clone(), src.watch)?,
+        },
+        None => RoutersInput::None,
+    };
     let config_rx = maas_source::spawn_file_config(FileConfig {
         addresses_dir: src.addresses_dir.clone(),
         flavors_file: src.flavors_file.clone(),
@@ -224,10 +251,24 @@ pub fn spawn_file_sources(
     };
     Ok(spawn_desired(
         config_rx,
-        brokers,
-        src.entity_options,
+        Inputs {
+            brokers,
+            routers,
+            entity_options: src.entity_options,
+            mesh: src.mesh,
+        },
         metrics,
     ))
+}
+
+/// Everything besides the address configuration that the desired state is built from.
+pub struct Inputs {
+    pub brokers: BrokersInput,
+    pub routers: RoutersInput,
+    pub entity_options: EntityOptions,
+    /// This router's pod name, mode and mesh connector login (its `routers` field is ignored: the router pods
+    /// come from `routers`).
+    pub mesh: MeshInputs,
 }
 
 /// Where the broker pods come from.
@@ -253,28 +294,38 @@ impl BrokersInput {
     }
 }
 
-/// Combine a configuration source (any kind) with the broker pods into the desired router state.
+/// Where the interior router pods of the mesh come from (same shapes as the broker pods).
+pub type RoutersInput = BrokersInput;
+
+/// Combine a configuration source (any kind) with the broker and router pods into the desired router state.
 pub fn spawn_desired(
     mut config_rx: watch::Receiver<Arc<ConfigState>>,
-    mut brokers: BrokersInput,
-    entity_options: EntityOptions,
+    inputs: Inputs,
     metrics: Metrics,
 ) -> watch::Receiver<Arc<Desired>> {
+    let Inputs {
+        mut brokers,
+        mut routers,
+        entity_options,
+        mesh,
+    } = inputs;
     let mut state = DesiredState {
         entity_options,
+        mesh,
         ..DesiredState::default()
     };
-    let first = state.recompute(&config_rx, &brokers, &metrics);
+    let first = state.recompute(&config_rx, &brokers, &routers, &metrics);
     let (tx, rx) = watch::channel(Arc::new(first));
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 r = config_rx.changed() => if r.is_err() { break },
                 r = brokers.changed() => if r.is_err() { break },
+                r = routers.changed() => if r.is_err() { break },
                 _ = tx.closed() => break,
             }
             let prev = tx.borrow().clone();
-            let next = state.recompute(&config_rx, &brokers, &metrics);
+            let next = state.recompute(&config_rx, &brokers, &routers, &metrics);
             if next.hash != prev.hash || next.errors != prev.errors || next.loaded != prev.loaded {
                 let _ = tx.send(Arc::new(next));
             }
@@ -287,7 +338,9 @@ pub fn spawn_desired(
 #[derive(Default)]
 struct DesiredState {
     entity_options: EntityOptions,
+    mesh: MeshInputs,
     brokers: LastGood<Brokers>,
+    routers: LastGood<Vec<RouterPod>>,
     config_error_events: u64,
     generation: u64,
     last_hash: String,
@@ -298,6 +351,7 @@ impl DesiredState {
         &mut self,
         config_rx: &watch::Receiver<Arc<ConfigState>>,
         brokers_in: &BrokersInput,
+        routers_in: &RoutersInput,
         metrics: &Metrics,
     ) -> Desired {
         let cfg = config_rx.borrow().clone();
@@ -331,8 +385,33 @@ impl DesiredState {
                 self.brokers.offer(&key, Ok(b));
             }
         }
+        // The same for the router pods of the mesh.
+        match routers_in {
+            RoutersInput::None => {}
+            RoutersInput::File { path, rx } => {
+                let snap = rx.borrow().clone();
+                let parsed =
+                    maas_model::mesh::parse_routers(&path.display().to_string(), &snap.content)
+                        .map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>());
+                let offer = self.routers.offer(&snap.hash, parsed);
+                if offer.new_errors {
+                    metrics.config_errors.inc();
+                    for e in self.routers.errors() {
+                        warn!(error = %e, "invalid routers file; the last good one stays in force");
+                    }
+                }
+            }
+            RoutersInput::Pods(rx) => {
+                let pods = rx.borrow().clone();
+                brokers_synced &= pods.synced;
+                let r = maas_model::mesh::routers_from_pods(&pods.pods);
+                let key = format!("{r:?}");
+                self.routers.offer(&key, Ok(r));
+            }
+        }
         let mut errors = cfg.errors.clone();
         errors.extend(self.brokers.errors().iter().cloned());
+        errors.extend(self.routers.errors().iter().cloned());
         metrics
             .config_error_active
             .set(i64::from(!errors.is_empty()));
@@ -348,12 +427,21 @@ impl DesiredState {
             .good()
             .map(|b| b.as_ref().clone())
             .unwrap_or_default();
-        let digests = desired_digests(
-            &config.addresses,
-            &config.flavors,
-            &brokers,
-            &self.entity_options,
-        );
+        let mesh = maas_model::mesh_entities(&MeshInputs {
+            routers: self
+                .routers
+                .good()
+                .map(|r| r.as_ref().clone())
+                .unwrap_or_default(),
+            ..self.mesh.clone()
+        });
+        let inputs = DesiredInputs {
+            config: config.clone(),
+            brokers,
+            options: self.entity_options.clone(),
+            mesh,
+        };
+        let digests = inputs.digests();
         let hash = digests.generation_hash();
         if hash != self.last_hash {
             self.generation += 1;
@@ -387,11 +475,7 @@ impl DesiredState {
             generation: self.generation,
             hash,
             digests: Arc::new(digests),
-            inputs: Arc::new(DesiredInputs {
-                config,
-                brokers,
-                options: self.entity_options.clone(),
-            }),
+            inputs: Arc::new(inputs),
             addresses_by_kind,
             errors,
             loaded: true,
@@ -430,6 +514,16 @@ mod tests {
             config: Arc::new(config),
             brokers,
             options: EntityOptions::default(),
+            mesh: maas_model::mesh_entities(&MeshInputs {
+                own: Some("r-1".into()),
+                routers: vec![RouterPod {
+                    name: "r-0".into(),
+                    host: "10.0.0.1".into(),
+                    port: 55672,
+                    edge_port: None,
+                }],
+                ..MeshInputs::default()
+            }),
         }
     }
 

@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use maas_amqp::request::ReplyStats;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -38,6 +41,41 @@ pub struct Metrics {
     pub applied_generation: Gauge,
     pub reconcile_failures: Counter,
     pub drift_repairs: Counter,
+    /// Replies of the router the management client could not use (shared by every connection).
+    pub replies: ReplyStats,
+}
+
+/// Exports [`ReplyStats`] at scrape time.
+#[derive(Debug)]
+struct ReplyCollector(ReplyStats);
+
+impl Collector for ReplyCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, value) in [
+            (
+                "management_replies_undecodable",
+                "Router replies that could not be decoded (their request fails at once when the reply's \
+                 correlation-id can still be read; else it is logged with a summary of its bytes)",
+                self.0.undecodable(),
+            ),
+            (
+                "management_replies_unmatched",
+                "Router replies that matched no waiting request (no or unknown correlation-id, or the request \
+                 had timed out)",
+                self.0.unmatched(),
+            ),
+            (
+                "management_timeouts",
+                "Management requests that got no reply within their timeout",
+                self.0.timeouts(),
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
+    }
 }
 
 impl Metrics {
@@ -57,6 +95,7 @@ impl Metrics {
             applied_generation: Gauge::default(),
             reconcile_failures: Counter::default(),
             drift_repairs: Counter::default(),
+            replies: ReplyStats::default(),
         };
         let mut r = Registry::with_prefix("maas_router_agent");
         r.register(
@@ -114,6 +153,7 @@ impl Metrics {
             "Background drift checks that found and repaired differences",
             m.drift_repairs.clone(),
         );
+        r.register_collector(Box::new(ReplyCollector(m.replies.clone())));
         (m, Arc::new(r))
     }
 

@@ -639,3 +639,70 @@ async fn create_checked_tells_stored_as_sent_from_stored_otherwise() {
     client.close().await;
     emu.stop().await;
 }
+
+/// A QUERY page that takes longer than the request timeout (on a real router pages deep into a large table take
+/// seconds) is asked again on the same connection with a longer timeout: no reconnect, no restart of the whole
+/// read. Broker pods make the agent read and write connectors, which qdrouterd's Python agent answers (it
+/// echoes only string and binary correlation-ids unchanged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_query_page_is_retried_on_the_same_connection() {
+    let emu = emulator(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let addrs = dir.path().join("addresses");
+    writer(&addrs)
+        .write(&files(&[
+            (
+                "json",
+                r#"{"orders": {"store_and_forward": true, "flavor": "shared"}, "chat": {}}"#,
+            ),
+            (
+                "flavor.json",
+                r#"{"shared": {"type": "queue", "shared": true}}"#,
+            ),
+        ]))
+        .unwrap();
+    let brokers = dir.path().join("brokers.json");
+    std::fs::write(
+        &brokers,
+        r#"{"shared": [{"name": "b-0", "host": "127.0.0.1", "port": 5674}]}"#,
+    )
+    .unwrap();
+    // Every QUERY page takes 450 ms; the agent's requests time out after 300 ms.
+    emu.set_query_latency(Duration::from_millis(450));
+    let agent = start_agent(
+        &addrs,
+        &emu.url(),
+        Options {
+            brokers_file: Some(brokers.clone()),
+            request_timeout: Duration::from_millis(300),
+            ..Options::default()
+        },
+    );
+    agent.wait_generation(1, Duration::from_secs(15)).await;
+    router_matches(&emu, &desired_for(&addrs, Some(&brokers))).unwrap();
+    assert_eq!(
+        emu.entities(maas_e2e::router::CONNECTOR).len(),
+        1,
+        "the broker connector"
+    );
+    assert_eq!(
+        emu.connections_opened(),
+        1,
+        "a timeout is not a lost connection: the agent never reconnected"
+    );
+    let text = agent.metrics_text();
+    assert!(
+        text.contains(r#"maas_router_agent_management_operations_total{operation="QUERY",type="connector",result="timeout"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"maas_router_agent_management_operations_total{operation="QUERY",type="connector",result="ok"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("maas_router_agent_management_timeouts_total 4"),
+        "one timeout per entity type's first page: {text}"
+    );
+    assert!(!text.contains(r#"result="disconnected""#), "{text}");
+    agent.stop().await;
+}

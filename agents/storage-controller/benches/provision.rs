@@ -44,6 +44,7 @@ fn client_config() -> ClientConfig {
     ClientConfig {
         window: WINDOW,
         request_timeout: Duration::from_secs(30),
+        ..Default::default()
     }
 }
 

@@ -102,6 +102,7 @@ pub fn connector(b: &BrokerConnArgs) -> Result<ArtemisConnector> {
         client: ClientConfig {
             window: b.broker_window as usize,
             request_timeout: b.broker_request_timeout,
+            ..Default::default()
         },
     })
 }

@@ -26,6 +26,7 @@ pub fn connector() -> ArtemisConnector {
         client: ClientConfig {
             window: 100,
             request_timeout: Duration::from_secs(5),
+            ..Default::default()
         },
     }
 }

@@ -107,6 +107,8 @@ pub struct Knobs {
     pub latency_us: AtomicU64,
     /// Replies are discarded (requests still take effect).
     pub withhold: AtomicBool,
+    /// Added latency per QUERY reply, microseconds.
+    pub query_latency_us: AtomicU64,
 }
 
 /// State shared by the handle, the AMQP tasks and the management thread.
@@ -223,6 +225,9 @@ pub fn run(shared: Arc<Shared>, rx: Receiver<CoreMsg>) {
                     continue;
                 }
                 let handled = shared.model().handle(&req);
+                // Echoed as the agent answering it echoes it (echo.rs).
+                let correlation_id =
+                    super::echo::echo(super::echo::answering_agent(&req), correlation_id);
                 let now = Instant::now();
                 let c = if shared.cost_model {
                     cost(handled.work)
@@ -235,7 +240,13 @@ pub fn run(shared: Arc<Shared>, rx: Receiver<CoreMsg>) {
                 } else {
                     Duration::ZERO
                 };
-                let extra = Duration::from_micros(shared.knobs.latency_us.load(Ordering::Relaxed));
+                let mut extra =
+                    Duration::from_micros(shared.knobs.latency_us.load(Ordering::Relaxed));
+                if handled.class == OpClass::Query {
+                    extra += Duration::from_micros(
+                        shared.knobs.query_latency_us.load(Ordering::Relaxed),
+                    );
+                }
                 let due = free_at + base + extra;
                 let trigger_drop = match drop_after {
                     Some(n) if n <= 1 => {

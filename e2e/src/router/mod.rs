@@ -8,6 +8,7 @@
 //! - [`server`]: the AMQP listener, links and reply routing.
 
 pub mod core;
+pub mod echo;
 pub mod model;
 pub mod server;
 
@@ -59,6 +60,8 @@ struct Inner {
     shutdown: watch::Sender<bool>,
     accept_task: Mutex<Option<JoinHandle<()>>>,
     core_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Next `qd.conn-id`: one more per connection opened.
+    conn_ids: Arc<AtomicU64>,
 }
 
 impl Drop for Inner {
@@ -112,6 +115,7 @@ impl RouterEmulator {
                     u64::try_from(cfg.latency.as_micros()).unwrap_or(u64::MAX),
                 ),
                 withhold: Default::default(),
+                query_latency_us: Default::default(),
             },
             epoch,
             cost_model: cfg.cost_model,
@@ -122,13 +126,14 @@ impl RouterEmulator {
             .name("router-emulator-core".into())
             .spawn(move || core::run(core_shared, core_rx))?;
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let conn_ids = Arc::new(AtomicU64::new(1));
         let ctx = server::Ctx {
             shared: shared.clone(),
             core_tx: core_tx.clone(),
             router_id: cfg.router_id.clone(),
             credit: cfg.management_credit.max(1),
             shutdown: shutdown_rx,
-            conn_ids: Arc::new(AtomicU64::new(1)),
+            conn_ids: conn_ids.clone(),
         };
         let accept_task = tokio::spawn(server::accept_loop(listener, ctx));
         tracing::info!(%addr, router_id = %cfg.router_id, cost_model = cfg.cost_model, "router emulator listening");
@@ -140,6 +145,7 @@ impl RouterEmulator {
                 shutdown,
                 accept_task: Mutex::new(Some(accept_task)),
                 core_thread: Mutex::new(Some(core_thread)),
+                conn_ids,
             }),
         })
     }
@@ -228,6 +234,21 @@ impl RouterEmulator {
             .knobs
             .latency_us
             .store(us, Ordering::Relaxed);
+    }
+
+    /// Extra latency added to QUERY replies only (a page deep into a large router is slow).
+    pub fn set_query_latency(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.inner
+            .shared
+            .knobs
+            .query_latency_us
+            .store(us, Ordering::Relaxed);
+    }
+
+    /// AMQP connections opened so far (a client that reconnects opens another).
+    pub fn connections_opened(&self) -> u64 {
+        self.inner.conn_ids.load(Ordering::Relaxed) - 1
     }
 
     /// While on, requests still take effect but their replies are never sent.

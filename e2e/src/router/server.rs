@@ -137,6 +137,8 @@ async fn open(stream: TcpStream, ctx: &Ctx) -> Option<ListenerConnectionHandle> 
     .await
     .ok()
     .flatten()?;
+    // Replies leave as the real router writes them, correlation-ids included (echo.rs).
+    let stream = super::echo::RawIdWriter::new(stream);
     let result = tokio::time::timeout(Duration::from_secs(10), async {
         if peeked == 3 {
             router_acceptor!(ctx)

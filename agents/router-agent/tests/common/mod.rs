@@ -62,6 +62,9 @@ impl TestAgent {
 
 pub struct Options {
     pub brokers_file: Option<PathBuf>,
+    pub routers_file: Option<PathBuf>,
+    /// This router in the mesh (pod name, mode, connector login).
+    pub mesh: maas_model::MeshInputs,
     pub drift: Duration,
     pub request_timeout: Duration,
     pub window: usize,
@@ -72,6 +75,8 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             brokers_file: None,
+            routers_file: None,
+            mesh: maas_model::MeshInputs::default(),
             drift: Duration::ZERO,
             request_timeout: Duration::from_secs(5),
             window: 250,
@@ -89,7 +94,9 @@ pub fn start_agent(dir: &Path, router_url: &str, opts: Options) -> TestAgent {
             addresses_dir: dir.to_path_buf(),
             flavors_file: None,
             brokers_file: opts.brokers_file.clone(),
+            routers_file: opts.routers_file.clone(),
             entity_options: EntityOptions::default(),
+            mesh: opts.mesh.clone(),
             watch: WatchOptions {
                 debounce: Duration::from_millis(50),
                 resync: Duration::from_secs(30),
@@ -103,6 +110,7 @@ pub fn start_agent(dir: &Path, router_url: &str, opts: Options) -> TestAgent {
         client: ClientConfig {
             window: opts.window,
             request_timeout: opts.request_timeout,
+            ..Default::default()
         },
         drift_check_interval: opts.drift,
         backoff: Backoff {
