@@ -564,6 +564,10 @@ pub async fn run_agent(
         metrics.router_connected.set(1);
         // A new connection may be a restarted router: forget what we knew.
         let mut known: Option<Known> = None;
+        // What the router was last configured with on this connection. Readiness means "reachable and configured
+        // at least once with a valid generation": a later generation that fails (one entity the router rejects)
+        // is reported in the /readyz text and the metrics, but does not take the router out of its Service.
+        let mut configured: Option<String> = None;
         let mut failures: u32 = 0;
         let mut retry_at: Option<tokio::time::Instant> = None;
         let mut drift_at = next_drift(cfg.drift_check_interval);
@@ -587,7 +591,10 @@ pub async fn run_agent(
                         failures = 0;
                         retry_at = None;
                         metrics.applied_generation.set(desired.generation as i64);
-                        health.set_ready(ready_detail(&desired));
+                        metrics.converged.set(1);
+                        let detail = ready_detail(&desired);
+                        health.set_ready(detail.clone());
+                        configured = Some(detail);
                         if applied.writes > 0 {
                             debug!(writes = applied.writes, "applied");
                         }
@@ -603,6 +610,7 @@ pub async fn run_agent(
                     Err(ReconcileError::Connection(e)) => {
                         warn!(error = %e, "lost the router connection during reconcile; reconnecting");
                         health.set_not_ready(format!("router connection lost: {e}"));
+                        metrics.converged.set(0);
                         metrics.reconcile_failures.inc();
                         if once && attempt > 5 {
                             return Outcome::NotConverged(e.to_string());
@@ -619,10 +627,15 @@ pub async fn run_agent(
                         failures = failures.saturating_add(1);
                         let delay = cfg.backoff.delay(failures);
                         warn!(error = %e, retry_in = ?delay, "reconcile failed");
-                        health.set_not_ready(format!(
-                            "generation {} not applied: {e}",
-                            desired.generation
-                        ));
+                        metrics.converged.set(0);
+                        let failed = format!("generation {} not applied: {e}", desired.generation);
+                        match &configured {
+                            // Still serving what it was configured with: ready, and saying what is wrong.
+                            Some(detail) => {
+                                health.set_ready(format!("{failed}; last configured: {detail}"))
+                            }
+                            None => health.set_not_ready(failed),
+                        }
                         if once {
                             client.close().await;
                             return Outcome::NotConverged(e.to_string());

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub applied_generation: Gauge,
     pub reconcile_failures: Counter,
     pub drift_repairs: Counter,
+    /// 1 while the router holds the latest desired generation (readiness only needs it configured once).
+    pub converged: Gauge,
     /// Replies of the router the management client could not use (shared by every connection).
     pub replies: ReplyStats,
 }
@@ -95,6 +97,7 @@ impl Metrics {
             applied_generation: Gauge::default(),
             reconcile_failures: Counter::default(),
             drift_repairs: Counter::default(),
+            converged: Gauge::default(),
             replies: ReplyStats::default(),
         };
         let mut r = Registry::with_prefix("maas_router_agent");
@@ -152,6 +155,12 @@ impl Metrics {
             "drift_repairs",
             "Background drift checks that found and repaired differences",
             m.drift_repairs.clone(),
+        );
+        r.register(
+            "converged",
+            "1 while the router holds the latest desired generation; 0 while a newer one is not applied (the \
+             router stays ready once configured with a valid generation)",
+            m.converged.clone(),
         );
         r.register_collector(Box::new(ReplyCollector(m.replies.clone())));
         (m, Arc::new(r))

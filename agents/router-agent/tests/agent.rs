@@ -270,7 +270,7 @@ async fn withheld_replies_time_out_and_are_retried_without_hanging() {
     assert!(!agent.health.is_ready());
     let detail = agent.health.detail();
     assert!(
-        detail.contains("timed out") || detail.contains("timeout") || detail.contains("connect"),
+        detail.contains("no reply within") || detail.contains("connect"),
         "{detail}"
     );
 
@@ -705,4 +705,79 @@ async fn a_slow_query_page_is_retried_on_the_same_connection() {
     );
     assert!(!text.contains(r#"result="disconnected""#), "{text}");
     agent.stop().await;
+}
+
+/// Readiness means "reachable and configured at least once with a valid generation": a later generation holding
+/// one entity the router rejects must not take the router out of its Service (every router would reject it at
+/// once). What is wrong goes into the /readyz text and the `converged` metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_entity_keeps_the_router_ready_and_says_why() {
+    let emu = emulator(false).await;
+    // Someone else's address holds prefix "taken": the router answers a second one with 400 "Already exists".
+    emu.insert_static(
+        ADDRESS,
+        "someone-else",
+        json!({"prefix": "taken", "distribution": "balanced"})
+            .as_object()
+            .unwrap()
+            .clone(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let w = writer(dir.path());
+    w.write(&files(&[("json", r#"{"fine": {}}"#)])).unwrap();
+    let agent = start_agent(dir.path(), &emu.url(), Options::default());
+    agent.wait_generation(1, Duration::from_secs(10)).await;
+    assert!(
+        agent
+            .metrics_text()
+            .contains("maas_router_agent_converged 1")
+    );
+
+    w.write(&files(&[(
+        "json",
+        r#"{"fine": {}, "taken": {}, "also-fine": {}}"#,
+    )]))
+    .unwrap();
+    let reported = wait_until(Duration::from_secs(10), || {
+        agent.health.detail().contains("generation 2 not applied")
+    })
+    .await;
+    let detail = agent.health.detail();
+    assert!(reported, "{detail}");
+    assert!(agent.health.is_ready(), "still ready: {detail}");
+    assert!(detail.contains("Already exists"), "{detail}");
+    assert!(detail.contains("maas-address/taken"), "{detail}");
+    assert!(
+        detail.contains("last configured: router holds generation 1"),
+        "{detail}"
+    );
+    let text = agent.metrics_text();
+    assert!(text.contains("maas_router_agent_converged 0"), "{text}");
+    // The rest of generation 2 is on the router all the same.
+    let names = names(&emu, EntityType::Address);
+    assert!(
+        names.contains(&"maas-address/also-fine".to_string()),
+        "{names:?}"
+    );
+    agent.stop().await;
+
+    // A router that was never configured is not ready.
+    let emu2 = emulator(false).await;
+    emu2.insert_static(
+        ADDRESS,
+        "someone-else",
+        json!({"prefix": "taken"}).as_object().unwrap().clone(),
+    );
+    let dir2 = tempfile::tempdir().unwrap();
+    writer(dir2.path())
+        .write(&files(&[("json", r#"{"taken": {}}"#)]))
+        .unwrap();
+    let agent2 = start_agent(dir2.path(), &emu2.url(), Options::default());
+    let reported = wait_until(Duration::from_secs(10), || {
+        agent2.health.detail().contains("not applied")
+    })
+    .await;
+    assert!(reported, "{}", agent2.health.detail());
+    assert!(!agent2.health.is_ready());
+    agent2.stop().await;
 }
