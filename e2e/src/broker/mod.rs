@@ -45,6 +45,7 @@ impl Default for CostModel {
     /// 100 µs per operation (≈10,000 operations/s at most).
     fn default() -> Self {
         CostModel {
+            // GUESS (e2e/GUESSES.md #43): 100 us per operation not recorded
             per_operation: Duration::from_micros(100),
         }
     }
@@ -76,6 +77,7 @@ impl Default for BrokerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             users: vec![("admin".to_string(), "admin".to_string())],
             cost_model: CostModel::default(),
+            // GUESS (e2e/GUESSES.md #42): container-id (recorded broker showed 127.0.0.1)
             name: "0.0.0.0".to_string(),
             auto_create: true,
             management_credit: 1000,
@@ -276,6 +278,7 @@ impl BrokerEmulator {
 
     /// A broker restart: every connection drops, durable queues (with their messages) and addresses
     /// survive, temporary and non-durable queues are gone; same port. Waits until it listens again.
+    // GUESS (e2e/GUESSES.md #41): restart semantics not recorded
     pub async fn restart(&self) -> Result<(), BrokerError> {
         let mut running = self.inner.running.lock().await;
         if let Some(r) = running.take() {

@@ -173,6 +173,7 @@ fn java_order(types: &BTreeSet<RoutingType>) -> Vec<&'static str> {
 impl Model {
     /// A fresh broker: addresses `DLQ`, `ExpiryQueue`, `activemq.management`,
     /// `activemq.notifications`; queues `DLQ` and `ExpiryQueue`.
+    // GUESS (e2e/GUESSES.md #27): routing types, durability and ids of the built-in queues
     pub fn new() -> Model {
         let mut m = Model {
             addresses: BTreeMap::new(),
@@ -280,6 +281,7 @@ impl Model {
     /// A broker restart: durable queues (with their messages) and non-temporary addresses survive;
     /// temporary and non-durable queues, temporary addresses and link consumers are gone. The consumer
     /// knob stays (it models consumers that reconnect, like a router's autoLink).
+    // GUESS (e2e/GUESSES.md #41): what survives a broker restart
     pub fn restart(&mut self) {
         self.queues.retain(|_, q| q.durable && !q.temporary);
         for q in self.queues.values_mut() {
@@ -289,6 +291,7 @@ impl Model {
     }
 
     /// A dynamic receiver's temporary queue: address and queue named `name` (a UUID).
+    // GUESS (e2e/GUESSES.md #37): temporary queue shape and removal
     pub fn create_temporary(&mut self, name: &str) {
         self.addresses.insert(
             name.to_string(),
@@ -313,6 +316,7 @@ impl Model {
 
     /// Artemis' default auto-creation when a link attaches to an unknown `address`: an ANYCAST address
     /// and a durable queue of the same name.
+    // GUESS (e2e/GUESSES.md #38): ANYCAST + durable queue; recording suggests MULTICAST subscriptions
     pub fn auto_create(&mut self, address: &str) {
         if self.addresses.contains_key(address) || self.queues.contains_key(address) {
             return;
@@ -337,6 +341,7 @@ impl Model {
 
     /// A receiving link attached to queue `name` (true) or went away (false); false when there is no such
     /// queue.
+    // GUESS (e2e/GUESSES.md #40): receivers count as consumers of the queue named by the source
     pub fn link_consumer(&mut self, name: &str, attached: bool) -> bool {
         match self.queues.get_mut(name) {
             Some(q) => {
@@ -353,6 +358,7 @@ impl Model {
 
     /// A message sent to `address`: the queue of that name, else every MULTICAST queue of the address and
     /// the ANYCAST one holding the fewest messages. False when nothing took it.
+    // GUESS (e2e/GUESSES.md #39): routing of sent messages and counts
     pub fn deliver(&mut self, address: &str) -> bool {
         if let Some(q) = self.queues.get_mut(address) {
             q.messages += 1;
@@ -404,6 +410,7 @@ impl Model {
             Some(Ok(other)) => vec![other],
             Some(Err(e)) => {
                 self.counters.failures += 1;
+                // GUESS (e2e/GUESSES.md #35): invented text
                 return Reply::fail(format!("Unable to parse the arguments: {e}"));
             }
         };
@@ -429,12 +436,14 @@ impl Model {
             return self.address_op(name, operation, args);
         }
         Reply::fail(format!(
+            // GUESS (e2e/GUESSES.md #34): unknown resource text from the bundle, not recorded
             "AMQ229067: Cannot find resource with name {resource}"
         ))
     }
 
     /// Which overload of `operation` these arguments select (Artemis: same arity, and the first in
     /// declaration order whose parameter types accept the values; JSON null fits any type).
+    // GUESS (e2e/GUESSES.md #29): first fitting overload in table order; null fits anything
     fn select(operation: &str, args: &[Json], overloads: &[(&str, &[P])]) -> Result<usize, Reply> {
         for (index, (name, params)) in overloads.iter().enumerate() {
             if *name != operation || params.len() != args.len() {
@@ -462,6 +471,7 @@ impl Model {
             ("getVersion", &[]),
             ("getAddressNames", &[]),
             ("getQueueNames", &[]),
+            // GUESS (e2e/GUESSES.md #29): overloads beyond transcript lines 5-6 from the interface, not recorded
             ("getQueueNames", &[Str]),
             ("listAddresses", &[Str]),
             ("createAddress", &[Str, Str]),
@@ -486,6 +496,7 @@ impl Model {
         let b = |i: usize| args.get(i).and_then(Json::as_bool).unwrap_or(false);
         match (operation, args.len(), OVERLOADS[index].1) {
             ("getVersion", ..) => Reply::ok(json!(VERSION)),
+            // GUESS (e2e/GUESSES.md #28): sorted here, hash order on a real broker
             ("getAddressNames", ..) => Reply::ok(json!(self.addresses.keys().collect::<Vec<_>>())),
             ("getQueueNames", 0, _) => Reply::ok(json!(self.queues.keys().collect::<Vec<_>>())),
             ("getQueueNames", ..) => match routing(s(0)) {
@@ -496,6 +507,7 @@ impl Model {
                         .map(|(n, _)| n)
                         .collect::<Vec<_>>()
                 )),
+                // GUESS (e2e/GUESSES.md #28): unknown routing type fails here (source: empty list)
                 Err(text) => Reply::fail(text),
             },
             ("listAddresses", ..) => {
@@ -509,6 +521,7 @@ impl Model {
             ("createQueue", 1, _) | ("createQueue", 2, [Str, Bool]) => {
                 self.create_queue_json(s(0), args.len() == 2 && b(1))
             }
+            // GUESS (e2e/GUESSES.md #32): deprecated (address, name) makes a durable MULTICAST queue
             ("createQueue", 2, _) => {
                 self.create_queue_plain(s(0), s(1), RoutingType::Multicast, true)
             }
@@ -520,6 +533,7 @@ impl Model {
                 self.create_queue_plain(s(0), s(1), RoutingType::Multicast, b(2))
             }
             ("destroyQueue", n, _) => self.destroy_queue(s(0), n >= 2 && b(1), n == 3 && b(2)),
+            // GUESS (e2e/GUESSES.md #30): listQueues (recorded) answered no operation
             _ => Reply::fail(format!(
                 "AMQ229069: no operation {operation}/{}",
                 args.len()
@@ -540,6 +554,7 @@ impl Model {
         if self.addresses.contains_key(name) {
             return Reply::fail(format!("AMQ229204: Address already exists: {name}"));
         }
+        // GUESS (e2e/GUESSES.md #32): several routing types at once, MULTICAST printed first
         let shown = java_order(&types).join(",");
         self.addresses.insert(
             name.to_string(),
@@ -554,6 +569,7 @@ impl Model {
         )))
     }
 
+    // GUESS (e2e/GUESSES.md #33): bindings check and force semantics
     fn delete_address(&mut self, name: &str, force: bool) -> Reply {
         if !self.addresses.contains_key(name) {
             return Reply::fail(format!("AMQ229203: Address Does Not Exist: {name}"));
@@ -588,6 +604,7 @@ impl Model {
             Some(a) => {
                 let supported: Vec<&str> = java_order(&a.routing_types);
                 Err(Reply::fail(format!(
+                    // GUESS (e2e/GUESSES.md #32): Set rendering of the supported types
                     "AMQ229207: Can not create queue with routing type: {rt}, Supported routing types for address: {address} are [{}]",
                     supported.join(", ")
                 )))
@@ -618,6 +635,7 @@ impl Model {
         })
     }
 
+    // GUESS (e2e/GUESSES.md #32): plain forms auto-create the address
     fn create_queue_plain(
         &mut self,
         address: &str,
@@ -636,6 +654,7 @@ impl Model {
         Reply::void()
     }
 
+    // GUESS (e2e/GUESSES.md #31): defaults, error texts, ignoreIfExists reply
     fn create_queue_json(&mut self, text: &str, ignore_if_exists: bool) -> Reply {
         let parse_error = || {
             Reply::fail(format!(
@@ -679,6 +698,7 @@ impl Model {
         Reply::ok(Json::String(config_text(id, &config)))
     }
 
+    // GUESS (e2e/GUESSES.md #33): AMQ229025 argument, address removal, messages discarded
     fn destroy_queue(&mut self, name: &str, remove_consumers: bool, delete_address: bool) -> Reply {
         let Some(q) = self.queues.get(name) else {
             return Reply::fail(format!("AMQ229017: Queue {name} does not exist"));
@@ -699,11 +719,13 @@ impl Model {
     fn queue_op(&mut self, name: &str, operation: &str, args: &[Json]) -> Reply {
         const OVERLOADS: &[(&str, &[P])] = &[
             ("getMessageCount", &[]),
+            // GUESS (e2e/GUESSES.md #34): getConsumerCount/isTemporary/removeAllMessages not recorded
             ("getConsumerCount", &[]),
             ("getAddress", &[]),
             ("getRoutingType", &[]),
             ("isDurable", &[]),
             ("isTemporary", &[]),
+            // GUESS (e2e/GUESSES.md #30): getUser (recorded) missing
             ("removeAllMessages", &[]),
         ];
         if let Err(reply) = Model::select(operation, args, OVERLOADS) {
@@ -732,6 +754,7 @@ impl Model {
     }
 
     fn address_op(&mut self, name: &str, operation: &str, args: &[Json]) -> Reply {
+        // GUESS (e2e/GUESSES.md #34): address.<name> operations not recorded
         const OVERLOADS: &[(&str, &[P])] = &[("getQueueNames", &[]), ("getRoutingTypes", &[])];
         if let Err(reply) = Model::select(operation, args, OVERLOADS) {
             return reply;
@@ -758,6 +781,7 @@ impl Model {
 
 /// The queue configuration createQueue answers with, in Artemis' key order (transcript line 4), with the
 /// request's values for the keys it gave.
+// GUESS (e2e/GUESSES.md #31): only the recorded keys echoed; user/filter dropped
 fn queue_config(
     name: &str,
     address: &str,

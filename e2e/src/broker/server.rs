@@ -82,6 +82,7 @@ fn uuid() -> String {
 }
 
 /// Burns `d` of CPU: one management operation's cost, on the one "core" the model lock stands for.
+// GUESS (e2e/GUESSES.md #43): per-operation cost not recorded
 fn spin(d: Duration) {
     if d.is_zero() {
         return;
@@ -93,6 +94,7 @@ fn spin(d: Duration) {
 }
 
 impl LinkHandler for Handler {
+    // GUESS (e2e/GUESSES.md #42): every PLAIN user may manage; AMQ229031 arguments
     fn on_connection(&self, connection: &ConnectionInfo) -> Result<(), (ErrorCondition, String)> {
         if connection.mechanism == ANONYMOUS {
             // Artemis lets SASL ANONYMOUS through, then cannot validate the (null) user.
@@ -151,6 +153,7 @@ impl LinkHandler for Handler {
                 return;
             };
             if shared.auto_create {
+                // GUESS (e2e/GUESSES.md #38): auto-create on receiver attach
                 shared.model().auto_create(&address);
             }
             let counted = shared.model().link_consumer(&address, true);
@@ -182,6 +185,7 @@ impl LinkHandler for Handler {
         {
             shared.model().auto_create(address);
         }
+        // GUESS (e2e/GUESSES.md #42): link credits
         let credit = if management { shared.credit } else { 100 };
         match link.accept_receiver(credit).await {
             Ok(accepted) => {
@@ -261,6 +265,7 @@ async fn management_reader<G: Send + 'static>(
             continue;
         }
         let Some(reply_to) = reply_to else {
+            // GUESS (e2e/GUESSES.md #36): executed but not answered
             tracing::debug!(%operation, "management request without reply-to: no reply");
             continue;
         };
@@ -273,6 +278,7 @@ async fn management_reader<G: Send + 'static>(
 /// Hands a management reply to the link owning its `reply-to`. Without one (nobody attached to that
 /// address, or its link just went away) the reply is stored like any message sent there, as Artemis
 /// routes it, and a warning says so: no client will see it.
+// GUESS (e2e/GUESSES.md #37): unrouted replies stored as messages
 fn route_reply(shared: &Shared, reply_to: &str, operation: &str, message: Message<Body<Value>>) {
     let route = shared.routes().get(reply_to).cloned();
     let unsent = match route {
@@ -300,6 +306,7 @@ fn remove_route(shared: &Shared, name: &str, tx: &mpsc::UnboundedSender<Message<
 
 /// The reply as Artemis 2.21 sends it: `_AMQ_OperationSucceeded`, `JMSXDeliveryCount` (null), the
 /// correlation-id echoed, body an amqp-value string (or null for void operations).
+// GUESS (e2e/GUESSES.md #36): pre-settled, to set, no header
 fn reply_message(
     reply_to: &str,
     correlation: Option<MessageId>,

@@ -21,6 +21,7 @@ use super::model::{Model, OpClass, Reply, Request, Work};
 
 /// Base per-request latency with the cost model on: one request at a time then takes ~0.7 ms round trip
 /// (performance.txt: ~1,400/s one at a time), counting ~0.1 ms of timer overshoot and ~0.1 ms of I/O.
+// GUESS (e2e/GUESSES.md #9): cost constants fitted to performance.txt, then extrapolated
 pub const BASE_LATENCY: Duration = Duration::from_micros(450);
 /// CREATE: 30 us on an empty table, +0.8 ns per entity of the type (average ~40 us over 0..25,000 =>
 /// ~25,000/s; ~62 us over 25,000..55,000 => ~16,000/s; performance.txt:13-14).
@@ -36,6 +37,7 @@ const LOOKUP_PER_ENTITY_NS: f64 = 125.0;
 const QUERY_FIXED_NS: f64 = 100_000.0;
 const QUERY_PER_ROW_NS: f64 = 20_000.0;
 const QUERY_WALK_NS: f64 = 17_000.0;
+// GUESS (e2e/GUESSES.md #9): the real walk restarts per row, not per 500 rows
 const QUERY_BATCH: usize = 500;
 /// GET-* and errors that touch no table.
 const OTHER_NS: f64 = 30_000.0;
@@ -208,6 +210,7 @@ pub fn run(shared: Arc<Shared>, rx: Receiver<CoreMsg>) {
                 pending.clear();
                 drop_at = None;
                 free_at = Instant::now();
+                // GUESS (e2e/GUESSES.md #22): restart keeps counters, port stays open
                 shared.model().restart();
                 shared.drop_connections();
                 let _ = done.send(());
@@ -224,6 +227,7 @@ pub fn run(shared: Arc<Shared>, rx: Receiver<CoreMsg>) {
                 if epoch != *shared.epoch.borrow() || drop_at.is_some() {
                     continue;
                 }
+                // GUESS (e2e/GUESSES.md #11): executed even without reply-to (Python agent ignores those)
                 let handled = shared.model().handle(&req);
                 // Echoed as the agent answering it echoes it (echo.rs).
                 let correlation_id =

@@ -22,9 +22,9 @@
 //! (fixing the properties list and frame sizes). What leaves the emulator is byte for byte what the real
 //! router sends.
 //!
-//! Guesses (not recorded, read from the code above; see e2e/GUESSES.md): ulong ids above 2^31-1 come back as
-//! an `int` or `long` by that code; a ulong above 2^63-1 is written as the long of the same 64 bits; uuid,
-//! binary and string for CREATE/DELETE are as recorded for QUERY (the transcript shows ulong for all three).
+//! Guesses (not recorded; see e2e/GUESSES.md #1): the recording used the value 7 only, so the int/long split
+//! for larger ulong ids and the long written for a ulong above 2^63-1 are guesses; the C agent's echo was
+//! recorded for QUERY only, the Python agent's for QUERY and CREATE/DELETE of a connector (all four types).
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -61,6 +61,7 @@ const CORE_TYPES: &[&str] = &[
 
 /// The agent that answers `req` (agent.c: `entityType` if present, else `type`; one of the C agent's types and
 /// one of its five operations, else Python).
+// GUESS (e2e/GUESSES.md #1): C-agent types/ops checked in management_agent.c; C-agent echo beyond QUERY assumed
 pub fn answering_agent(req: &Request) -> Agent {
     let ty = req.entity_type.as_deref().or(req.type_.as_deref());
     let core_type = ty.is_some_and(|t| CORE_TYPES.contains(&t));
@@ -80,6 +81,7 @@ pub const MARKER: &[u8] = b"\xffmaas-emu-raw-id\xff";
 
 /// The correlation-id the emulator gives fe2o3 for the reply: the request's own for the C agent; for the
 /// Python agent, the same for string and binary, and a marked binary carrying the raw `int`/`long`/null.
+// GUESS (e2e/GUESSES.md #1): echo for ids other than 7, Python READ/GET-*, C CREATE/READ/DELETE
 pub fn echo(agent: Agent, sent: Option<MessageId>) -> Option<MessageId> {
     let sent = sent?;
     if agent == Agent::Core {
@@ -96,6 +98,7 @@ pub fn echo(agent: Agent, sent: Option<MessageId>) -> Option<MessageId> {
 }
 
 /// `qd_compose_insert_int` / `qd_compose_insert_long` of a Python int.
+// GUESS (e2e/GUESSES.md #1): int vs long split; a ulong above 2^63-1 kept as the same 64 bits
 fn python_int(v: i64) -> Vec<u8> {
     if (-128..=127).contains(&v) {
         vec![0x54, v as u8]

@@ -178,6 +178,7 @@ impl RouterEmulator {
 
     /// Simulates a router restart: drops every connection, loses every entity created over management (static
     /// ones stay), keeps the port; identities keep growing.
+    // GUESS (e2e/GUESSES.md #22): restart semantics beyond any recording
     pub async fn restart(&self) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.send_core(CoreMsg::Restart(tx));

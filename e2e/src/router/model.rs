@@ -8,7 +8,7 @@
 //! - the C "core" agent owns `router.config.address|linkRoute|autoLink`: 400 errors carry a `null` body, unknown
 //!   attributes are silently ignored, integers are int32;
 //! - the Python agent owns `connector` and `listener` (and unknown operations): 400 errors carry `{}`, unknown
-//!   attributes are rejected, integers are encoded as long (Python `int`).
+//!   attributes are rejected, integers are encoded as long (Python `int`; a guess, e2e/GUESSES.md #2).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -103,6 +103,7 @@ impl DefaultValue {
     fn value(self) -> Value {
         match self {
             DefaultValue::S(s) => Value::String(s.to_string()),
+            // GUESS (e2e/GUESSES.md #2): Python-agent integers as long, likely int32 on a real router
             DefaultValue::I(i) => Value::Long(i),
             DefaultValue::B(b) => Value::Bool(b),
         }
@@ -526,6 +527,7 @@ impl Table {
         let seq = match (identity, name) {
             (Some(id), _) => *self.by_identity.get(id)?,
             (None, Some(n)) => *self.by_name.get(n)?,
+            // GUESS (e2e/GUESSES.md #17): no name and no identity: 404 here, 400 in the C agent source
             (None, None) => return None,
         };
         Some((seq, self.entries.range(..seq).count()))
@@ -649,6 +651,7 @@ fn as_i64(v: &Value) -> Option<i64> {
     }
 }
 
+// GUESS (e2e/GUESSES.md #18): yes/on/1 string forms accepted
 fn as_bool(v: &Value) -> Option<bool> {
     match v {
         Value::Bool(b) => Some(*b),
@@ -663,6 +666,7 @@ fn as_bool(v: &Value) -> Option<bool> {
 
 /// The router stores a prefix as a pattern `prefix/#` and strips trailing separators: `queue.` reads back as
 /// `queue` (mgmt-transcript.txt:17-22).
+// GUESS (e2e/GUESSES.md #18): only trailing separators stripped, only for prefixes
 fn normalize_prefix(p: &str) -> String {
     p.trim_end_matches(['.', '/']).to_string()
 }
@@ -677,6 +681,7 @@ fn py_repr(v: &Value) -> String {
     }
 }
 
+// GUESS (e2e/GUESSES.md #25): saslPassword not masked as *******
 fn py_entity_text(class: &str, attrs: &[(String, Value)]) -> String {
     let mut kv: Vec<(&String, &Value)> = attrs
         .iter()
@@ -789,6 +794,7 @@ impl Model {
     }
 
     /// Drops everything created over management (a router restart); static entities stay.
+    // GUESS (e2e/GUESSES.md #22): identities and connection numbers keep growing across restarts
     pub fn restart(&mut self) {
         for t in self.tables.values_mut() {
             let gone: Vec<u64> = t
@@ -814,6 +820,7 @@ impl Model {
 
     /// Inserts a static entity (as if from qdrouterd.conf): it survives restarts. Runs the CREATE logic for
     /// defaults; if that rejects the attributes, they are stored as given.
+    // GUESS (e2e/GUESSES.md #12): static entities take their place when added, not first
     pub fn insert_static(
         &mut self,
         kind: Kind,
@@ -860,6 +867,7 @@ impl Model {
         }
     }
 
+    // GUESS (e2e/GUESSES.md #21): identities step by 1 (real: shared core counter, steps of 3 seen)
     fn alloc_identity(&mut self) -> String {
         let id = self.next_identity;
         self.next_identity += 1;
@@ -898,11 +906,13 @@ impl Model {
             }
             "GET-ATTRIBUTES" => return (Some(self.get_attributes(req)), Work::Other),
             // mgmt-raw-errors.txt:67-68: the router never answers UPDATE.
+            // GUESS (e2e/GUESSES.md #16): UPDATE of connector/listener unanswered (source: 501)
             "UPDATE" => return (None, Work::Other),
             _ => {}
         }
         if class == OpClass::Query {
             let ty = req.entity_type.clone().unwrap_or_default();
+            // GUESS (e2e/GUESSES.md #14): QUERY without or with a non-emulated entityType is 400
             let Some(kind) = Kind::from_full(&ty) else {
                 return (
                     Some(Reply::py_err(400, format!("No such entity type '{ty}'"))),
@@ -938,6 +948,7 @@ impl Model {
 
     /// Operations the router does not know go to the Python agent, which looks the entity up among ITS
     /// entities only: `No entity with name=addr1` (mgmt-raw-errors.txt:82-86) even when addr1 exists in the core.
+    // GUESS (e2e/GUESSES.md #15): Python-agent lookup errors and unknown-operation texts
     fn unknown_operation(&mut self, kind: Kind, req: &Request) -> Reply {
         let ids = match (&req.name, &req.identity) {
             (Some(n), Some(i)) => format!("name={n}, identity={i}"),
@@ -964,6 +975,7 @@ impl Model {
         let t = self.table(kind);
         let Some((seq, pos)) = t.find(req.name.as_deref(), req.identity.as_deref()) else {
             // mgmt-raw-errors.txt:70-80 (core); the Python agent words it as for unknown operations.
+            // GUESS (e2e/GUESSES.md #15): Python-agent 404 text; neither id is 404 here (source: 400)
             let reply = if kind.is_core() {
                 Reply::new(404, "Not Found", empty_map())
             } else {
@@ -1003,6 +1015,7 @@ impl Model {
             asked
         };
         let offset = req.offset.unwrap_or(0) as usize;
+        // GUESS (e2e/GUESSES.md #10): no count returns every row (real: 21,843 of 60,000 recorded)
         let count = req.count.map_or(usize::MAX, |c| c as usize);
         let t = self.table(kind);
         let table_len = t.entries.len();
@@ -1011,6 +1024,7 @@ impl Model {
             .values()
             .skip(offset)
             .take(count)
+            // GUESS (e2e/GUESSES.md #13): unknown attributeNames give null, all-null rows kept
             .map(|e| Value::List(names.iter().map(|n| e.get(n)).collect()))
             .collect();
         let rows = results.len();
@@ -1051,6 +1065,7 @@ impl Model {
                 };
                 let mut stored = attrs.clone();
                 if kind == Kind::Connector {
+                    // GUESS (e2e/GUESSES.md #23): connectors never connect; [Cn] counts connectors
                     // The connection attempt fails at once in the emulator (mgmt-transcript.txt:176).
                     let conn = self.next_conn_id;
                     self.next_conn_id += 1;
@@ -1109,6 +1124,7 @@ impl Model {
     }
 
     /// Prefix/pattern checks shared by address and linkRoute (mgmt-transcript.txt:248-254).
+    // GUESS (e2e/GUESSES.md #18): non-string or empty prefix/pattern not rejected
     fn prefix_pattern(body: &[(String, Value)]) -> Result<(Option<String>, Option<String>), Reply> {
         let prefix = body_get(body, "prefix").and_then(|v| as_string(&v));
         let pattern = body_get(body, "pattern").and_then(|v| as_string(&v));
@@ -1134,6 +1150,7 @@ impl Model {
         let (prefix, pattern) = Self::prefix_pattern(body)?;
         let key = match (&prefix, &pattern) {
             (Some(p), _) => format!("{p}.#"),
+            // GUESS (e2e/GUESSES.md #18): prefix p and pattern p.# or p/# collide
             (None, Some(p)) => p.replace('/', "."),
             (None, None) => String::new(),
         };
@@ -1146,6 +1163,7 @@ impl Model {
             .and_then(|v| as_string(&v))
             .as_deref()
         {
+            // GUESS (e2e/GUESSES.md #18): unavailable reported as given (source: null)
             Some(d @ ("multicast" | "closest" | "balanced" | "unavailable")) => d.to_string(),
             _ => "balanced".to_string(),
         };
@@ -1158,6 +1176,7 @@ impl Model {
                 .and_then(|i| i32::try_from(i).ok())
                 .unwrap_or(default)
         };
+        // GUESS (e2e/GUESSES.md #18): phases default one by one, no 0..9/priority/fallback checks
         let ingress = phase("ingressPhase", 0);
         let egress = phase("egressPhase", if waypoint { 1 } else { 0 });
         let priority = phase("priority", -1);
@@ -1204,6 +1223,7 @@ impl Model {
         }
         let (prefix, pattern) = Self::prefix_pattern(body)?;
         // mgmt-raw-errors.txt:13-17; `dir` is accepted as the old name (mgmt-raw-errors.txt:124-128).
+        // GUESS (e2e/GUESSES.md #19): direction checked after prefix/pattern (source: before)
         let dir = Self::direction(body, "No 'direction' attribute provided - it is mandatory")?;
         let get = |k: &str| {
             body_get(body, k)
@@ -1218,11 +1238,13 @@ impl Model {
             ("identity".into(), s(&identity)),
             ("type".into(), s(LINK_ROUTE)),
             ("prefix".into(), opt(&prefix)),
+            // GUESS (e2e/GUESSES.md #19): distribution ignored; connection+containerId accepted
             ("distribution".into(), s("linkBalanced")),
             ("connection".into(), get("connection")),
             ("containerId".into(), get("containerId")),
             ("direction".into(), s(&dir)),
             ("dir".into(), s(&dir)),
+            // GUESS (e2e/GUESSES.md #23): link routes never go active
             ("operStatus".into(), s("inactive")),
             ("pattern".into(), opt(&pattern)),
             ("addExternalPrefix".into(), get("addExternalPrefix")),
@@ -1250,6 +1272,7 @@ impl Model {
         let phase = body_get(body, "phase")
             .and_then(|v| as_i64(&v))
             .and_then(|i| i32::try_from(i).ok())
+            // GUESS (e2e/GUESSES.md #20): fallback does not force phase 0; no 0..9 check
             .unwrap_or(if dir == "in" { 1 } else { 0 });
         let get = |k: &str| {
             body_get(body, k)
@@ -1280,6 +1303,7 @@ impl Model {
             ("containerId".into(), get("containerId")),
             ("externalAddress".into(), ext.clone()),
             ("externalAddr".into(), ext),
+            // GUESS (e2e/GUESSES.md #23): auto links never attach
             ("linkRef".into(), Value::Null),
             ("operStatus".into(), s("inactive")),
             ("lastError".into(), Value::Null),
@@ -1313,13 +1337,16 @@ impl Model {
                 },
             };
             let coerced = match (ty, v) {
+                // GUESS (e2e/GUESSES.md #25): nulls kept; non-creatable attributes and identity accepted
                 (_, Value::Null) => Value::Null,
                 (AttrType::Str, v) => as_string(v).map(|x| s(&x)).unwrap_or_else(|| v.clone()),
                 (AttrType::Int, v) => match as_i64(v) {
+                    // GUESS (e2e/GUESSES.md #2): Python-agent integers as long, likely int32 on a real router
                     Some(i) => Value::Long(i),
                     None => {
                         return Err(Reply::py_err(
                             400,
+                            // GUESS (e2e/GUESSES.md #25): integer error text not recorded
                             format!("{full}: Invalid value for integer: '{}'", py_repr(v)),
                         ));
                     }
@@ -1329,6 +1356,7 @@ impl Model {
                     None => {
                         return Err(Reply::py_err(
                             400,
+                            // GUESS (e2e/GUESSES.md #25): boolean error text not recorded
                             format!("{full}: Invalid value for boolean: '{}'", py_repr(v)),
                         ));
                     }
@@ -1366,6 +1394,7 @@ impl Model {
             None => attrs.push((k.to_string(), v)),
         };
         set(&mut attrs, "type", s(full));
+        // GUESS (e2e/GUESSES.md #24): no name property: body name used (source: no name, identity h:p)
         let name = match &req.name {
             Some(n) => Some(n.clone()),
             None => attrs
@@ -1439,6 +1468,7 @@ impl Model {
         Ok((name, None, attrs))
     }
 
+    // GUESS (e2e/GUESSES.md #26): entityType ignored by GET-OPERATIONS/GET-TYPES
     fn get_operations(&self) -> Reply {
         let ops = || Value::List(vec![s("CREATE"), s("DELETE"), s("READ")]);
         let mut m = OrderedMap::new();
@@ -1464,6 +1494,7 @@ impl Model {
         Reply::new(200, "OK", Value::Map(m))
     }
 
+    // GUESS (e2e/GUESSES.md #26): attribute lists of types other than linkRoute
     fn get_attributes(&self, req: &Request) -> Reply {
         let mut m = OrderedMap::new();
         match req.entity_type.as_deref() {

@@ -52,6 +52,7 @@ pub struct Ctx {
 
 /// SASL ANONYMOUS or PLAIN with any credentials (a listener with `authenticatePeer: no`).
 #[derive(Debug, Clone)]
+// GUESS (e2e/GUESSES.md #4): ANONYMOUS and PLAIN offered, any credentials accepted
 struct AnyAuth;
 
 impl SaslAcceptor for AnyAuth {
@@ -102,6 +103,7 @@ fn open_properties(ctx: &Ctx) -> Fields {
         Value::String("qpid-dispatch-router".into()),
     );
     props.insert(Symbol::from("version"), Value::String("1.19.0".into()));
+    // GUESS (e2e/GUESSES.md #3): ulong here; real router sends an int
     props.insert(Symbol::from("qd.conn-id"), Value::Ulong(conn_id));
     props
 }
@@ -187,6 +189,7 @@ async fn connection(stream: TcpStream, ctx: Ctx) {
     let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
 }
 
+// GUESS (e2e/GUESSES.md #5): address forms other than $management and the topo form
 fn is_management(address: Option<&str>, router_id: &str) -> bool {
     match address {
         Some(a) => {
@@ -282,6 +285,7 @@ async fn request_reader(
     management: bool,
     mut gone: watch::Receiver<bool>,
 ) {
+    // GUESS (e2e/GUESSES.md #7): credit tied to replies written
     let window = Arc::new(Semaphore::new(ctx.credit as usize));
     if receiver.set_credit(ctx.credit).await.is_err() {
         return;
@@ -302,6 +306,7 @@ async fn request_reader(
         let message = delivery.into_message();
         let to = message.properties.as_ref().and_then(|p| p.to.clone());
         if !management && !is_management(to.as_deref(), &ctx.router_id) {
+            // GUESS (e2e/GUESSES.md #5): accepted and dropped (real: released, no route)
             // Not for the management node: a real router would route it; nobody consumes it here.
             continue;
         }
@@ -370,6 +375,7 @@ fn decode(message: Message<Body<Value>>) -> (Request, Option<String>, Option<Mes
 }
 
 fn encode(out: &Outgoing) -> Message<Body<Value>> {
+    // GUESS (e2e/GUESSES.md #8): Python-agent replies put statusCode first
     // frames.txt:82: statusDescription then statusCode (int32); header durable=false; to + correlation-id.
     let app = ApplicationProperties::builder()
         .insert(
@@ -392,6 +398,7 @@ fn encode(out: &Outgoing) -> Message<Body<Value>> {
 }
 
 /// A dynamic reply address as qdrouterd hands them out: `amqp:/_topo/0/<router id>/temp.<15 random>`.
+// GUESS (e2e/GUESSES.md #6): alphanumerics only (real: a-zA-Z0-9+_)
 fn dynamic_address(router_id: &str) -> String {
     let suffix: String = rand::rng()
         .sample_iter(rand::distr::Alphanumeric)
