@@ -27,6 +27,9 @@ struct Args {
     /// Credit granted on each $management link (qdrouterd's link capacity).
     #[arg(long, env = "ROUTER_EMULATOR_MANAGEMENT_CREDIT", default_value_t = 250)]
     management_credit: u32,
+    /// Emulate an edge router (`mode: edge`) instead of an interior one.
+    #[arg(long, env = "ROUTER_EMULATOR_EDGE")]
+    edge: bool,
 }
 
 fn init_logging() {
@@ -65,6 +68,11 @@ async fn main() -> anyhow::Result<()> {
         cost_model: !args.no_cost_model,
         latency: Duration::from_millis(args.latency_ms),
         management_credit: args.management_credit,
+        mode: if args.edge {
+            maas_e2e::router::Mode::Edge
+        } else {
+            maas_e2e::router::Mode::Interior
+        },
     };
     let emulator = RouterEmulator::start(cfg).await?;
     println!("listening on {}", emulator.url());

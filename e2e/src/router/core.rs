@@ -126,9 +126,18 @@ pub struct Shared {
     pub epoch: watch::Sender<u64>,
     /// Cost model on.
     pub cost_model: bool,
+    /// The port this emulator listens on (its address in the emulated mesh).
+    pub port: u16,
+    /// AMQP connections open now (reported as `normal` connections).
+    pub open: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
+    /// AMQP connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
     /// Locks the model (a poisoned lock is still usable: the model has no invariants a panic could break
     /// half-way that matter for a test emulator).
     pub fn model(&self) -> MutexGuard<'_, Model> {
@@ -228,7 +237,13 @@ pub fn run(shared: Arc<Shared>, rx: Receiver<CoreMsg>) {
                     continue;
                 }
                 // GUESS (e2e/GUESSES.md #11): executed even without reply-to (Python agent ignores those)
-                let handled = shared.model().handle(&req);
+                let handled = if super::mesh::handles(&req) {
+                    // Computed from every emulator's connectors, each model locked on its own.
+                    let reply = super::mesh::query(shared.port, &req);
+                    shared.model().handle_computed(&req, reply)
+                } else {
+                    shared.model().handle(&req)
+                };
                 // Echoed as the agent answering it echoes it (echo.rs).
                 let correlation_id =
                     super::echo::echo(super::echo::answering_agent(&req), correlation_id);

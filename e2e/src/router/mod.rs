@@ -9,6 +9,7 @@
 
 pub mod core;
 pub mod echo;
+pub mod mesh;
 pub mod model;
 pub mod server;
 
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use self::core::{CoreMsg, Knobs, Shared};
+pub use self::mesh::{CONNECTION, Mode, ROUTER_NODE};
 use self::model::Model;
 pub use self::model::{ADDRESS, AUTO_LINK, CONNECTOR, Kind, LINK_ROUTE, LISTENER, OpCounters};
 
@@ -39,6 +41,8 @@ pub struct EmulatorConfig {
     pub latency: Duration,
     /// Credit granted on each `$management` link (the router's link capacity).
     pub management_credit: u32,
+    /// Interior (mesh member) or edge router, for `router.node` and `connection` (mesh.rs).
+    pub mode: mesh::Mode,
 }
 
 impl Default for EmulatorConfig {
@@ -49,6 +53,7 @@ impl Default for EmulatorConfig {
             cost_model: true,
             latency: Duration::ZERO,
             management_credit: 250,
+            mode: mesh::Mode::Interior,
         }
     }
 }
@@ -66,6 +71,7 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        mesh::unregister(self.addr.port());
         let _ = self.shutdown.send(true);
         if let Ok(tx) = self.core_tx.lock() {
             let _ = tx.send(CoreMsg::Shutdown);
@@ -119,7 +125,10 @@ impl RouterEmulator {
             },
             epoch,
             cost_model: cfg.cost_model,
+            port: addr.port(),
+            open: Default::default(),
         });
+        mesh::register(addr.port(), &cfg.router_id, cfg.mode, &shared);
         let (core_tx, core_rx) = std::sync::mpsc::channel();
         let core_shared = shared.clone();
         let core_thread = std::thread::Builder::new()
@@ -269,6 +278,7 @@ impl RouterEmulator {
 
     /// Stops listening, closes every connection and ends the management thread.
     pub async fn stop(self) {
+        mesh::unregister(self.inner.addr.port());
         let _ = self.inner.shutdown.send(true);
         self.send_core(CoreMsg::Shutdown);
         let task = self

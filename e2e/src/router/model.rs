@@ -378,7 +378,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn new(code: i32, description: impl Into<String>, body: Value) -> Self {
+    pub(crate) fn new(code: i32, description: impl Into<String>, body: Value) -> Self {
         Reply {
             code,
             description: description.into(),
@@ -878,6 +878,18 @@ impl Model {
         let id = self.next_seq;
         self.next_seq += 1;
         id
+    }
+
+    /// Counts a QUERY answered outside the model (router.node, connection: mesh.rs) and hands its reply back.
+    pub fn handle_computed(&mut self, req: &Request, reply: Reply) -> Handled {
+        let class = OpClass::of(&req.operation);
+        let ty = req.entity_type.clone().unwrap_or_default();
+        self.counters.record(class, &req.operation, &ty);
+        Handled {
+            reply: Some(reply),
+            work: Work::Other,
+            class,
+        }
     }
 
     /// Handles one request and counts it.

@@ -169,6 +169,7 @@ async fn connection(stream: TcpStream, ctx: Ctx) {
     let Some(mut conn) = open(stream, &ctx).await else {
         return;
     };
+    ctx.shared.open.fetch_add(1, Ordering::Relaxed);
     let mut shutdown = ctx.shutdown.clone();
     // Signals the connection's sessions and links to stop when the connection goes.
     let (gone_tx, gone_rx) = watch::channel(false);
@@ -187,6 +188,7 @@ async fn connection(stream: TcpStream, ctx: Ctx) {
     }
     let _ = gone_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
+    ctx.shared.open.fetch_sub(1, Ordering::Relaxed);
 }
 
 // GUESS (e2e/GUESSES.md #5): address forms other than $management and the topo form
