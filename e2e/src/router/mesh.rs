@@ -13,7 +13,7 @@
 //! `router.node` and `connection` QUERYs are answered from this view (computed when asked: the real router
 //! learns a new neighbour within about a second, the emulator at once).
 //!
-//! Guesses (e2e/GUESSES.md): the attributes filled in rows beyond `id`/`role`/`dir`/`container` (cost, nextHop,
+//! Guesses (e2e/GUESSES.md #26a): the attributes filled in rows beyond `id`/`role`/`dir`/`container` (cost, nextHop,
 //! linkState, host text); an edge router's `router.node` lists only itself; a connector whose role does not fit the
 //! two routers' modes (e.g. `inter-router` from an edge) connects nothing (the real router would fail the
 //! connection; §6 shows it accepts the CREATE); a connector to a port nobody listens on shows no connection.
