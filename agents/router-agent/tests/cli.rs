@@ -44,6 +44,14 @@ fn help_explains_every_flag_with_its_environment_variable() {
         "--window",
         "--request-timeout",
         "--drift-check-interval",
+        "--max-consecutive-timeouts",
+        "--pod-name",
+        "--router-mode",
+        "--routers-file",
+        "--mesh-ssl-profile",
+        "--mesh-sasl-mechanisms",
+        "--mesh-sasl-username",
+        "--mesh-sasl-password-file",
     ] {
         assert!(out.contains(flag), "{flag} missing from --help:\n{out}");
     }
@@ -53,6 +61,9 @@ fn help_explains_every_flag_with_its_environment_variable() {
         "BROKERS_FILE",
         "HTTP_ADDR",
         "BROKER_PASSWORD_FILE",
+        "POD_NAME",
+        "ROUTERS_FILE",
+        "ROUTER_MODE",
     ] {
         assert!(
             out.contains(&format!("env: {env}")),
