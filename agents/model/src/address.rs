@@ -14,7 +14,7 @@ pub const ADDRESS_KIND: &str = "Address";
 /// `kind` of a typed address list (the `v1/addresses` snapshot).
 pub const ADDRESS_LIST_KIND: &str = "AddressList";
 
-/// The four kinds of address (docs/architecture.md §2).
+/// The kinds of address (docs/architecture.md §2, and `subscription`: §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AddressKind {
@@ -26,6 +26,9 @@ pub enum AddressKind {
     Queue,
     /// Stored on a broker, every subscription gets each message.
     Topic,
+    /// A durable subscription S on a topic T (`topic`): a durable MULTICAST queue S bound to T on T's broker pod;
+    /// consumers of S read it.
+    Subscription,
 }
 
 impl AddressKind {
@@ -36,21 +39,31 @@ impl AddressKind {
             AddressKind::Broadcast => "broadcast",
             AddressKind::Queue => "queue",
             AddressKind::Topic => "topic",
+            AddressKind::Subscription => "subscription",
         }
     }
 
-    /// Queues and topics live on brokers and need a flavor.
+    /// Every kind, in order.
+    pub const ALL: [AddressKind; 5] = [
+        AddressKind::Anycast,
+        AddressKind::Broadcast,
+        AddressKind::Queue,
+        AddressKind::Topic,
+        AddressKind::Subscription,
+    ];
+
+    /// Queues and topics live on brokers and need a flavor (a subscription lives where its topic does).
     pub fn needs_broker(self) -> bool {
         matches!(self, AddressKind::Queue | AddressKind::Topic)
     }
 
-    /// `(store_and_forward, multicast)` of the 2016 format.
+    /// `(store_and_forward, multicast)` of the 2016 format (a subscription is written with its own keys).
     pub fn to_flags(self) -> (bool, bool) {
         match self {
             AddressKind::Anycast => (false, false),
             AddressKind::Broadcast => (false, true),
             AddressKind::Queue => (true, false),
-            AddressKind::Topic => (true, true),
+            AddressKind::Topic | AddressKind::Subscription => (true, true),
         }
     }
 
@@ -61,6 +74,7 @@ impl AddressKind {
             "broadcast" | "multicast" => Some(AddressKind::Broadcast),
             "queue" => Some(AddressKind::Queue),
             "topic" => Some(AddressKind::Topic),
+            "subscription" => Some(AddressKind::Subscription),
             _ => None,
         }
     }
@@ -83,8 +97,12 @@ pub struct Address {
     pub address: String,
     /// Anycast, broadcast, queue or topic.
     pub kind: AddressKind,
-    /// The flavor (broker template); set for queues and topics once validated (the default flavor filled in).
+    /// The flavor (broker template); set for queues and topics once validated (the default flavor filled in), and
+    /// for a subscription to its topic's flavor.
     pub flavor: Option<String>,
+    /// The topic of a subscription (None for every other kind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
 }
 
 /// A validated set of addresses, keyed by address.
@@ -136,7 +154,9 @@ impl Address {
         let mut spec = Map::new();
         spec.insert("address".into(), Value::String(self.address.clone()));
         spec.insert("type".into(), Value::String(self.kind.as_str().into()));
-        if let Some(f) = &self.flavor {
+        if let Some(t) = &self.topic {
+            spec.insert("topic".into(), Value::String(t.clone()));
+        } else if let Some(f) = &self.flavor {
             spec.insert("flavor".into(), Value::String(f.clone()));
         }
         json!({
@@ -147,8 +167,12 @@ impl Address {
         })
     }
 
-    /// This address's properties in the 2016 format: `{"store_and_forward": b, "multicast": b, "flavor": f}`.
+    /// This address's properties in the 2016 format: `{"store_and_forward": b, "multicast": b, "flavor": f}`, or
+    /// `{"subscription": true, "topic": t}`.
     pub fn to_2016_value(&self) -> Value {
+        if let Some(t) = &self.topic {
+            return json!({"subscription": true, "topic": t});
+        }
         let (store_and_forward, multicast) = self.kind.to_flags();
         let mut props = Map::new();
         props.insert("store_and_forward".into(), Value::Bool(store_and_forward));
@@ -259,7 +283,9 @@ impl serde::Serialize for SpecOut<'_> {
         let a = self.0;
         let mut m = s.serialize_map(None)?;
         m.serialize_entry("address", &a.address)?;
-        if let Some(f) = &a.flavor {
+        if let Some(t) = &a.topic {
+            m.serialize_entry("topic", t)?;
+        } else if let Some(f) = &a.flavor {
             m.serialize_entry("flavor", f)?;
         }
         m.serialize_entry("type", a.kind.as_str())?;
@@ -277,8 +303,13 @@ impl serde::Serialize for LegacyPropsOut<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let a = self.0;
-        let (store_and_forward, multicast) = a.kind.to_flags();
         let mut m = s.serialize_map(None)?;
+        if let Some(t) = &a.topic {
+            m.serialize_entry("subscription", &true)?;
+            m.serialize_entry("topic", t)?;
+            return m.end();
+        }
+        let (store_and_forward, multicast) = a.kind.to_flags();
         if let Some(f) = &a.flavor {
             m.serialize_entry("flavor", f)?;
         }
@@ -300,6 +331,7 @@ mod tests {
                 address: a.to_string(),
                 kind: *k,
                 flavor: f.map(str::to_string),
+                topic: None,
             });
         }
         s
@@ -398,6 +430,7 @@ mod tests {
                 address: name.into(),
                 kind,
                 flavor: flavor.map(str::to_string),
+                topic: None,
             });
         }
         assert_eq!(

@@ -592,7 +592,17 @@ pub fn for_each_entity_of_address(
             let Some(cluster) = cluster_for(a, flavors) else {
                 return;
             };
-            for pod in brokers.pods(&cluster) {
+            let pods = brokers.pods(&cluster);
+            // A topic's links go to the ONE pod it lives on (a publisher and its subscribers must meet there); a
+            // queue's to every pod (the router collects from all of them).
+            let pods = if a.kind == AddressKind::Topic {
+                crate::placement::topic_pod(prefix, pods)
+                    .map(std::slice::from_ref)
+                    .unwrap_or(&[])
+            } else {
+                pods
+            };
+            for pod in pods {
                 let connection = connector_name(&pod.name);
                 for &dir in Direction::for_pod(pod) {
                     let e = if a.kind == AddressKind::Queue {
@@ -619,6 +629,26 @@ pub fn for_each_entity_of_address(
                     set(e);
                 }
             }
+        }
+        AddressKind::Subscription => {
+            // Consumers of S reach the durable queue S on its topic's pod as `T::S` (the fully qualified queue
+            // name; docs/reference/artemis-2.21/durable-subscriptions-and-topics.txt §4).
+            let (Some(topic), Some(cluster)) = (&a.topic, cluster_for(a, flavors)) else {
+                return;
+            };
+            let Some(pod) = crate::placement::topic_pod(topic, brokers.pods(&cluster)) else {
+                return;
+            };
+            set(Entity {
+                entity_type: EntityType::LinkRoute,
+                name: linkroute_name(prefix, &pod.name, Direction::Out),
+                attributes: attrs([
+                    ("prefix", json!(prefix)),
+                    ("direction", json!(Direction::Out.as_str())),
+                    ("connection", json!(connector_name(&pod.name))),
+                    ("addExternalPrefix", json!(format!("{topic}::"))),
+                ]),
+            });
         }
     }
 }
@@ -669,6 +699,7 @@ mod tests {
                 address: a.to_string(),
                 kind: *k,
                 flavor: f.map(str::to_string),
+                topic: None,
             });
         }
         s
@@ -813,6 +844,8 @@ mod tests {
         )]);
         let set = desired_entities(&a, &flavors(), &b, &EntityOptions::default());
         let names: Vec<&str> = set.iter().map(|e| e.name.as_str()).collect();
+        // The queue is on both pods (only `in` on the draining one); the topic only on the one pod it lives on,
+        // never a draining one.
         assert_eq!(
             names,
             vec![
@@ -821,11 +854,55 @@ mod tests {
                 "maas-address/q1",
                 "maas-linkroute/t1/s-0/in",
                 "maas-linkroute/t1/s-0/out",
-                "maas-linkroute/t1/s-1/in",
                 "maas-autolink/q1/s-0/in",
                 "maas-autolink/q1/s-0/out",
                 "maas-autolink/q1/s-1/in",
             ]
+        );
+    }
+
+    #[test]
+    fn a_topic_and_its_subscriptions_live_on_one_pod() {
+        let mut a = addresses(&[
+            ("news", AddressKind::Topic, Some("shared-small")),
+            ("sport", AddressKind::Topic, Some("shared-small")),
+        ]);
+        a.insert(Address {
+            address: "news-sub".into(),
+            kind: AddressKind::Subscription,
+            flavor: Some("shared-small".into()),
+            topic: Some("news".into()),
+        });
+        let pods = vec![
+            pod("s-0", 5674, false),
+            pod("s-1", 5675, false),
+            pod("s-2", 5676, false),
+        ];
+        let b = brokers(&[("shared-small", pods.clone())]);
+        let set = desired_entities(&a, &flavors(), &b, &EntityOptions::default());
+        let news_pod = crate::placement::topic_pod("news", &pods)
+            .unwrap()
+            .name
+            .clone();
+        let routes: Vec<&Entity> = set.of_type(EntityType::LinkRoute).collect();
+        // news: in + out to its pod; sport: in + out to its pod; news-sub: out to news's pod.
+        assert_eq!(routes.len(), 5, "{routes:?}");
+        for e in &routes {
+            let pod = e.name.rsplit('/').nth(1).unwrap();
+            if e.name.starts_with("maas-linkroute/news") {
+                assert_eq!(pod, news_pod, "{}", e.name);
+            }
+        }
+        let sub = set
+            .get(
+                EntityType::LinkRoute,
+                &format!("maas-linkroute/news-sub/{news_pod}/out"),
+            )
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(&sub.attributes).unwrap(),
+            json!({"prefix": "news-sub", "direction": "out", "addExternalPrefix": "news::",
+                   "connection": format!("maas-broker-{news_pod}")})
         );
     }
 

@@ -31,6 +31,7 @@ pub use parse::{
     parse_config_with,
 };
 pub use placement::{
-    BrokerPod, Brokers, cluster_for, clusters_in_use, dns1123_label, parse_brokers,
+    BrokerPod, Brokers, cluster_for, clusters_in_use, dns1123_label, parse_brokers, rendezvous,
+    topic_pod,
 };
 pub use pods::{PodInfo, brokers_from_pods, selector_matches};

@@ -219,6 +219,8 @@ struct Raw<'k> {
     address: String,
     kind: AddressKind,
     flavor: Option<String>,
+    /// The topic of a subscription.
+    topic: Option<String>,
     /// The data key it came from (borrowed: one allocation less per address).
     key: Option<&'k str>,
 }
@@ -386,14 +388,22 @@ fn legacy_entry<'k>(
     );
     let multicast = flag(&props, "multicast", None, &mut problems);
     let flavor = flavor_field(props.get("flavor"), "\"flavor\"", &mut problems);
+    let subscription = flag(&props, "subscription", None, &mut problems);
+    let topic = topic_field(props.get("topic"), "\"topic\"", subscription, &mut problems);
     if !problems.is_empty() {
         errors.extend(problems.into_iter().map(err));
         return;
     }
+    let kind = if subscription {
+        AddressKind::Subscription
+    } else {
+        AddressKind::from_flags(store_and_forward, multicast)
+    };
     raws.push(Raw {
-        kind: AddressKind::from_flags(store_and_forward, multicast),
+        kind,
         address,
         flavor,
+        topic,
         key,
     });
 }
@@ -424,6 +434,40 @@ fn flag(
         problems.push(format!("\"{name}\" and \"{syn}\" disagree"));
     }
     main.or(other).unwrap_or(false)
+}
+
+/// The topic of a subscription: required (a non-empty string) when `subscription`, not allowed otherwise.
+fn topic_field(
+    value: Option<&Value>,
+    what: &str,
+    subscription: bool,
+    problems: &mut Vec<String>,
+) -> Option<String> {
+    match (value, subscription) {
+        (None | Some(Value::Null), false) => None,
+        (None | Some(Value::Null), true) => {
+            problems.push(format!(
+                "a subscription needs {what}: the topic it subscribes to"
+            ));
+            None
+        }
+        (Some(Value::String(t)), true) if !t.is_empty() => Some(t.clone()),
+        (Some(Value::String(t)), true) if t.is_empty() => {
+            problems.push(format!("{what} must not be empty"));
+            None
+        }
+        (Some(Value::String(_)), _) => {
+            problems.push(format!("{what} is only for subscriptions"));
+            None
+        }
+        (Some(v), _) => {
+            problems.push(format!(
+                "{what} must be a string, found {}",
+                json_type_name(v)
+            ));
+            None
+        }
+    }
 }
 
 /// An optional flavor name (missing, null or "" = none).
@@ -554,7 +598,8 @@ fn typed_item<'k>(
     let kind = match spec.and_then(|s| s.get("type")) {
         None | Some(Value::Null) => {
             problems.push(
-                "missing \"spec.type\" (one of anycast, broadcast, queue, topic)".to_string(),
+                "missing \"spec.type\" (one of anycast, broadcast, queue, topic, subscription)"
+                    .to_string(),
             );
             None
         }
@@ -562,7 +607,8 @@ fn typed_item<'k>(
             let kind = AddressKind::from_type_name(t);
             if kind.is_none() {
                 problems.push(format!(
-                    "unknown type {t:?} (expected anycast, broadcast, multicast, queue or topic)"
+                    "unknown type {t:?} (expected anycast, broadcast, multicast, queue, topic or \
+                     subscription)"
                 ));
             }
             kind
@@ -580,11 +626,18 @@ fn typed_item<'k>(
         "\"spec.flavor\"",
         &mut problems,
     );
+    let topic = topic_field(
+        spec.and_then(|s| s.get("topic")),
+        "\"spec.topic\"",
+        kind == Some(AddressKind::Subscription),
+        &mut problems,
+    );
     match (address, kind) {
         (Some(address), Some(kind)) if problems.is_empty() => raws.push(Raw {
             address,
             kind,
             flavor,
+            topic,
             key,
         }),
         (Some(address), _) => errors.extend(
@@ -689,8 +742,20 @@ fn assemble(
             ));
             continue;
         }
+        if let Some(other) = defs.iter().find(|d| d.topic != first.topic) {
+            errors.push(err(
+                &other.key,
+                format!(
+                    "subscription defined on different topics: {:?} and {:?}",
+                    first.topic.as_deref().unwrap_or(""),
+                    other.topic.as_deref().unwrap_or("")
+                ),
+            ));
+            continue;
+        }
         let kind = first.kind;
         let flavor = first.flavor.clone();
+        let topic = first.topic.clone();
         if let FlavorCheck::Against(flavors) = check
             && kind.needs_broker()
         {
@@ -730,12 +795,58 @@ fn assemble(
             address,
             kind,
             flavor,
+            topic,
         });
     }
+    resolve_subscriptions(origin, &mut set, errors);
     if let FlavorCheck::Against(flavors) = check {
         check_cluster_names(origin, &set, flavors, errors);
     }
     set
+}
+
+/// Every subscription's topic must be a topic of the set; a subscription takes its topic's flavor (it lives on
+/// the topic's broker cluster). A subscription whose topic is missing or not a topic is an error and left out.
+fn resolve_subscriptions(origin: &str, set: &mut AddressSet, errors: &mut Vec<ConfigError>) {
+    let mut bad = Vec::new();
+    let mut flavors = Vec::new();
+    for a in set.iter().filter(|a| a.kind == AddressKind::Subscription) {
+        let topic = a.topic.as_deref().unwrap_or_default();
+        match set.get(topic) {
+            Some(t) if t.kind == AddressKind::Topic => {
+                flavors.push((a.address.clone(), t.flavor.clone()));
+            }
+            Some(t) => {
+                errors.push(ConfigError::new(
+                    origin,
+                    None,
+                    Some(&a.address),
+                    format!(
+                        "subscription on {topic:?}, which is a {}, not a topic",
+                        t.kind.as_str()
+                    ),
+                ));
+                bad.push(a.address.clone());
+            }
+            None => {
+                errors.push(ConfigError::new(
+                    origin,
+                    None,
+                    Some(&a.address),
+                    format!("subscription on topic {topic:?}, which is not defined"),
+                ));
+                bad.push(a.address.clone());
+            }
+        }
+    }
+    for (address, flavor) in flavors {
+        if let Some(a) = set.addresses.get_mut(&address) {
+            a.flavor = flavor;
+        }
+    }
+    for address in bad {
+        set.addresses.remove(&address);
+    }
 }
 
 /// Two different owners (an address's own cluster, a shared flavor's cluster) must not end up with the same
@@ -748,7 +859,8 @@ fn check_cluster_names(
 ) {
     let mut owners: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut by_address = Vec::new();
-    for a in set.iter() {
+    // A subscription shares its topic's cluster by design.
+    for a in set.iter().filter(|a| a.kind != AddressKind::Subscription) {
         let Some(cluster) = cluster_for(a, flavors) else {
             continue;
         };
@@ -1101,7 +1213,7 @@ mod tests {
                 &[
                     r#"cm key "c.json": items[0]: has no address: set "spec.address" (or "metadata.name")"#,
                     r#"cm key "c.json": items[0]: "spec" must be an object, found a string"#,
-                    r#"cm key "c.json": items[0]: missing "spec.type" (one of anycast, broadcast, queue, topic)"#,
+                    r#"cm key "c.json": items[0]: missing "spec.type" (one of anycast, broadcast, queue, topic, subscription)"#,
                 ],
             ),
             (
@@ -1110,7 +1222,7 @@ mod tests {
                 &[
                     r#"cm key "c.json" address "a": unsupported apiVersion "enmasse.io/v1beta1" (expected "enmasse.io/v1")"#,
                     r#"cm key "c.json" address "a": unsupported kind "AddressSpace" (expected "Address")"#,
-                    r#"cm key "c.json" address "a": unknown type "lake" (expected anycast, broadcast, multicast, queue or topic)"#,
+                    r#"cm key "c.json" address "a": unknown type "lake" (expected anycast, broadcast, multicast, queue, topic or subscription)"#,
                     r#"cm key "c.json" address "a": "spec.flavor" must be a string, found a list"#,
                 ],
             ),
@@ -1118,7 +1230,7 @@ mod tests {
                 "c.json",
                 r#"{"spec": {"address": "a"}}"#,
                 &[
-                    r#"cm key "c.json" address "a": missing "spec.type" (one of anycast, broadcast, queue, topic)"#,
+                    r#"cm key "c.json" address "a": missing "spec.type" (one of anycast, broadcast, queue, topic, subscription)"#,
                 ],
             ),
             (
@@ -1137,6 +1249,67 @@ mod tests {
         for (key, text, want) in cases {
             assert_eq!(&errs(&[(key, text)]), want, "{key}: {text}");
         }
+    }
+
+    #[test]
+    fn subscriptions_in_both_formats_and_their_rules() {
+        let flavor = r#"{"small": {"type": "topic"}}"#;
+        let ok = parse_config(
+            "cm",
+            &[
+                (
+                    "json".to_string(),
+                    r#"{"news": {"store_and_forward": true, "multicast": true, "flavor": "small"},
+                        "s1": {"subscription": true, "topic": "news"}}"#
+                        .to_string(),
+                ),
+                (
+                    "more.json".to_string(),
+                    r#"{"spec": {"address": "s2", "type": "subscription", "topic": "news"}}"#
+                        .to_string(),
+                ),
+                ("flavor.json".to_string(), flavor.to_string()),
+            ]
+            .into_iter()
+            .collect(),
+            None,
+        )
+        .unwrap();
+        for s in ["s1", "s2"] {
+            let a = ok.addresses.get(s).unwrap();
+            assert_eq!(a.kind, AddressKind::Subscription);
+            assert_eq!(a.topic.as_deref(), Some("news"));
+        }
+        // Both snapshot formats carry it and read back the same.
+        let typed =
+            AddressSet::from_address_list_json("x", &ok.addresses.to_address_list_json()).unwrap();
+        let legacy = AddressSet::from_2016_json("x", &ok.addresses.to_2016_json()).unwrap();
+        assert_eq!(typed.get("s1"), ok.addresses.get("s1"));
+        assert_eq!(legacy.get("s2"), ok.addresses.get("s2"));
+        assert!(
+            ok.addresses
+                .to_2016_json()
+                .contains(r#""s1":{"subscription":true,"topic":"news"}"#)
+        );
+
+        let got = errs(&[
+            (
+                "json",
+                r#"{"chat": {}, "a": {"subscription": true, "topic": "chat"},
+                    "b": {"subscription": true, "topic": "nope"}, "c": {"subscription": true},
+                    "d": {"topic": "chat"}}"#,
+            ),
+            ("flavor.json", flavor),
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                r#"cm key "json" address "c": a subscription needs "topic": the topic it subscribes to"#,
+                r#"cm key "json" address "d": "topic" is only for subscriptions"#,
+                r#"cm address "a": subscription on "chat", which is a anycast, not a topic"#,
+                r#"cm address "b": subscription on topic "nope", which is not defined"#,
+            ]
+        );
     }
 
     #[test]

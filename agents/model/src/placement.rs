@@ -74,9 +74,13 @@ impl Brokers {
 /// `flavors` and is marked `"shared": true`. A flavor missing from `flavors` counts as not shared. The name is a
 /// DNS-1123 label, see [`dns1123_label`].
 pub fn cluster_for(address: &Address, flavors: &FlavorSet) -> Option<String> {
-    if !address.kind.needs_broker() {
-        return None;
-    }
+    // A subscription lives on its topic's cluster (its flavor is the topic's, set when the set was validated).
+    let owner = match (address.kind, &address.topic) {
+        (crate::AddressKind::Subscription, Some(topic)) => topic.as_str(),
+        (crate::AddressKind::Subscription, None) => return None,
+        _ if !address.kind.needs_broker() => return None,
+        _ => address.address.as_str(),
+    };
     let shared_flavor = address
         .flavor
         .as_deref()
@@ -84,8 +88,22 @@ pub fn cluster_for(address: &Address, flavors: &FlavorSet) -> Option<String> {
         .filter(|f| f.shared);
     Some(match shared_flavor {
         Some(f) => dns1123_label(&f.name),
-        None => dns1123_label(&address.address),
+        None => dns1123_label(owner),
     })
+}
+
+/// The ONE pod of its cluster a topic lives on: a rendezvous hash of the topic name over the names of the
+/// cluster's pods that are not draining (docs/architecture.md §4 "Topics live on ONE pod"). Readiness does not
+/// move a topic (a restarting pod keeps its topics); draining does. Adding or draining a pod moves only about 1/N
+/// of the topics. None when every pod drains (or there is none). Shared by router-agent (linkRoutes),
+/// storage-controller (the topic's address) and subscription-service (where subscriptions must be).
+pub fn topic_pod<'a>(topic: &str, pods: &'a [BrokerPod]) -> Option<&'a BrokerPod> {
+    rendezvous(
+        topic,
+        pods.iter()
+            .filter(|p| !p.draining)
+            .map(|p| (p.name.as_str(), p)),
+    )
 }
 
 /// Every cluster name the queue/topic addresses of `addresses` use (for the storage controller).
@@ -319,6 +337,7 @@ mod tests {
             address: a.into(),
             kind,
             flavor: flavor.map(str::to_string),
+            topic: None,
         }
     }
 
@@ -491,5 +510,95 @@ mod tests {
                 .collect();
             assert_eq!(&got, want, "input {text}");
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod topic_placement_tests {
+    use super::*;
+
+    fn pods(n: usize) -> Vec<BrokerPod> {
+        (0..n)
+            .map(|i| BrokerPod {
+                name: format!("broker-{i}"),
+                host: format!("10.0.0.{i}"),
+                port: 5672,
+                draining: false,
+            })
+            .collect()
+    }
+
+    fn placement(topics: &[String], pods: &[BrokerPod]) -> BTreeMap<String, String> {
+        topics
+            .iter()
+            .map(|t| (t.clone(), topic_pod(t, pods).unwrap().name.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn adding_or_draining_a_pod_moves_about_one_nth_of_the_topics() {
+        let topics: Vec<String> = (0..3000).map(|i| format!("topic-{i}")).collect();
+        let three = pods(3);
+        let before = placement(&topics, &three);
+        // Evenly spread.
+        for p in &three {
+            let n = before.values().filter(|v| **v == p.name).count();
+            assert!((850..=1150).contains(&n), "{}: {n}", p.name);
+        }
+        // A fourth pod: only topics it now wins move, about 1/4 of them, and all to it.
+        let four = pods(4);
+        let after = placement(&topics, &four);
+        let moved: Vec<&String> = topics.iter().filter(|t| before[*t] != after[*t]).collect();
+        assert!(moved.iter().all(|t| after[*t] == "broker-3"));
+        let share = moved.len() as f64 / topics.len() as f64;
+        assert!((0.20..=0.30).contains(&share), "moved {share}");
+        // Draining broker-1: only its topics move, spread over the others; readiness plays no part.
+        let mut draining = three.clone();
+        draining[1].draining = true;
+        let drained = placement(&topics, &draining);
+        for t in &topics {
+            if before[t] == "broker-1" {
+                assert_ne!(drained[t], "broker-1");
+            } else {
+                assert_eq!(drained[t], before[t], "{t} moved although its pod stays");
+            }
+        }
+        // Every pod draining: nowhere to live.
+        let all: Vec<BrokerPod> = three
+            .iter()
+            .cloned()
+            .map(|mut p| {
+                p.draining = true;
+                p
+            })
+            .collect();
+        assert!(topic_pod("t", &all).is_none());
+        assert!(topic_pod("t", &[]).is_none());
+    }
+
+    #[test]
+    fn a_subscription_lives_on_its_topics_cluster() {
+        let files: BTreeMap<String, String> = [
+            (
+                "json".to_string(),
+                r#"{"news": {"store_and_forward": true, "multicast": true, "flavor": "small"},
+                    "news-sub": {"subscription": true, "topic": "news"}}"#
+                    .to_string(),
+            ),
+            (
+                "flavor.json".to_string(),
+                r#"{"small": {"type": "topic"}}"#.to_string(),
+            ),
+        ]
+        .into();
+        let config = crate::parse_config("cm", &files, None).unwrap();
+        let sub = config.addresses.get("news-sub").unwrap();
+        assert_eq!(sub.kind, crate::AddressKind::Subscription);
+        assert_eq!(sub.flavor.as_deref(), Some("small"));
+        assert_eq!(
+            cluster_for(sub, &config.flavors),
+            cluster_for(config.addresses.get("news").unwrap(), &config.flavors)
+        );
     }
 }

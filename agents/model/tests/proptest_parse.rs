@@ -60,6 +60,7 @@ fn address_set() -> impl Strategy<Value = AddressSet> {
                 address,
                 kind,
                 flavor: kind.needs_broker().then(|| flavor.to_string()),
+                topic: None,
             });
         }
         set

@@ -84,6 +84,7 @@ pub fn query_attributes(t: EntityType) -> &'static [&'static str] {
             "direction",
             "connection",
             "containerId",
+            "addExternalPrefix",
         ],
         EntityType::AutoLink => &["name", "address", "direction", "connection", "containerId"],
         EntityType::Connector => &[

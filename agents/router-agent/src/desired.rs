@@ -455,12 +455,7 @@ impl DesiredState {
             );
         }
         let addresses_by_kind = config.addresses.count_by_kind();
-        for kind in [
-            AddressKind::Anycast,
-            AddressKind::Broadcast,
-            AddressKind::Queue,
-            AddressKind::Topic,
-        ] {
+        for kind in AddressKind::ALL {
             let n = addresses_by_kind.get(&kind).copied().unwrap_or(0);
             metrics
                 .addresses

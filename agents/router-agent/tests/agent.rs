@@ -544,51 +544,61 @@ async fn broker_pods_coming_and_going_change_only_their_own_entities() {
     agent.wait_generation(1, Duration::from_secs(10)).await;
     router_matches(&emu, &desired_for(&addrs, Some(&brokers))).unwrap();
 
-    // A third pod: its connector, the queue's 2 autoLinks and the topic's 2 linkRoutes on it; nothing else.
-    emu.reset_counters();
-    std::fs::write(&brokers, pods(3)).unwrap();
-    agent.wait_generation(2, Duration::from_secs(10)).await;
-    let c = emu.counters();
-    assert_eq!(
-        (c.create, c.delete),
-        (5 + 1, 1),
-        "only the new pod's entities (+ marker): {c:?}"
-    );
-    router_matches(&emu, &desired_for(&addrs, Some(&brokers))).unwrap();
-
-    // The pod drains: its `out` links go, its `in` links stay.
-    emu.reset_counters();
-    std::fs::write(
-        &brokers,
+    // Each step writes exactly the entities whose desired form changed (plus the marker's DELETE and CREATE):
+    // a third pod brings its connector and the queue's 2 autoLinks, and the topic's linkRoute pair moves to it only
+    // if it now wins the topic (rendezvous); draining drops the pod's `out` autoLink and moves the topic away
+    // if it was there; a pod going away loses its connector and its remaining links.
+    let steps = [
+        pods(3),
         pods(3).replace(
             r#""name": "b-2", "host": "127.0.0.1", "port": 5676"#,
             r#""name": "b-2", "host": "127.0.0.1", "port": 5676, "draining": true"#,
         ),
-    )
-    .unwrap();
-    agent.wait_generation(3, Duration::from_secs(10)).await;
-    let c = emu.counters();
-    assert_eq!(
-        (c.create, c.delete),
-        (1, 2 + 1),
-        "only the draining pod's out links (+ marker): {c:?}"
-    );
-    let autolinks = names(&emu, EntityType::AutoLink);
-    assert!(autolinks.contains(&"maas-autolink/orders/b-2/in".to_string()));
-    assert!(!autolinks.contains(&"maas-autolink/orders/b-2/out".to_string()));
-
-    // The pod goes away: only its entities are deleted.
-    emu.reset_counters();
-    std::fs::write(&brokers, pods(2)).unwrap();
-    agent.wait_generation(4, Duration::from_secs(10)).await;
-    let c = emu.counters();
-    assert_eq!(
-        (c.create, c.delete),
-        (1, 3 + 1),
-        "only the gone pod's connector and in links (+ marker): {c:?}"
-    );
-    router_matches(&emu, &desired_for(&addrs, Some(&brokers))).unwrap();
+        pods(2),
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        let before = desired_for(&addrs, Some(&brokers));
+        emu.reset_counters();
+        std::fs::write(&brokers, step).unwrap();
+        agent
+            .wait_generation(2 + i as u64, Duration::from_secs(10))
+            .await;
+        let after = desired_for(&addrs, Some(&brokers));
+        let (creates, deletes) = changed(&before, &after);
+        let c = emu.counters();
+        assert_eq!(
+            (c.create, c.delete),
+            (creates + 1, deletes + 1),
+            "step {i}: only the changed entities (+ marker): {c:?}"
+        );
+        router_matches(&emu, &after).unwrap();
+        // The topic's links are on one pod, never a draining one.
+        let topic_pods: std::collections::BTreeSet<String> = names(&emu, EntityType::LinkRoute)
+            .iter()
+            .map(|n| n.rsplit('/').nth(1).unwrap().to_string())
+            .collect();
+        assert_eq!(topic_pods.len(), 1, "{topic_pods:?}");
+        if i == 1 {
+            assert!(!topic_pods.contains("b-2"));
+            let autolinks = names(&emu, EntityType::AutoLink);
+            assert!(autolinks.contains(&"maas-autolink/orders/b-2/in".to_string()));
+            assert!(!autolinks.contains(&"maas-autolink/orders/b-2/out".to_string()));
+        }
+    }
     agent.stop().await;
+}
+
+/// (creates, deletes) that turn `before` into `after`: a changed entity is one of each.
+fn changed(before: &maas_model::EntitySet, after: &maas_model::EntitySet) -> (u64, u64) {
+    let creates = after
+        .iter()
+        .filter(|e| before.get(e.entity_type, &e.name) != Some(*e))
+        .count();
+    let deletes = before
+        .iter()
+        .filter(|e| after.get(e.entity_type, &e.name) != Some(*e))
+        .count();
+    (creates as u64, deletes as u64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -780,4 +790,75 @@ async fn a_rejected_entity_keeps_the_router_ready_and_says_why() {
     assert!(reported, "{}", agent2.health.detail());
     assert!(!agent2.health.is_ready());
     agent2.stop().await;
+}
+
+/// A topic on a 3-pod cluster gets its linkRoute pair on ONE pod (a publisher and its subscribers must meet there),
+/// and a durable subscription on it one `out` linkRoute to the same pod with addExternalPrefix `<topic>::`; the
+/// router holds exactly that (verified attribute by attribute, addExternalPrefix included). Draining that pod moves
+/// both to another pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_and_its_subscription_route_to_one_pod() {
+    let emu = emulator(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let addrs = dir.path().join("addresses");
+    writer(&addrs)
+        .write(&files(&[
+            (
+                "json",
+                r#"{"news": {"store_and_forward": true, "multicast": true, "flavor": "shared"},
+                    "news-audit": {"subscription": true, "topic": "news"}}"#,
+            ),
+            (
+                "flavor.json",
+                r#"{"shared": {"type": "topic", "shared": true}}"#,
+            ),
+        ]))
+        .unwrap();
+    let brokers = dir.path().join("brokers.json");
+    let pods = |draining: Option<&str>| {
+        let list: Vec<String> = (0..3)
+            .map(|i| {
+                let name = format!("b-{i}");
+                let d = draining == Some(name.as_str());
+                format!(
+                    r#"{{"name": "{name}", "host": "127.0.0.1", "port": {}, "draining": {d}}}"#,
+                    5674 + i
+                )
+            })
+            .collect();
+        format!(r#"{{"shared": [{}]}}"#, list.join(","))
+    };
+    std::fs::write(&brokers, pods(None)).unwrap();
+    let agent = start_agent(
+        &addrs,
+        &emu.url(),
+        Options {
+            brokers_file: Some(brokers.clone()),
+            ..Options::default()
+        },
+    );
+    agent.wait_generation(1, Duration::from_secs(10)).await;
+    router_matches(&emu, &desired_for(&addrs, Some(&brokers))).unwrap();
+    let routes = names(&emu, EntityType::LinkRoute);
+    assert_eq!(routes.len(), 3, "{routes:?}");
+    let pod_of = |n: &str| n.rsplit('/').nth(1).unwrap().to_string();
+    let home = pod_of(&routes[0]);
+    assert!(routes.iter().all(|r| pod_of(r) == home), "{routes:?}");
+    let sub = emu
+        .entities(EntityType::LinkRoute.full_name())
+        .into_iter()
+        .find(|r| r["name"] == json!(format!("maas-linkroute/news-audit/{home}/out")))
+        .unwrap();
+    assert_eq!(sub["addExternalPrefix"], json!("news::"));
+
+    // The topic's pod drains: topic and subscription move together to another pod.
+    std::fs::write(&brokers, pods(Some(&home))).unwrap();
+    agent.wait_generation(2, Duration::from_secs(10)).await;
+    router_matches(&emu, &desired_for(&addrs, Some(&brokers))).unwrap();
+    let routes = names(&emu, EntityType::LinkRoute);
+    assert_eq!(routes.len(), 3, "{routes:?}");
+    let new_home = pod_of(&routes[0]);
+    assert_ne!(new_home, home);
+    assert!(routes.iter().all(|r| pod_of(r) == new_home), "{routes:?}");
+    agent.stop().await;
 }

@@ -150,6 +150,7 @@ fn bench_config() -> maas_model::Config {
             address: format!("q-{i}"),
             kind: AddressKind::Queue,
             flavor: Some("bench".into()),
+            topic: None,
         });
     }
     maas_model::Config { addresses, flavors }
@@ -166,7 +167,7 @@ fn main() -> ExitCode {
         let ctl_emus = start(BROKERS).await;
         let desired: BTreeMap<String, BrokerDesired> = BTreeMap::from([(
             "bench".to_string(),
-            (0..QUEUES).map(|i| (format!("q-{i}"), AddressKind::Queue)).collect(),
+            (0..QUEUES).map(|i| (format!("q-{i}"), AddressKind::Queue.into())).collect(),
         )]);
         let b = brokers(&ctl_emus);
         let (clusters, _) = desired_clusters(&bench_config());

@@ -70,6 +70,19 @@ impl BrokerMgmt for ArtemisClient {
             .map_err(err)
     }
 
+    async fn create_subscription(&self, name: &str, topic: &str) -> Result<Done, BrokerError> {
+        let q = QueueConfig {
+            name: name.to_string(),
+            address: topic.to_string(),
+            routing_type: RoutingType::Multicast,
+            durable: true,
+        };
+        ArtemisClient::create_queue(self, &q)
+            .await
+            .map(created)
+            .map_err(err)
+    }
+
     async fn destroy_queue(&self, name: &str) -> Result<Done, BrokerError> {
         ArtemisClient::destroy_queue(self, name)
             .await

@@ -53,6 +53,12 @@ pub trait BrokerMgmt: Send + Sync {
     ) -> impl Future<Output = Result<Done, BrokerError>> + Send;
     /// `createQueue` of a durable ANYCAST queue `name` on address `name`.
     fn create_queue(&self, name: &str) -> impl Future<Output = Result<Done, BrokerError>> + Send;
+    /// `createQueue` of a durable MULTICAST queue `name` bound to address `topic` (a durable subscription).
+    fn create_subscription(
+        &self,
+        name: &str,
+        topic: &str,
+    ) -> impl Future<Output = Result<Done, BrokerError>> + Send;
     /// `destroyQueue(name)`.
     fn destroy_queue(&self, name: &str) -> impl Future<Output = Result<Done, BrokerError>> + Send;
     /// `deleteAddress(name)`.
@@ -175,6 +181,9 @@ pub async fn provision_pod<B: BrokerMgmt>(
                 let r = match &op {
                     Op::CreateAddress { name, routing } => broker.create_address(name, *routing).await,
                     Op::CreateQueue { name } => broker.create_queue(name).await,
+                    Op::CreateSubscription { name, topic } => {
+                        broker.create_subscription(name, topic).await
+                    }
                     _ => Ok(Done::Unchanged),
                 };
                 metrics.broker_op(op.label(), &r);
@@ -213,9 +222,10 @@ pub async fn provision_pod<B: BrokerMgmt>(
         }
     }
 
-    for (name, kind) in desired {
-        let present = match kind {
+    for (name, want) in desired {
+        let present = match want.kind {
             AddressKind::Queue => actual.queues.contains(name) && actual.addresses.contains(name),
+            AddressKind::Subscription => actual.queues.contains(name),
             _ => actual.addresses.contains(name),
         };
         if present && !blocked.contains(name) {
@@ -360,11 +370,15 @@ impl<C: Connector> Provisioner<C> {
         brokers: &Brokers,
     ) -> PassReport {
         let empty = BrokerDesired::new();
-        let mut listed: BTreeMap<String, (&BrokerPod, &BrokerDesired)> = BTreeMap::new();
+        let mut listed: BTreeMap<String, (&BrokerPod, BrokerDesired)> = BTreeMap::new();
         for (cluster, pods) in &brokers.clusters {
             let d = desired.get(cluster).unwrap_or(&empty);
             for p in pods {
-                listed.insert(p.name.clone(), (p, d));
+                // Subscription queues only on their topic's pod.
+                listed.insert(
+                    p.name.clone(),
+                    (p, crate::provision::for_pod(d, &p.name, pods)),
+                );
             }
         }
         self.pods.retain(|name, _| listed.contains_key(name));
@@ -384,7 +398,7 @@ impl<C: Connector> Provisioner<C> {
         let window = self.window;
         let results: Vec<(String, Result<PodReport, BrokerError>)> =
             futures_util::future::join_all(self.pods.iter_mut().map(|(name, state)| {
-                let d = listed.get(name).map(|(_, d)| *d).unwrap_or(&empty);
+                let d = listed.get(name).map(|(_, d)| d).unwrap_or(&empty);
                 async move {
                     (
                         name.clone(),

@@ -364,6 +364,7 @@ mod tests {
                 address: a.to_string(),
                 kind: *kind,
                 flavor: (!f.is_empty()).then(|| f.to_string()),
+                topic: None,
             });
         }
         Config { addresses, flavors }

@@ -2,7 +2,10 @@
 //! cluster, compared with what it reports (`getAddressNames` / `getQueueNames`), as ordered operations.
 //!
 //! - queue address A: an ANYCAST address A and a durable ANYCAST queue A on it;
-//! - topic address A: a MULTICAST address A (subscription queues on it belong to the subscription-service).
+//! - topic address A: a MULTICAST address A;
+//! - subscription S on topic T: a durable MULTICAST queue S bound to address T, on T's pod only
+//!   ([`maas_model::topic_pod`]; docs/reference/artemis-2.21/durable-subscriptions-and-topics.txt §4). When T's pod
+//!   changes, subscription-service moves the queue and its messages; the old (then empty) queue is removed here.
 //!
 //! **Which names are ours.** Artemis' own names are never touched ([`is_internal`]: `DLQ`, `ExpiryQueue`,
 //! `activemq.*`, `$sys.*`, and the UUID-named temporary queues of management clients). Of the rest, only names that
@@ -38,20 +41,59 @@ impl Routing {
     }
 }
 
-/// What a broker should hold: address name -> its kind (queue or topic only).
-pub type BrokerDesired = BTreeMap<String, AddressKind>;
+/// What a broker should hold for one address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Want {
+    /// Queue, topic or subscription.
+    pub kind: AddressKind,
+    /// The topic of a subscription.
+    pub topic: Option<String>,
+}
 
-/// The addresses each cluster's brokers should hold, by cluster name.
+impl From<AddressKind> for Want {
+    fn from(kind: AddressKind) -> Self {
+        Want { kind, topic: None }
+    }
+}
+
+/// What a broker should hold: address (or subscription queue) name -> what it is.
+pub type BrokerDesired = BTreeMap<String, Want>;
+
+/// The addresses each cluster's brokers should hold, by cluster name (subscriptions for every pod: see
+/// [`for_pod`]).
 pub fn desired_per_cluster(config: &Config) -> BTreeMap<String, BrokerDesired> {
     let mut out: BTreeMap<String, BrokerDesired> = BTreeMap::new();
     for a in config.addresses.iter() {
         if let Some(cluster) = cluster_for(a, &config.flavors) {
-            out.entry(cluster)
-                .or_default()
-                .insert(a.address.clone(), a.kind);
+            out.entry(cluster).or_default().insert(
+                a.address.clone(),
+                Want {
+                    kind: a.kind,
+                    topic: a.topic.clone(),
+                },
+            );
         }
     }
     out
+}
+
+/// What pod `pod` of a cluster with `pods` should hold: a subscription queue only on its topic's pod.
+pub fn for_pod(
+    desired: &BrokerDesired,
+    pod: &str,
+    pods: &[maas_model::BrokerPod],
+) -> BrokerDesired {
+    desired
+        .iter()
+        .filter(|(_, w)| match (&w.kind, &w.topic) {
+            (AddressKind::Subscription, Some(t)) => {
+                maas_model::topic_pod(t, pods).is_some_and(|p| p.name == pod)
+            }
+            (AddressKind::Subscription, None) => false,
+            _ => true,
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// True for Artemis' own addresses and queues and for temporary (UUID-named) ones: never ours.
@@ -97,6 +139,9 @@ pub enum Op {
     CreateAddress { name: String, routing: Routing },
     /// `createQueue({"name": name, "address": name, "routing-type": "ANYCAST", "durable": true})`.
     CreateQueue { name: String },
+    /// `createQueue({"name": name, "address": topic, "routing-type": "MULTICAST", "durable": true})`: a durable
+    /// subscription queue.
+    CreateSubscription { name: String, topic: String },
     /// `destroyQueue(name)`, only once `getMessageCount(name)` is 0.
     DestroyQueue { name: String },
     /// `deleteAddress(name)`, only once the queue of the same name (if one was to be destroyed) is gone.
@@ -109,6 +154,7 @@ impl Op {
         match self {
             Op::CreateAddress { name, .. }
             | Op::CreateQueue { name }
+            | Op::CreateSubscription { name, .. }
             | Op::DestroyQueue { name }
             | Op::DeleteAddress { name } => name,
         }
@@ -118,7 +164,7 @@ impl Op {
     pub fn label(&self) -> &'static str {
         match self {
             Op::CreateAddress { .. } => "createAddress",
-            Op::CreateQueue { .. } => "createQueue",
+            Op::CreateQueue { .. } | Op::CreateSubscription { .. } => "createQueue",
             Op::DestroyQueue { .. } => "destroyQueue",
             Op::DeleteAddress { .. } => "deleteAddress",
         }
@@ -168,9 +214,10 @@ impl Ownership {
                 || actual.addresses.contains(name)
                 || actual.queues.contains(name)
         });
-        for (name, kind) in desired {
+        for (name, want) in desired {
+            let kind = &want.kind;
             let present = match kind {
-                AddressKind::Queue => actual.queues.contains(name),
+                AddressKind::Queue | AddressKind::Subscription => actual.queues.contains(name),
                 _ => actual.addresses.contains(name),
             };
             // A pending kind change keeps the old kind until the new one is in place.
@@ -194,9 +241,9 @@ pub fn plan(desired: &BrokerDesired, actual: &Actual, owned: &Ownership) -> Plan
             removals.push(Op::DeleteAddress { name: name.into() });
         }
     };
-    for (name, kind) in desired {
+    for (name, want) in desired {
         let was = owned.kind(name);
-        match kind {
+        match &want.kind {
             AddressKind::Queue => {
                 let mut has_address = actual.addresses.contains(name);
                 if was == Some(AddressKind::Topic) && has_address {
@@ -229,13 +276,24 @@ pub fn plan(desired: &BrokerDesired, actual: &Actual, owned: &Ownership) -> Plan
                     });
                 }
             }
+            AddressKind::Subscription => {
+                if let Some(topic) = &want.topic
+                    && !actual.queues.contains(name)
+                {
+                    create_queues.push(Op::CreateSubscription {
+                        name: name.clone(),
+                        topic: topic.clone(),
+                    });
+                }
+            }
             // Not broker kinds; desired_per_cluster never yields them.
             AddressKind::Anycast | AddressKind::Broadcast => {}
         }
     }
     for (name, kind) in owned.known() {
         if !desired.contains_key(name) {
-            remove(&mut removals, name, *kind == AddressKind::Queue);
+            let queue = matches!(kind, AddressKind::Queue | AddressKind::Subscription);
+            remove(&mut removals, name, queue);
         }
     }
     create_addresses.extend(create_queues);
@@ -255,6 +313,13 @@ mod tests {
     }
 
     fn desired(pairs: &[(&str, AddressKind)]) -> BrokerDesired {
+        pairs
+            .iter()
+            .map(|(n, k)| (n.to_string(), (*k).into()))
+            .collect()
+    }
+
+    fn kinds(pairs: &[(&str, AddressKind)]) -> BTreeMap<String, AddressKind> {
         pairs.iter().map(|(n, k)| (n.to_string(), *k)).collect()
     }
 
@@ -267,7 +332,7 @@ mod tests {
 
     fn owned(pairs: &[(&str, AddressKind)]) -> Ownership {
         Ownership {
-            known: desired(pairs),
+            known: kinds(pairs),
         }
     }
 

@@ -73,6 +73,7 @@ fn snapshot(addrs: &[(&str, AddressKind)]) -> (String, String) {
             address: a.to_string(),
             kind: *k,
             flavor: Some("small".into()),
+            topic: None,
         });
     }
     (addresses.to_address_list_json(), flavors.to_json())

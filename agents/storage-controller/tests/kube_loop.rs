@@ -50,6 +50,7 @@ fn config(addrs: &[(&str, AddressKind)]) -> Config {
             address: a.to_string(),
             kind: *k,
             flavor: Some("vanilla".into()),
+            topic: None,
         });
     }
     Config { addresses, flavors }

@@ -235,6 +235,7 @@ fn config(addrs: &[(&str, AddressKind)], replicas: i64) -> Config {
             address: a.to_string(),
             kind: *k,
             flavor: Some("vanilla".into()),
+            topic: None,
         });
     }
     Config { addresses, flavors }

@@ -55,7 +55,10 @@ async fn three() -> (Vec<BrokerEmulator>, Brokers) {
 fn desired(pairs: &[(&str, AddressKind)]) -> BTreeMap<String, BrokerDesired> {
     BTreeMap::from([(
         "c".to_string(),
-        pairs.iter().map(|(n, k)| (n.to_string(), *k)).collect(),
+        pairs
+            .iter()
+            .map(|(n, k)| (n.to_string(), (*k).into()))
+            .collect(),
     )])
 }
 

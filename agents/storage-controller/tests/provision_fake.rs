@@ -31,7 +31,10 @@ fn brokers(pods: &[(&str, &str)]) -> Brokers {
 fn desired(cluster: &str, pairs: &[(&str, AddressKind)]) -> BTreeMap<String, BrokerDesired> {
     BTreeMap::from([(
         cluster.to_string(),
-        pairs.iter().map(|(n, k)| (n.to_string(), *k)).collect(),
+        pairs
+            .iter()
+            .map(|(n, k)| (n.to_string(), (*k).into()))
+            .collect(),
     )])
 }
 
@@ -108,7 +111,10 @@ async fn a_queue_with_a_consumer_is_retried_and_a_down_broker_reported() {
     let mut prov = Provisioner::new(conn.clone(), metrics, 8);
     let b = brokers(&[("c", "c-0"), ("d", "d-0")]);
     let mut d = desired("c", &[("q", AddressKind::Queue)]);
-    d.insert("d".into(), [("x".to_string(), AddressKind::Topic)].into());
+    d.insert(
+        "d".into(),
+        [("x".to_string(), AddressKind::Topic.into())].into(),
+    );
     assert!(prov.pass(&d, &b).await.converged());
 
     // The router's autoLink still consumes q: destroyQueue is refused, retried next pass.

@@ -112,6 +112,17 @@ impl BrokerMgmt for FakeBroker {
         s.writes.push(format!("createQueue {name}"));
         Ok(Done::Changed)
     }
+    async fn create_subscription(&self, name: &str, topic: &str) -> Result<Done, BrokerError> {
+        self.check()?;
+        let mut s = self.state();
+        if s.queues.contains_key(name) {
+            return Ok(Done::Unchanged);
+        }
+        s.queues.insert(name.into(), 0);
+        s.writes
+            .push(format!("createQueue {name} on {topic} MULTICAST"));
+        Ok(Done::Changed)
+    }
     async fn destroy_queue(&self, name: &str) -> Result<Done, BrokerError> {
         self.check()?;
         let mut s = self.state();
