@@ -167,8 +167,11 @@ pub struct EntityOptions {
     pub broker_sasl_mechanisms: Option<String>,
     /// `saslUsername` of broker connectors; omitted when None.
     pub broker_username: Option<String>,
-    /// Secret: only ever placed in the connector's `saslPassword` attribute.
-    pub broker_password: Option<String>,
+    /// Absolute path of the broker password file AS MOUNTED IN THE ROUTER CONTAINER: connectors get
+    /// `saslPassword: file:<path>` and the router reads the file. The password itself never passes through maas:
+    /// qdrouterd hands a clear-text `saslPassword` back to any client that can QUERY `$management`
+    /// (docs/reference/qdrouterd-1.19.0/python-agent-and-mesh.txt §3).
+    pub broker_password_file: Option<String>,
     /// `sslProfile` of broker connectors, when the brokers use TLS.
     pub broker_ssl_profile: Option<String>,
 }
@@ -196,10 +199,7 @@ impl std::fmt::Debug for EntityOptions {
         f.debug_struct("EntityOptions")
             .field("broker_sasl_mechanisms", &self.broker_sasl_mechanisms)
             .field("broker_username", &self.broker_username)
-            .field(
-                "broker_password",
-                &self.broker_password.as_ref().map(|_| "***"),
-            )
+            .field("broker_password_file", &self.broker_password_file)
             .field("broker_ssl_profile", &self.broker_ssl_profile)
             .finish()
     }
@@ -263,7 +263,13 @@ pub fn connector_entity(pod: &BrokerPod, opts: &EntityOptions) -> Entity {
     let optional = [
         ("saslMechanisms", &opts.broker_sasl_mechanisms),
         ("saslUsername", &opts.broker_username),
-        ("saslPassword", &opts.broker_password),
+        (
+            "saslPassword",
+            &opts
+                .broker_password_file
+                .as_ref()
+                .map(|p| format!("file:{p}")),
+        ),
         ("sslProfile", &opts.broker_ssl_profile),
     ];
     for (name, value) in optional {
@@ -923,7 +929,7 @@ mod tests {
         let opts = EntityOptions {
             broker_sasl_mechanisms: Some("PLAIN".into()),
             broker_username: Some("admin".into()),
-            broker_password: Some("s3cret".into()),
+            broker_password_file: Some("/etc/maas/broker/password".into()),
             broker_ssl_profile: Some("broker-tls".into()),
         };
         let a = addresses(&[("q", AddressKind::Queue, Some("vanilla"))]);
@@ -933,11 +939,11 @@ mod tests {
         assert_eq!(
             Value::Object(c.attributes.clone().into_iter().collect()),
             json!({"role": "route-container", "host": "127.0.0.1", "port": "5674", "saslMechanisms": "PLAIN",
-                   "saslUsername": "admin", "saslPassword": "s3cret", "sslProfile": "broker-tls"})
+                   "saslUsername": "admin", "saslPassword": "file:/etc/maas/broker/password",
+                   "sslProfile": "broker-tls"})
         );
-        // Debug output (what a careless log line would print) never shows the password.
-        let shown = format!("{set:?} {opts:?}");
-        assert!(!shown.contains("s3cret"), "{shown}");
+        // Only the file's path reaches the router (it reads the password itself); output still redacts it.
+        let shown = format!("{set:?}");
         assert!(shown.contains("***"));
         assert_eq!(
             set.redacted()
@@ -946,8 +952,10 @@ mod tests {
                 .attributes["saslPassword"],
             json!("***")
         );
-        // The original keeps the secret (it is what the router must get).
-        assert_eq!(c.attributes["saslPassword"], json!("s3cret"));
+        assert_eq!(
+            c.attributes["saslPassword"],
+            json!("file:/etc/maas/broker/password")
+        );
     }
 
     #[test]
@@ -1038,7 +1046,7 @@ mod tests {
         let drained = desired_entities(&a, &flavors(), &b2, &EntityOptions::default());
         assert_ne!(drained.generation_hash(), h);
         let opts = EntityOptions {
-            broker_password: Some("new".into()),
+            broker_password_file: Some("/new/path".into()),
             ..Default::default()
         };
         assert_ne!(

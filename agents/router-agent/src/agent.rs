@@ -184,12 +184,18 @@ fn attributes_json(e: &Entity) -> Map<String, Value> {
         .collect()
 }
 
-/// Apply a plan: all DELETEs, then all CREATEs, each phase pipelined up to `window` requests in flight. `known` is
-/// updated from every verified reply, so it stays true even when some operations fail.
+/// Apply a plan, pipelined up to `window` requests in flight: first the DELETEs of entities that go away, then the
+/// CREATEs; an entity that CHANGED is replaced on its own, its DELETE and CREATE sent back to back as one unit
+/// (the router runs them in order on its management thread), so it is missing only between the two, not for the
+/// whole delete phase: rotating a credential never drops every broker connection at once. `replaced` are the keys
+/// in both `deletes` and `creates`. `known` is updated from every verified reply, so it stays true even when some
+/// operations fail.
+#[allow(clippy::too_many_arguments)]
 pub async fn execute(
     client: &RouterClient,
     deletes: &[(EntityType, String)],
     creates: impl Iterator<Item = Entity>,
+    replaced: &std::collections::BTreeSet<(EntityType, String)>,
     desired: &DigestSet,
     known: &mut Known,
     metrics: &Metrics,
@@ -199,18 +205,18 @@ pub async fn execute(
     let mut resync = false;
     let mut connection_error = None;
 
-    let deletes = deletes.iter().cloned().map(|(t, name)| {
-        let c = client.clone();
-        async move {
-            let r = c.delete(t.full_name(), &name).await;
-            (t, name, r)
-        }
-    });
-    pipelined(deletes, window, |(t, name, r)| {
+    // What a DELETE reply means for what we know; false when it failed.
+    let deleted = |t: EntityType,
+                   name: &str,
+                   r: Result<(), MgmtError>,
+                   known: &mut Known,
+                   failures: &mut Vec<String>,
+                   resync: &mut bool,
+                   connection_error: &mut Option<MgmtError>| {
         metrics.op("DELETE", t.short_name(), result_label(&r));
         match r {
-            Ok(()) => known.deleted(t, &name),
-            Err(e) if e.status_code() == Some(404) => known.deleted(t, &name),
+            Ok(()) => known.deleted(t, name),
+            Err(e) if e.status_code() == Some(404) => known.deleted(t, name),
             Err(e) if e.is_connection_error() => {
                 connection_error.get_or_insert(e);
             }
@@ -219,10 +225,33 @@ pub async fn execute(
                 failures.push(format!("DELETE {} {name}: {e}", t.short_name()));
             }
             Err(e) => {
-                resync = true;
+                *resync = true;
                 failures.push(format!("DELETE {} {name}: {e}", t.short_name()));
             }
         }
+    };
+
+    let gone = deletes
+        .iter()
+        .filter(|k| !replaced.contains(*k))
+        .cloned()
+        .map(|(t, name)| {
+            let c = client.clone();
+            async move {
+                let r = c.delete(t.full_name(), &name).await;
+                (t, name, r)
+            }
+        });
+    pipelined(gone, window, |(t, name, r)| {
+        deleted(
+            t,
+            &name,
+            r,
+            known,
+            &mut failures,
+            &mut resync,
+            &mut connection_error,
+        )
     })
     .await;
     if let Some(e) = connection_error {
@@ -231,15 +260,33 @@ pub async fn execute(
 
     let creates = creates.map(|e| {
         let c = client.clone();
+        let replace = replaced.contains(&(e.entity_type, e.name.clone()));
         async move {
-            let r = c
-                .create_checked(e.entity_type.full_name(), &e.name, &e.attributes)
-                .await;
-            (e, r)
+            let t = e.entity_type;
+            let create = c.create_checked(t.full_name(), &e.name, &e.attributes);
+            let (d, r) = if replace {
+                // Both requests queue on the connection in this order before either reply is awaited.
+                let (d, r) = futures_util::join!(c.delete(t.full_name(), &e.name), create);
+                (Some(d), r)
+            } else {
+                (None, create.await)
+            };
+            (e, d, r)
         }
     });
-    pipelined(creates, window, |(e, r)| {
+    pipelined(creates, window, |(e, d, r)| {
         let t = e.entity_type;
+        if let Some(d) = d {
+            deleted(
+                t,
+                &e.name,
+                d,
+                known,
+                &mut failures,
+                &mut resync,
+                &mut connection_error,
+            );
+        }
         metrics.op("CREATE", t.short_name(), result_label(&r));
         match r {
             Ok(None) => known.created(e, desired),
@@ -426,8 +473,14 @@ async fn apply(
     }
     writes += n_deletes + n_creates;
     let (deletes, creates) = (plan.deletes, plan.creates);
+    let creates: std::collections::BTreeSet<(EntityType, String)> = creates.into_iter().collect();
+    let replaced = deletes
+        .iter()
+        .filter(|k| creates.contains(*k))
+        .cloned()
+        .collect();
     // When everything is created there is no need to look each entity up.
-    let keys = (n_creates < desired.digests.len()).then(|| creates.into_iter().collect());
+    let keys = (n_creates < desired.digests.len()).then_some(creates);
     let creates = desired.inputs.entities(keys);
     if everything {
         *known = Known::assume_created(&desired.digests);
@@ -436,6 +489,7 @@ async fn apply(
         client,
         &deletes,
         creates,
+        &replaced,
         &desired.digests,
         known,
         metrics,

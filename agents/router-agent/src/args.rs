@@ -54,9 +54,11 @@ pub struct SourceArgs {
     #[arg(long, env = "BROKER_USERNAME")]
     pub broker_username: Option<String>,
 
-    /// File holding the `saslPassword` of the router's connectors to broker pods (never logged or printed).
+    /// Absolute path of the broker password file AS MOUNTED IN THE ROUTER CONTAINER: broker connectors get
+    /// `saslPassword: file:<path>` and the router reads it. The agent never reads it, so the password appears in no
+    /// entity that `$management` clients can QUERY, no log, no `plan`/`show` output.
     #[arg(long, env = "BROKER_PASSWORD_FILE")]
-    pub broker_password_file: Option<PathBuf>,
+    pub broker_password_file: Option<String>,
 
     /// `sslProfile` (defined in the router's static configuration) for connectors to broker pods using TLS.
     #[arg(long, env = "BROKER_SSL_PROFILE")]

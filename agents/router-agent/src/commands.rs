@@ -58,19 +58,18 @@ fn fail(msg: &str) -> ExitCode {
 
 /// Broker connector settings from the flags (the password read from its file).
 pub fn entity_options(src: &SourceArgs) -> Result<EntityOptions, String> {
-    let broker_password = match &src.broker_password_file {
-        Some(p) => Some(
-            Secret::from_file(p)
-                .map_err(|e| format!("--broker-password-file {}: {e}", p.display()))?
-                .expose()
-                .to_string(),
-        ),
-        None => None,
-    };
+    if let Some(p) = &src.broker_password_file
+        && !p.starts_with('/')
+    {
+        return Err(format!(
+            "--broker-password-file {p:?}: must be an absolute path (of the password file as mounted in the router \
+             container)"
+        ));
+    }
     Ok(EntityOptions {
         broker_sasl_mechanisms: src.broker_sasl_mechanisms.clone(),
         broker_username: src.broker_username.clone(),
-        broker_password,
+        broker_password_file: src.broker_password_file.clone(),
         broker_ssl_profile: src.broker_ssl_profile.clone(),
     })
 }

@@ -862,3 +862,89 @@ async fn a_topic_and_its_subscription_route_to_one_pod() {
     assert!(routes.iter().all(|r| pod_of(r) == new_home), "{routes:?}");
     agent.stop().await;
 }
+
+/// A changed entity is replaced on its own: its DELETE and CREATE reach the router back to back, so rotating the
+/// broker credentials (every broker connector changes) never has every connector missing at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_entities_are_replaced_one_at_a_time() {
+    let emu = emulator(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let addrs = dir.path().join("addresses");
+    writer(&addrs)
+        .write(&files(&[
+            (
+                "json",
+                r#"{"jobs": {"store_and_forward": true, "flavor": "shared"}, "gone": {}}"#,
+            ),
+            (
+                "flavor.json",
+                r#"{"shared": {"type": "queue", "shared": true}}"#,
+            ),
+        ]))
+        .unwrap();
+    let brokers = dir.path().join("brokers.json");
+    let pods = |port_base: u16| {
+        let list: Vec<String> = (0..4)
+            .map(|i| {
+                format!(
+                    r#"{{"name": "b-{i}", "host": "127.0.0.1", "port": {}}}"#,
+                    port_base + i
+                )
+            })
+            .collect();
+        format!(r#"{{"shared": [{}]}}"#, list.join(","))
+    };
+    std::fs::write(&brokers, pods(5000)).unwrap();
+    let agent = start_agent(
+        &addrs,
+        &emu.url(),
+        Options {
+            brokers_file: Some(brokers.clone()),
+            ..Options::default()
+        },
+    );
+    agent.wait_generation(1, Duration::from_secs(10)).await;
+    // Every connector changes (new ports), and one address goes away.
+    emu.reset_counters();
+    writer(&addrs)
+        .write(&files(&[
+            (
+                "json",
+                r#"{"jobs": {"store_and_forward": true, "flavor": "shared"}}"#,
+            ),
+            (
+                "flavor.json",
+                r#"{"shared": {"type": "queue", "shared": true}}"#,
+            ),
+        ]))
+        .unwrap();
+    std::fs::write(&brokers, pods(6000)).unwrap();
+    let ok = wait_until(Duration::from_secs(10), || {
+        router_matches(&emu, &desired_for(&addrs, Some(&brokers))).is_ok() && has_marker(&emu)
+    })
+    .await;
+    assert!(ok, "converged");
+    let log: Vec<(String, String)> = emu.counters().writes_in_order.into_iter().collect();
+    let connectors: Vec<&(String, String)> = log
+        .iter()
+        .filter(|(_, n)| n.starts_with("maas-broker-"))
+        .collect();
+    assert_eq!(connectors.len(), 8, "{log:?}");
+    for pair in connectors.chunks(2) {
+        assert_eq!(pair[0].0, "DELETE", "{log:?}");
+        assert_eq!(pair[1].0, "CREATE", "{log:?}");
+        assert_eq!(
+            pair[0].1, pair[1].1,
+            "DELETE and CREATE of the same connector adjacent: {log:?}"
+        );
+    }
+    // The address that went away was deleted before anything was created.
+    let gone_at = log
+        .iter()
+        .position(|(op, n)| op == "DELETE" && n == "maas-address/gone");
+    let first_create = log
+        .iter()
+        .position(|(op, n)| op == "CREATE" && n.starts_with("maas-broker-"));
+    assert!(gone_at < first_create, "{log:?}");
+    agent.stop().await;
+}

@@ -551,7 +551,14 @@ pub struct OpCounters {
     pub other: u64,
     /// Counts by (operation, full type) — for QUERY the type is the `entityType`.
     pub by_type: BTreeMap<(String, String), u64>,
+    /// The latest writes in the order the management thread ran them: (operation, entity name), at most
+    /// [`WRITE_LOG_LEN`] (tests check the order of a change, e.g. that a replaced entity's DELETE and CREATE are
+    /// adjacent).
+    pub writes_in_order: std::collections::VecDeque<(String, String)>,
 }
+
+/// Writes kept in [`OpCounters::writes_in_order`].
+pub const WRITE_LOG_LEN: usize = 10_000;
 
 impl OpCounters {
     /// Write operations: CREATE + DELETE + UPDATE.
@@ -901,6 +908,13 @@ impl Model {
         };
         self.counters
             .record(class, &req.operation, counted_type.as_deref().unwrap_or(""));
+        if matches!(class, OpClass::Create | OpClass::Delete | OpClass::Update) {
+            let log = &mut self.counters.writes_in_order;
+            if log.len() >= WRITE_LOG_LEN {
+                log.pop_front();
+            }
+            log.push_back((req.operation.clone(), req.name.clone().unwrap_or_default()));
+        }
         let (reply, work) = self.dispatch(req, class);
         Handled { reply, work, class }
     }
