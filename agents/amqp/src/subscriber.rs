@@ -3,15 +3,20 @@
 //! as it arrives. On any failure — connect, attach refused, connection lost, idle timeout — it reconnects with
 //! capped exponential backoff and jitter, and re-attaches everything; each attach brings a fresh FULL snapshot, so
 //! the consumer simply takes the latest message of each source as the truth.
+//!
+//! Memory: only the LATEST snapshot of each source is kept while the consumer is busy (a newer one replaces an
+//! older one not yet handed over); each link grants a credit of 1, and the event channel holds one event. With
+//! 10,000 addresses a snapshot is ~1.4 MB: a slow consumer costs about one snapshot per source, not a queue of them.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fe2o3_amqp::link::receiver::CreditMode;
 use fe2o3_amqp::types::messaging::{Body, Source};
 use fe2o3_amqp::types::primitives::{Symbol, Value};
 use fe2o3_amqp::{Receiver, Session};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -59,8 +64,8 @@ pub enum SubscriberEvent {
     Disconnected { reason: String },
 }
 
-/// Start the subscriber task. Events arrive on the returned channel (bounded; a slow consumer slows the
-/// subscriber, which only delays reading snapshots). The task ends when `shutdown` is cancelled or the receiver of
+/// Start the subscriber task. Events arrive on the returned channel (one at a time; while the consumer is busy
+/// only the latest snapshot of each source is kept). The task ends when `shutdown` is cancelled or the receiver of
 /// events is dropped.
 pub fn spawn_subscriber(
     opts: ConnectOptions,
@@ -68,7 +73,7 @@ pub fn spawn_subscriber(
     backoff: Backoff,
     shutdown: CancellationToken,
 ) -> mpsc::Receiver<SubscriberEvent> {
-    let (tx, rx) = mpsc::channel(64);
+    let (tx, rx) = mpsc::channel(1);
     tokio::spawn(async move {
         let mut attempt: u32 = 0;
         loop {
@@ -100,6 +105,48 @@ pub fn spawn_subscriber(
     rx
 }
 
+/// The latest undelivered snapshot per source, filled by the link tasks and emptied as events go out.
+struct Latest {
+    slots: Mutex<Vec<Option<SnapshotMessage>>>,
+    fatal: Mutex<Option<String>>,
+    changed: Notify,
+}
+
+impl Latest {
+    /// Keeps `message` as the latest of source `index` (an older one not handed over yet is dropped).
+    fn put(&self, index: usize, message: SnapshotMessage) {
+        if let Ok(mut slots) = self.slots.lock()
+            && let Some(slot) = slots.get_mut(index)
+        {
+            if slot.is_some() {
+                debug!(index, "a newer snapshot replaces one not handed over yet");
+            }
+            *slot = Some(message);
+        }
+        self.changed.notify_one();
+    }
+
+    fn fail(&self, reason: String) {
+        if let Ok(mut f) = self.fatal.lock() {
+            f.get_or_insert(reason);
+        }
+        self.changed.notify_one();
+    }
+
+    fn fatal(&self) -> Option<String> {
+        self.fatal.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// The lowest-numbered source with a snapshot waiting, and that snapshot.
+    fn take(&self) -> Option<(usize, SnapshotMessage)> {
+        let mut slots = self.slots.lock().ok()?;
+        slots
+            .iter_mut()
+            .enumerate()
+            .find_map(|(i, s)| s.take().map(|m| (i, m)))
+    }
+}
+
 /// One connection's life: attach every source, forward messages until something fails. `Ok` only when the
 /// consumer went away.
 async fn session_loop(
@@ -114,7 +161,12 @@ async fn session_loop(
         .await
         .map_err(|_| format!("session not begun within {:?}", opts.connect_timeout))?
         .map_err(|e| format!("begin session: {e}"))?;
-    let (msg_tx, mut msg_rx) = mpsc::channel::<Result<(usize, SnapshotMessage), String>>(16);
+    // The latest undelivered snapshot of each source, and the first fatal error; the link tasks fill them.
+    let latest = Arc::new(Latest {
+        slots: Mutex::new(vec![None; subscriptions.len()]),
+        fatal: Mutex::new(None),
+        changed: Notify::new(),
+    });
     let mut tasks = Vec::new();
     for (index, sub) in subscriptions.iter().enumerate() {
         let mut source = Source::builder().address(sub.address.clone());
@@ -128,7 +180,8 @@ async fn session_loop(
         let attach = Receiver::builder()
             .name(format!("maas-subscriber-{}-{index}", sub.address))
             .source(source.build())
-            .credit_mode(CreditMode::Auto(16))
+            // One snapshot in flight per link: the next one waits at the sender (which skips to its latest).
+            .credit_mode(CreditMode::Auto(1))
             .auto_accept(true)
             .attach(&mut session);
         let mut receiver = tokio::time::timeout(opts.connect_timeout, attach)
@@ -140,7 +193,7 @@ async fn session_loop(
                 )
             })?
             .map_err(|e| format!("attach to {:?} refused: {e}", sub.address))?;
-        let msg_tx = msg_tx.clone();
+        let latest = latest.clone();
         let address = sub.address.clone();
         tasks.push(tokio::spawn(async move {
             loop {
@@ -151,16 +204,13 @@ async fn session_loop(
                         let subject = props.and_then(|p| p.subject.clone());
                         let content_type =
                             props.and_then(|p| p.content_type.as_ref().map(|s| s.0.clone()));
-                        match delivery.body() {
-                            Body::Value(v) => match &v.0 {
-                                Value::String(s) => Ok((
-                                    index,
-                                    SnapshotMessage {
-                                        subject,
-                                        content_type,
-                                        body: s.clone(),
-                                    },
-                                )),
+                        match delivery.into_body() {
+                            Body::Value(v) => match v.0 {
+                                Value::String(s) => Ok(SnapshotMessage {
+                                    subject,
+                                    content_type,
+                                    body: s,
+                                }),
                                 other => Err(format!(
                                     "source {address:?}: body is not a string but {other:?}"
                                 )),
@@ -170,34 +220,43 @@ async fn session_loop(
                     }
                     Err(e) => Err(format!("source {address:?}: link ended: {e}")),
                 };
-                let fatal = r.is_err();
-                if msg_tx.send(r).await.is_err() || fatal {
-                    let _ = receiver.close().await;
-                    return;
+                match r {
+                    Ok(message) => latest.put(index, message),
+                    Err(reason) => {
+                        latest.fail(reason);
+                        let _ = receiver.close().await;
+                        return;
+                    }
                 }
             }
         }));
     }
-    drop(msg_tx);
     info!(peer = %opts, sources = subscriptions.len(), "subscribed to the config service");
     *attempt = 0;
     if tx.send(SubscriberEvent::Connected).await.is_err() {
         return Ok(());
     }
     let result = loop {
-        match msg_rx.recv().await {
-            Some(Ok((index, message))) => {
-                debug!(index, bytes = message.body.len(), "snapshot received");
-                if tx
-                    .send(SubscriberEvent::Message { index, message })
-                    .await
-                    .is_err()
-                {
-                    break Ok(());
-                }
+        // Room for one event first, then the latest snapshot of the next source that has one: a snapshot that
+        // arrives while the consumer is busy replaces the one waiting.
+        let Ok(permit) = tx.reserve().await else {
+            break Ok(());
+        };
+        let next = loop {
+            if let Some(reason) = latest.fatal() {
+                break Err(reason);
             }
-            Some(Err(reason)) => break Err(reason),
-            None => break Err("all links ended".to_string()),
+            if let Some(found) = latest.take() {
+                break Ok(found);
+            }
+            latest.changed.notified().await;
+        };
+        match next {
+            Ok((index, message)) => {
+                debug!(index, bytes = message.body.len(), "snapshot received");
+                permit.send(SubscriberEvent::Message { index, message });
+            }
+            Err(reason) => break Err(reason),
         }
     };
     for t in tasks {
