@@ -5,12 +5,16 @@
 //!
 //! - [`model`]: entities, validation, exact replies (pure);
 //! - [`core`]: the single management thread and its virtual clock;
-//! - [`server`]: the AMQP listener, links and reply routing.
+//! - [`server`]: the AMQP listener, links and reply routing;
+//! - [`policy`]: the recorded `clients` vhost policy of the optional client listener
+//!   ([`RouterEmulator::start_with_client_listener`]): a second port where `$management` is refused, as on a real
+//!   router whose agent has a listener of its own (python-agent-and-mesh.txt §5).
 
 pub mod core;
 pub mod echo;
 pub mod mesh;
 pub mod model;
+pub mod policy;
 pub mod server;
 
 use std::net::SocketAddr;
@@ -58,12 +62,34 @@ impl Default for EmulatorConfig {
     }
 }
 
+/// The optional second listener, for clients: a `normal` listener naming the recorded `clients` policy vhost
+/// (python-agent-and-mesh.txt §5). The emulator's first port stays the agent's (no policy, `$management` works).
+#[derive(Debug, Clone)]
+pub struct ClientListener {
+    /// Where to listen; only loopback addresses are accepted. Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The vhost user group applied to every link attached on this listener.
+    pub policy: policy::GroupPolicy,
+}
+
+impl Default for ClientListener {
+    fn default() -> Self {
+        ClientListener {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            policy: policy::GroupPolicy::clients(),
+        }
+    }
+}
+
 struct Inner {
     addr: SocketAddr,
+    /// The client listener's address, when there is one.
+    client_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     core_tx: Mutex<std::sync::mpsc::Sender<CoreMsg>>,
     shutdown: watch::Sender<bool>,
     accept_task: Mutex<Option<JoinHandle<()>>>,
+    client_accept_task: Mutex<Option<JoinHandle<()>>>,
     core_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Next `qd.conn-id`: one more per connection opened.
     conn_ids: Arc<AtomicU64>,
@@ -101,17 +127,52 @@ fn kind_of(full_type: &str) -> Option<Kind> {
     k
 }
 
+fn check_loopback(listen: SocketAddr) -> std::io::Result<()> {
+    if listen.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("the emulator only listens on loopback, not {listen}"),
+        ))
+    }
+}
+
 impl RouterEmulator {
     /// Binds the listener and starts serving.
     pub async fn start(cfg: EmulatorConfig) -> std::io::Result<RouterEmulator> {
-        if !cfg.listen.ip().is_loopback() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("the emulator only listens on loopback, not {}", cfg.listen),
-            ));
+        Self::start_inner(cfg, None).await
+    }
+
+    /// Like [`RouterEmulator::start`], with a second listener for clients that applies the recorded `clients`
+    /// vhost policy (links to `$management`, or any address not starting with a letter or digit, are refused
+    /// with `amqp:unauthorized-access` `link disallowed by local policy`). The first port is the agent's and
+    /// behaves as with [`RouterEmulator::start`]; see [`RouterEmulator::client_url`].
+    pub async fn start_with_client_listener(
+        cfg: EmulatorConfig,
+        client: ClientListener,
+    ) -> std::io::Result<RouterEmulator> {
+        Self::start_inner(cfg, Some(client)).await
+    }
+
+    async fn start_inner(
+        cfg: EmulatorConfig,
+        client: Option<ClientListener>,
+    ) -> std::io::Result<RouterEmulator> {
+        check_loopback(cfg.listen)?;
+        if let Some(c) = &client {
+            check_loopback(c.listen)?;
         }
         let listener = TcpListener::bind(cfg.listen).await?;
         let addr = listener.local_addr()?;
+        let client_listener = match &client {
+            Some(c) => Some(TcpListener::bind(c.listen).await?),
+            None => None,
+        };
+        let client_addr = match &client_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
         let (epoch, _) = watch::channel(0u64);
         let shared = Arc::new(Shared {
             model: Mutex::new(Model::new(cfg.router_id.clone())),
@@ -143,16 +204,30 @@ impl RouterEmulator {
             credit: cfg.management_credit.max(1),
             shutdown: shutdown_rx,
             conn_ids: conn_ids.clone(),
+            policy: None,
+        };
+        let client_accept_task = match (client_listener, client) {
+            (Some(l), Some(c)) => {
+                // GUESS (e2e/GUESSES.md #26b): (f) same open frame, SASL and conn-ids as the agent port
+                let client_ctx = server::Ctx {
+                    policy: Some(Arc::new(c.policy)),
+                    ..ctx.clone()
+                };
+                Some(tokio::spawn(server::accept_loop(l, client_ctx)))
+            }
+            _ => None,
         };
         let accept_task = tokio::spawn(server::accept_loop(listener, ctx));
-        tracing::info!(%addr, router_id = %cfg.router_id, cost_model = cfg.cost_model, "router emulator listening");
+        tracing::info!(%addr, ?client_addr, router_id = %cfg.router_id, cost_model = cfg.cost_model, "router emulator listening");
         Ok(RouterEmulator {
             inner: Arc::new(Inner {
                 addr,
+                client_addr,
                 shared,
                 core_tx: Mutex::new(core_tx),
                 shutdown,
                 accept_task: Mutex::new(Some(accept_task)),
+                client_accept_task: Mutex::new(client_accept_task),
                 core_thread: Mutex::new(Some(core_thread)),
                 conn_ids,
             }),
@@ -173,6 +248,18 @@ impl RouterEmulator {
     /// `amqp://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("amqp://{}:{}", self.inner.addr.ip(), self.inner.addr.port())
+    }
+
+    /// The client listener's address ([`RouterEmulator::start_with_client_listener`]), if there is one.
+    pub fn client_addr(&self) -> Option<SocketAddr> {
+        self.inner.client_addr
+    }
+
+    /// `amqp://127.0.0.1:PORT` of the client listener, if there is one.
+    pub fn client_url(&self) -> Option<String> {
+        self.inner
+            .client_addr
+            .map(|a| format!("amqp://{}:{}", a.ip(), a.port()))
     }
 
     /// Operation counters since start (or the last reset).
@@ -288,6 +375,15 @@ impl RouterEmulator {
             .ok()
             .and_then(|mut t| t.take());
         if let Some(task) = task {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        let client_task = self
+            .inner
+            .client_accept_task
+            .lock()
+            .ok()
+            .and_then(|mut t| t.take());
+        if let Some(task) = client_task {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
         let thread = self

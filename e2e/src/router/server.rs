@@ -3,6 +3,10 @@
 //! `amqp:/_topo/0/<id>/temp.<random>`, reads requests from links to `$management` with a limited window, and
 //! sends the management thread's replies pre-settled on the link owning the reply-to address.
 //!
+//! The optional client listener (a second port) applies the recorded `clients` vhost policy (policy.rs): a link
+//! the policy refuses is answered and at once closed with `amqp:unauthorized-access` `link disallowed by local
+//! policy`, before any reply route or request reader exists for it.
+//!
 //! A link's reply route is registered BEFORE its attach is answered: the client sends its first request as
 //! soon as it sees the attach, and the management thread may answer it before any later step of this side
 //! runs (qdrouterd never drops a reply to an attached dynamic address).
@@ -18,9 +22,9 @@ use fe2o3_amqp::acceptor::{
     ListenerSessionHandle, SaslAcceptor, SessionAcceptor,
 };
 use fe2o3_amqp::link::{Receiver, Sender};
-use fe2o3_amqp::types::definitions::{Fields, Role};
+use fe2o3_amqp::types::definitions::{AmqpError, Error, Fields, Role};
 use fe2o3_amqp::types::messaging::{
-    AmqpValue, ApplicationProperties, Body, Header, Message, MessageId, Properties, Source,
+    AmqpValue, ApplicationProperties, Body, Header, Message, MessageId, Properties, Source, Target,
     TargetArchetype,
 };
 use fe2o3_amqp::types::performatives::Attach;
@@ -32,6 +36,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::core::{CoreMsg, Outgoing, Shared};
 use super::model::Request;
+use super::policy::{GroupPolicy, LINK_DISALLOWED};
 
 /// Everything a connection task needs.
 #[derive(Clone)]
@@ -48,6 +53,9 @@ pub struct Ctx {
     pub shutdown: watch::Receiver<bool>,
     /// Connection ids for the open frame's `qd.conn-id`.
     pub conn_ids: Arc<AtomicU64>,
+    /// The vhost policy of this listener: `None` on the management (agent) port, the recorded `clients` group on
+    /// the client port.
+    pub policy: Option<Arc<GroupPolicy>>,
 }
 
 /// SASL ANONYMOUS or PLAIN with any credentials (a listener with `authenticatePeer: no`).
@@ -220,6 +228,23 @@ async fn session_task(
             #[allow(unreachable_patterns)]
             _ => None,
         };
+        if let Some(policy) = &ctx.policy {
+            let allowed = match attach.role {
+                // The client sends: its target must be in `targets` (or anonymous senders allowed).
+                Role::Sender => policy.allows_sender(target.as_deref()),
+                Role::Receiver => {
+                    let source = attach.source.as_deref();
+                    policy.allows_receiver(
+                        source.is_some_and(|s| s.dynamic),
+                        source.and_then(|s| s.address.as_deref()),
+                    )
+                }
+            };
+            if !allowed {
+                refuse(attach, &mut session).await;
+                continue;
+            }
+        }
         // The client receives on this link: its address (ours to pick when dynamic) gets a reply route now,
         // before the attach goes out. Replies routed before the link's task runs wait in the channel.
         let route = if matches!(attach.role, Role::Receiver) {
@@ -278,6 +303,70 @@ async fn session_task(
     let _ = tokio::time::timeout(Duration::from_millis(500), session.end()).await;
 }
 
+/// Answers an attach the policy refuses and closes the link with the recorded error.
+///
+/// Real router (src/container.c, src/policy.c, proton-c transport.c; read, not run): the link is never opened,
+/// `pn_link_close` with the condition set, so proton sends an attach whose source and target are empty terminus
+/// (address null), then a closing detach carrying the error.
+// GUESS (e2e/GUESSES.md #26c): the frames of a refusal beyond the recorded condition and description
+async fn refuse(mut attach: Attach, session: &mut ListenerSessionHandle) {
+    let address = match (
+        &attach.role,
+        attach.target.as_deref(),
+        attach.source.as_deref(),
+    ) {
+        (Role::Sender, Some(TargetArchetype::Target(t)), _) => t.address.clone(),
+        (Role::Receiver, _, Some(s)) => s.address.clone(),
+        _ => None,
+    };
+    tracing::info!(
+        role = ?attach.role,
+        address = address.as_deref().unwrap_or(""),
+        "POLICY DENY AMQP Attach: {LINK_DISALLOWED}"
+    );
+    // Our side of the link holds the terminus the client asked for: answer with an empty one, as proton does
+    // for a link the router never opened. (The other terminus is echoed: fe2o3 takes it from the attach.)
+    match attach.role {
+        Role::Sender => {
+            attach.target = Some(Box::new(TargetArchetype::Target(Target::builder().build())));
+        }
+        Role::Receiver => attach.source = Some(Box::new(Source::builder().build())),
+    }
+    // `amqp:unauthorized-access` (policy::UNAUTHORIZED_ACCESS) with the recorded description.
+    let error = || {
+        Error::new(
+            AmqpError::UnauthorizedAccess,
+            Some(LINK_DISALLOWED.to_string()),
+            None,
+        )
+    };
+    match LinkAcceptor::new()
+        .accept_incoming_attach(attach, session)
+        .await
+    {
+        // The link's own task: closing waits for the client's detach, the session keeps serving meanwhile.
+        Ok(LinkEndpoint::Receiver(receiver)) => {
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    receiver.close_with_error(error()),
+                )
+                .await;
+            });
+        }
+        Ok(LinkEndpoint::Sender(sender)) => {
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    sender.close_with_error(error()),
+                )
+                .await;
+            });
+        }
+        Err(e) => tracing::debug!(error = ?e, "refused attach failed"),
+    }
+}
+
 /// Reads management requests; at most `credit` of them are in flight per link (qdrouterd's link capacity 250:
 /// it stops taking requests while replies cannot be delivered, performance.txt:16-18).
 async fn request_reader(
@@ -307,7 +396,10 @@ async fn request_reader(
         let _ = receiver.accept(&delivery).await;
         let message = delivery.into_message();
         let to = message.properties.as_ref().and_then(|p| p.to.clone());
-        if !management && !is_management(to.as_deref(), &ctx.router_id) {
+        // On the client port only the link's target counts: a message there never reaches `$management` by its
+        // `to` (the policy already refused anonymous senders and `$` targets).
+        // GUESS (e2e/GUESSES.md #26b): (d) `to` ignored on the client port
+        if !management && (ctx.policy.is_some() || !is_management(to.as_deref(), &ctx.router_id)) {
             // GUESS (e2e/GUESSES.md #5): accepted and dropped (real: released, no route)
             // Not for the management node: a real router would route it; nobody consumes it here.
             continue;
