@@ -1,6 +1,7 @@
 //! The ActiveMQ Artemis `activemq.management` client: typed broker operations (getVersion,
-//! createAddress, deleteAddress, createQueue, destroyQueue, getAddressNames, getQueueNames, queue
-//! getMessageCount) and a raw [`ArtemisClient::call`], pipelined over one connection.
+//! createAddress, deleteAddress, createQueue (optionally with an owning `user`), destroyQueue,
+//! getAddressNames, getQueueNames, listQueues of an address, queue getMessageCount and getUser) and a
+//! raw [`ArtemisClient::call`], pipelined over one connection.
 //!
 //! Wire shape (recorded from Artemis 2.21, `docs/reference/artemis-2.21/management-transcript.txt`
 //! and the `A-` lines of `observed-shapes.txt`): a sender to `activemq.management`, a receiver with
@@ -112,9 +113,19 @@ impl QueueConfig {
     /// The JSON queue configuration sent as createQueue's single argument, in the transcript's key
     /// order: `{"name","address","routing-type","durable"}`.
     pub fn to_json(&self) -> String {
+        self.to_json_with(None)
+    }
+
+    /// [`QueueConfig::to_json`] with the queue's owning `user` after `durable`, as recorded
+    /// (durable-subscriptions-and-topics.txt §4: `{"name":"s1","address":"t1","routing-type":
+    /// "MULTICAST","durable":true,"user":"maas-storage-controller"}`); `None` leaves it out.
+    pub fn to_json_with(&self, user: Option<&str>) -> String {
         // serde_json's Map keeps keys sorted; build the text in the recorded order instead.
+        let user = user
+            .map(|u| format!(",\"user\":{}", Json::String(u.to_string())))
+            .unwrap_or_default();
         format!(
-            "{{\"name\":{},\"address\":{},\"routing-type\":\"{}\",\"durable\":{}}}",
+            "{{\"name\":{},\"address\":{},\"routing-type\":\"{}\",\"durable\":{}{user}}}",
             Json::String(self.name.clone()),
             Json::String(self.address.clone()),
             self.routing_type.as_str(),
@@ -122,6 +133,56 @@ impl QueueConfig {
         )
     }
 }
+
+/// One row of `broker.listQueues` (durable-subscriptions-and-topics.txt §5: every value is a STRING in
+/// the reply, e.g. `"durable": "true"`, `"messageCount": "0"`; they are parsed here).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueInfo {
+    /// Queue name.
+    pub name: String,
+    /// The address it is bound to.
+    pub address: String,
+    /// Routing type of the binding.
+    pub routing_type: RoutingType,
+    /// Survives a broker restart.
+    pub durable: bool,
+    /// The `user` the queue was created with (`None` when the row's `user` is empty).
+    pub user: Option<String>,
+    /// Messages in the queue, delivered-but-unacknowledged ones included.
+    pub message_count: u64,
+    /// Consumers attached.
+    pub consumer_count: u64,
+    /// A temporary queue (a dynamic reply queue, a non-durable subscription).
+    pub temporary: bool,
+}
+
+impl QueueInfo {
+    /// Parses one listQueues row; `None` when a key is missing or a value does not parse.
+    pub fn from_row(row: &Json) -> Option<QueueInfo> {
+        let text = |key: &str| row.get(key).and_then(Json::as_str);
+        let flag = |key: &str| match text(key)? {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => None,
+        };
+        let number = |key: &str| text(key)?.parse::<u64>().ok();
+        Some(QueueInfo {
+            name: text("name")?.to_string(),
+            address: text("address")?.to_string(),
+            routing_type: RoutingType::parse(text("routingType")?)?,
+            durable: flag("durable")?,
+            user: Some(text("user")?)
+                .filter(|u| !u.is_empty())
+                .map(str::to_string),
+            message_count: number("messageCount")?,
+            consumer_count: number("consumerCount")?,
+            temporary: flag("temporary")?,
+        })
+    }
+}
+
+/// Rows asked for per listQueues page.
+const LIST_PAGE_SIZE: u64 = 100;
 
 /// Result of an idempotent create.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -339,6 +400,93 @@ impl ArtemisClient {
         )
     }
 
+    /// `broker.createQueue(json)` like [`ArtemisClient::create_queue`], the configuration carrying the
+    /// queue's owning `user` (stored by Artemis, read back with [`ArtemisClient::queue_user`] and in
+    /// [`ArtemisClient::list_queues_of_address`]); `AMQ229019` is `AlreadyThere` (the existing queue's
+    /// user is not changed: check it).
+    pub async fn create_queue_with(
+        &self,
+        q: &QueueConfig,
+        user: Option<&str>,
+    ) -> Result<Outcome, ArtemisError> {
+        created(
+            self.call(
+                BROKER,
+                "createQueue",
+                vec![Json::from(q.to_json_with(user))],
+            )
+            .await,
+            QUEUE_EXISTS,
+        )
+    }
+
+    /// `queue.<name>.getUser()`: the user the queue was created with (`None`: none). A queue that does
+    /// not exist fails with `AMQ229067`.
+    pub async fn queue_user(&self, name: &str) -> Result<Option<String>, ArtemisError> {
+        let operation = "getUser";
+        let body = self
+            .call(&format!("queue.{name}"), operation, vec![])
+            .await?;
+        match &body {
+            Json::Array(items) if items.len() == 1 => match &items[0] {
+                Json::String(s) => Ok(Some(s.clone())),
+                Json::Null => Ok(None),
+                _ => Err(protocol(operation, &body)),
+            },
+            _ => Err(protocol(operation, &body)),
+        }
+    }
+
+    /// Every queue bound to `address`: `broker.listQueues` with the filter
+    /// `{"field":"address","operation":"EQUALS","value":address}` (as recorded), paged
+    /// ([`LIST_PAGE_SIZE`] rows a page) until the reply's `count` rows are in. Queues that come or go
+    /// between pages may be missed or seen once more; each name is returned once, in the broker's
+    /// order (by name).
+    pub async fn list_queues_of_address(
+        &self,
+        address: &str,
+    ) -> Result<Vec<QueueInfo>, ArtemisError> {
+        let operation = "listQueues";
+        // serde_json sorts the keys: field, operation, value (the recorded order).
+        let filter =
+            serde_json::json!({"field": "address", "operation": "EQUALS", "value": address})
+                .to_string();
+        let mut out: Vec<QueueInfo> = Vec::new();
+        let mut page = 1u64;
+        loop {
+            let args = vec![
+                Json::from(filter.clone()),
+                Json::from(page),
+                Json::from(LIST_PAGE_SIZE),
+            ];
+            let body = self.call(BROKER, operation, args).await?;
+            let listing: Json = single_string(&body)
+                .and_then(|text| serde_json::from_str(&text).ok())
+                .ok_or_else(|| protocol(operation, &body))?;
+            let count = listing
+                .get("count")
+                .and_then(Json::as_u64)
+                .ok_or_else(|| protocol(operation, &body))?;
+            let rows = listing
+                .get("data")
+                .and_then(Json::as_array)
+                .ok_or_else(|| protocol(operation, &body))?;
+            for row in rows {
+                let info = QueueInfo::from_row(row).ok_or_else(|| {
+                    ArtemisError::Protocol(format!("unexpected {operation} row {row}"))
+                })?;
+                if !out.iter().any(|q| q.name == info.name) {
+                    out.push(info);
+                }
+            }
+            let seen = page.saturating_mul(LIST_PAGE_SIZE);
+            if rows.is_empty() || seen >= count {
+                return Ok(out);
+            }
+            page += 1;
+        }
+    }
+
     /// `broker.destroyQueue(name)`; `AMQ229017` is `AlreadyGone`. Fails (`AMQ229025`) while the
     /// queue has a consumer; Artemis destroys a queue that holds messages WITH its messages, so
     /// check [`ArtemisClient::get_message_count`] first.
@@ -553,6 +701,47 @@ mod tests {
             Json::Array(vec![Json::from(q.to_json())]).to_string(),
             r#"["{\"name\":\"q.one\",\"address\":\"addr.one\",\"routing-type\":\"ANYCAST\",\"durable\":true}"]"#
         );
+    }
+
+    #[test]
+    fn queue_config_with_user_is_the_recorded_shape() {
+        // durable-subscriptions-and-topics.txt §4: the createQueue argument with a user.
+        let q = QueueConfig {
+            name: "s1".into(),
+            address: "t1".into(),
+            routing_type: RoutingType::Multicast,
+            durable: true,
+        };
+        assert_eq!(
+            q.to_json_with(Some("maas-storage-controller")),
+            r#"{"name":"s1","address":"t1","routing-type":"MULTICAST","durable":true,"user":"maas-storage-controller"}"#
+        );
+        assert_eq!(q.to_json_with(None), q.to_json());
+    }
+
+    #[test]
+    fn list_queues_rows_parse_the_recorded_strings() {
+        // durable-subscriptions-and-topics.txt §5, the recorded row verbatim.
+        let row: Json = serde_json::from_str(r#"{"id": "1733", "name": "s1", "address": "t1", "filter": "", "durable": "true", "paused": "false", "temporary": "false", "purgeOnNoConsumers": "false", "consumerCount": "0", "maxConsumers": "-1", "autoCreated": "false", "user": "maas-storage-controller", "routingType": "MULTICAST", "messagesAdded": "5", "messageCount": "0", "messagesAcked": "5", "messagesExpired": "0", "deliveringCount": "0", "messagesKilled": "0", "directDeliver": "false", "exclusive": "false", "lastValue": "false", "lastValueKey": "", "scheduledCount": "0", "groupRebalance": "false", "groupRebalancePauseDispatch": "false", "groupBuckets": "-1", "groupFirstKey": "", "enabled": "true", "ringSize": "-1", "consumersBeforeDispatch": "0", "delayBeforeDispatch": "-1"}"#).unwrap();
+        assert_eq!(
+            QueueInfo::from_row(&row).unwrap(),
+            QueueInfo {
+                name: "s1".into(),
+                address: "t1".into(),
+                routing_type: RoutingType::Multicast,
+                durable: true,
+                user: Some("maas-storage-controller".into()),
+                message_count: 0,
+                consumer_count: 0,
+                temporary: false,
+            }
+        );
+        let mut no_user = row.clone();
+        no_user["user"] = json!("");
+        assert_eq!(QueueInfo::from_row(&no_user).unwrap().user, None);
+        let mut typed = row;
+        typed["durable"] = json!(true);
+        assert_eq!(QueueInfo::from_row(&typed), None, "values are strings");
     }
 
     #[test]

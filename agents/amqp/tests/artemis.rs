@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use maas_amqp::ConnectOptions;
 use maas_amqp::artemis::{
-    ArtemisClient, ArtemisError, ClientConfig, Outcome, QueueConfig, Removal, RoutingType,
+    ArtemisClient, ArtemisError, ClientConfig, Outcome, QueueConfig, QueueInfo, Removal,
+    RoutingType,
 };
 use maas_amqp::options::TlsOptions;
 use maas_e2e::broker::{BrokerConfig, BrokerEmulator, CostModel};
@@ -360,6 +361,101 @@ async fn tls_with_sasl_plain() {
         .await
         .unwrap();
     assert_eq!(c.get_version().await.unwrap(), "2.21.0.redhat-00025");
+    c.close().await;
+    b.stop().await;
+}
+
+/// docs/reference/artemis-2.21/durable-subscriptions-and-topics.txt §4-§5: createQueue with a `user`,
+/// `queue.<name>.getUser`, and `listQueues` of an address (string-valued rows) through the typed client,
+/// paging through more queues than one page holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owned_queues_are_listed_by_address_with_their_user() {
+    let b = broker(CostModel::none()).await;
+    let c = client(&b).await;
+    assert_eq!(
+        c.create_address("t1", RoutingType::Multicast)
+            .await
+            .unwrap(),
+        Outcome::Done
+    );
+    let sub = |name: &str| QueueConfig {
+        name: name.to_string(),
+        address: "t1".to_string(),
+        routing_type: RoutingType::Multicast,
+        durable: true,
+    };
+    assert_eq!(
+        c.create_queue_with(&sub("s1"), Some("maas-storage-controller"))
+            .await
+            .unwrap(),
+        Outcome::Done
+    );
+    assert_eq!(
+        c.create_queue_with(&sub("s1"), Some("someone-else"))
+            .await
+            .unwrap(),
+        Outcome::AlreadyThere
+    );
+    // Recorded: getUser -> ["maas-storage-controller"].
+    assert_eq!(
+        c.queue_user("s1").await.unwrap().as_deref(),
+        Some("maas-storage-controller")
+    );
+    // Without a user (the plain create_queue): none.
+    c.create_queue(&sub("plain")).await.unwrap();
+    assert_eq!(c.queue_user("plain").await.unwrap(), None);
+    let err = c.queue_user("nope").await.unwrap_err();
+    assert_eq!(err.code(), Some("AMQ229067"), "{err}");
+    // A queue on another address is not listed.
+    c.create_queue(&queue("elsewhere")).await.unwrap();
+    assert!(b.set_message_count("s1", 3));
+
+    let listed = c.list_queues_of_address("t1").await.unwrap();
+    assert_eq!(
+        listed,
+        vec![
+            QueueInfo {
+                name: "plain".into(),
+                address: "t1".into(),
+                routing_type: RoutingType::Multicast,
+                durable: true,
+                user: None,
+                message_count: 0,
+                consumer_count: 0,
+                temporary: false,
+            },
+            QueueInfo {
+                name: "s1".into(),
+                address: "t1".into(),
+                routing_type: RoutingType::Multicast,
+                durable: true,
+                user: Some("maas-storage-controller".into()),
+                message_count: 3,
+                consumer_count: 0,
+                temporary: false,
+            },
+        ]
+    );
+    assert!(
+        c.list_queues_of_address("nothing")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // 250 queues on one address: three pages of 100, every queue once.
+    for i in 0..248 {
+        c.create_queue_with(&sub(&format!("bulk.{i:03}")), Some("bulk"))
+            .await
+            .unwrap();
+    }
+    b.reset_counters();
+    let all = c.list_queues_of_address("t1").await.unwrap();
+    assert_eq!(all.len(), 250);
+    let mut names: Vec<&str> = all.iter().map(|q| q.name.as_str()).collect();
+    names.dedup();
+    assert_eq!(names.len(), 250);
+    assert_eq!(b.counters().of("listQueues"), 3);
     c.close().await;
     b.stop().await;
 }

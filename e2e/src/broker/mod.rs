@@ -1,18 +1,23 @@
-//! An ActiveMQ Artemis 2.21 broker-management emulator: an AMQP 1.0 server on 127.0.0.1 (on the shared
+//! An ActiveMQ Artemis 2.21 broker emulator: an AMQP 1.0 server on 127.0.0.1 (on the shared
 //! [`maas_amqp::server`] skeleton) whose `activemq.management` node answers like the real broker recorded
-//! in `docs/reference/artemis-2.21/management-transcript.txt`, with knobs for tests: message counts, consumers,
-//! withheld replies, restart (durable state survives), operation counters and a per-operation cost.
+//! in `docs/reference/artemis-2.21/management-transcript.txt` and `durable-subscriptions-and-topics.txt`,
+//! and which stores and delivers messages: MULTICAST/ANYCAST routing, fully qualified queue names
+//! `address::queue`, durable subscriptions `<container-id>.<link-name>`, at-least-once delivery. Knobs for
+//! tests: message counts, consumers, withheld replies, restart (durable state survives), operation counters
+//! and a per-operation cost.
 //!
-//! - [`model`]: addresses, queues and the exact replies (pure);
-//! - [`server`]: SASL, links, reply routing.
+//! - [`model`]: addresses, queues, messages and the exact replies (pure);
+//! - [`server`]: SASL, links, reply routing, producers and consumers;
+//! - `front`: the listener clients reach (TLS, and the container-id of each client's `open` frame).
 
+mod front;
 pub mod model;
 pub mod server;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,8 +25,8 @@ use maas_amqp::server::{SaslConfig, Server, ServerError, ServerOptions, ServerSt
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use self::model::Model;
-pub use self::model::{AddressState, OpCounters, QueueState, VERSION};
+use self::front::{ClientIo, Front, Peers, Upgrade};
+pub use self::model::{AddressState, OpCounters, QueueState, StoredMessage, VERSION};
 use self::server::{Handler, Shared};
 
 /// What one management operation costs the broker: a fixed busy time, spent on one "core" (operations
@@ -97,17 +102,19 @@ pub enum BrokerError {
     Server(#[from] ServerError),
 }
 
-/// One running AMQP server (replaced on restart).
+/// One running AMQP server and its front door (replaced on restart).
 struct Running {
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
     stats: Arc<ServerStats>,
+    front: Front,
     addr: SocketAddr,
 }
 
 struct Inner {
     addr: SocketAddr,
     options: ServerOptions,
+    upgrade: Option<Upgrade>,
     shared: Arc<Shared>,
     running: tokio::sync::Mutex<Option<Running>>,
     stats: Mutex<Arc<ServerStats>>,
@@ -128,23 +135,38 @@ impl std::fmt::Debug for BrokerEmulator {
     }
 }
 
+/// Starts the AMQP server on a private loopback port and the front door on `addr`.
 async fn launch(
     addr: SocketAddr,
     options: ServerOptions,
+    upgrade: Option<Upgrade>,
     shared: Arc<Shared>,
 ) -> Result<Running, ServerError> {
     let stats = Arc::new(ServerStats::default());
+    let handshake_timeout = options.handshake_timeout;
+    let peers = Arc::clone(&shared.peers);
+    let private = SocketAddr::from(([127, 0, 0, 1], 0));
     let server =
-        Server::bind_with_stats(addr, options, Handler { shared }, Arc::clone(&stats)).await?;
-    let addr = server.local_addr();
+        Server::bind_with_stats(private, options, Handler { shared }, Arc::clone(&stats)).await?;
+    let inner_addr = server.local_addr();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(server.serve(async move {
         let _ = stopped.await;
     }));
+    let (front, addr) = match Front::bind(addr, inner_addr, upgrade, handshake_timeout, peers).await
+    {
+        Ok(bound) => bound,
+        Err(source) => {
+            let _ = stop.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+            return Err(ServerError::Bind { addr, source });
+        }
+    };
     Ok(Running {
         stop,
         task,
         stats,
+        front,
         addr,
     })
 }
@@ -165,22 +187,34 @@ impl BrokerEmulator {
             plain: Some(Arc::new(users)),
         };
         options.close_timeout = Duration::from_secs(1);
-        if let Some((cert, key)) = &cfg.tls {
-            options.tls = Some(maas_amqp::server::tls_acceptor(cert, key)?);
-        }
-        let shared = Arc::new(Shared {
-            model: Mutex::new(Model::new()),
-            routes: Mutex::new(Default::default()),
-            cost_ns: AtomicU64::new(
-                u64::try_from(cfg.cost_model.per_operation.as_nanos()).unwrap_or(u64::MAX),
-            ),
-            withhold: AtomicBool::new(false),
-            auto_create: cfg.auto_create,
-            credit: cfg.management_credit.max(1),
-            pause_after_dynamic_attach_ns: AtomicU64::new(0),
-        });
+        // TLS ends at the front door, which forwards plain AMQP to the server.
+        let upgrade: Option<Upgrade> = match &cfg.tls {
+            Some((cert, key)) => {
+                let acceptor = maas_amqp::server::tls_acceptor(cert, key)?;
+                Some(Arc::new(move |stream| {
+                    let acceptor = acceptor.clone();
+                    Box::pin(async move {
+                        let tls = acceptor.accept(stream).await?;
+                        Ok(Box::new(tls) as Box<dyn ClientIo>)
+                    })
+                }))
+            }
+            None => None,
+        };
+        let shared = Arc::new(Shared::new(
+            cfg.auto_create,
+            cfg.management_credit.max(1),
+            u64::try_from(cfg.cost_model.per_operation.as_nanos()).unwrap_or(u64::MAX),
+            Arc::new(Peers::default()),
+        ));
         // Bind first with the asked address (port 0 picks one), then keep that port across restarts.
-        let running = launch(cfg.listen, options.clone(), Arc::clone(&shared)).await?;
+        let running = launch(
+            cfg.listen,
+            options.clone(),
+            upgrade.clone(),
+            Arc::clone(&shared),
+        )
+        .await?;
         let addr = running.addr;
         tracing::info!(%addr, "broker emulator listening");
         let stats = Arc::clone(&running.stats);
@@ -188,6 +222,7 @@ impl BrokerEmulator {
             inner: Arc::new(Inner {
                 addr,
                 options,
+                upgrade,
                 shared,
                 running: tokio::sync::Mutex::new(Some(running)),
                 stats: Mutex::new(stats),
@@ -224,9 +259,18 @@ impl BrokerEmulator {
         self.inner.shared.model().addresses()
     }
 
-    /// Sets the messages a queue holds; false when there is no such queue.
+    /// Sets the messages a queue holds (adds placeholder messages with an amqp-value null body, or
+    /// removes waiting messages from the tail); false when there is no such queue.
     pub fn set_message_count(&self, queue: &str, n: u64) -> bool {
-        self.inner.shared.model().set_message_count(queue, n)
+        let done = self.inner.shared.model().set_message_count(queue, n);
+        self.inner.shared.changed();
+        done
+    }
+
+    /// The messages a queue holds, in queue order (delivered-but-unsettled ones included); `None` when
+    /// there is no such queue.
+    pub fn messages(&self, queue: &str) -> Option<Vec<StoredMessage>> {
+        self.inner.shared.model().messages(queue)
     }
 
     /// Sets the consumers a queue has besides attached receiving links (e.g. a router autoLink draining
@@ -289,6 +333,7 @@ impl BrokerEmulator {
         let r = launch(
             self.inner.addr,
             self.inner.options.clone(),
+            self.inner.upgrade.clone(),
             Arc::clone(&self.inner.shared),
         )
         .await?;
@@ -309,7 +354,9 @@ impl BrokerEmulator {
     }
 }
 
+/// Stops the AMQP server (its `close` frames still pass the front door), then the front door.
 async fn stop_running(r: Running) {
     let _ = r.stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), r.task).await;
+    r.front.stop().await;
 }
