@@ -177,7 +177,7 @@ fn main() -> ExitCode {
                 client.clone(),
                 ClusterOptions {
                     namespace: "bench".into(),
-                    broker_secret: None,
+                    broker_secret: storage_controller::clusters::DEFAULT_BROKER_SECRET.into(),
                     owner: None,
                 },
                 metrics,
@@ -192,7 +192,7 @@ fn main() -> ExitCode {
         let first = reconcile_clusters(
             &kube_ctx(metrics.clone()),
             &clusters,
-            &[],
+            Some(&[]),
             &mut prov,
             &mut DrainClock::default(),
         )
@@ -216,7 +216,7 @@ fn main() -> ExitCode {
         );
 
         // Restart with nothing changed: a fresh provisioner and Kubernetes context, zero broker writes, and no
-        // PATCH (or any other write) to the API: only the two lists.
+        // PATCH (or any other write) to the API: only the three lists.
         let mut restarted = Provisioner::new(connector(), metrics.clone(), WINDOW);
         let before = writes(&ctl_emus);
         let api_before = api.log().len();
@@ -224,7 +224,7 @@ fn main() -> ExitCode {
         let cr = reconcile_clusters(
             &kube_ctx(metrics),
             &clusters,
-            &[],
+            Some(&[]),
             &mut restarted,
             &mut DrainClock::default(),
         )
@@ -250,7 +250,7 @@ fn main() -> ExitCode {
             && ctl_ops == (2 * QUEUES * BROKERS) as u64
             && ratio >= 0.8
             && restart_writes == 0
-            && first.patches == 2
+            && first.patches == 3
             && cr.patches == 0
             && ssa_patches == 0
             && api_writes == 0

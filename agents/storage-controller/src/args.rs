@@ -87,9 +87,9 @@ pub struct RunArgs {
     #[arg(long, env = "NAMESPACE", default_value = "default")]
     pub namespace: String,
 
-    /// Secret (keys `username`, `password`) given to the brokers as AMQ_USER / AMQ_PASSWORD.
-    #[arg(long, env = "BROKER_SECRET")]
-    pub broker_secret: Option<String>,
+    /// Secret (keys `username`, `password`) given to the brokers as AMQ_USER / AMQ_PASSWORD (brokers require login).
+    #[arg(long, env = "BROKER_SECRET", default_value = crate::clusters::DEFAULT_BROKER_SECRET)]
+    pub broker_secret: String,
 
     /// ConfigMap to name as owner of every StatefulSet and Service. Off by default: deleting an owner lets the
     /// garbage collector remove brokers WITHOUT draining them.
@@ -143,9 +143,9 @@ pub struct RenderArgs {
     #[arg(long, env = "NAMESPACE", default_value = "default")]
     pub namespace: String,
 
-    /// Secret (keys `username`, `password`) given to the brokers as AMQ_USER / AMQ_PASSWORD.
-    #[arg(long, env = "BROKER_SECRET")]
-    pub broker_secret: Option<String>,
+    /// Secret (keys `username`, `password`) given to the brokers as AMQ_USER / AMQ_PASSWORD (brokers require login).
+    #[arg(long, env = "BROKER_SECRET", default_value = crate::clusters::DEFAULT_BROKER_SECRET)]
+    pub broker_secret: String,
 }
 
 pub use maas_ops::parse_duration;

@@ -1,5 +1,8 @@
 //! [`BrokerMgmt`] over Artemis AMQP management ([`maas_amqp::artemis::ArtemisClient`]), and the [`Connector`] that
 //! opens one management connection per broker pod with the `--broker-*` credentials and TLS settings.
+//!
+//! Every queue is created with `"user": "maas-storage-controller"` (durable-subscriptions-and-topics.txt §4), and
+//! read back with `queue.<name>.getUser` / `getAddress` (§5).
 
 use std::time::Duration;
 
@@ -8,9 +11,13 @@ use maas_amqp::artemis::{
 };
 use maas_amqp::options::ConnectOptions;
 use maas_model::BrokerPod;
+use serde_json::Value as Json;
 
 use crate::broker::{BrokerError, BrokerMgmt, Connector, Done};
-use crate::provision::Routing;
+use crate::provision::{QUEUE_USER, QueueOwner, Routing};
+
+/// `AMQ229067: Cannot find resource with name queue.<name>`: the queue does not exist.
+const NO_RESOURCE: &str = "AMQ229067";
 
 fn err(e: ArtemisError) -> BrokerError {
     BrokerError {
@@ -64,7 +71,7 @@ impl BrokerMgmt for ArtemisClient {
             routing_type: RoutingType::Anycast,
             durable: true,
         };
-        ArtemisClient::create_queue(self, &q)
+        self.create_queue_with(&q, Some(QUEUE_USER))
             .await
             .map(created)
             .map_err(err)
@@ -77,7 +84,7 @@ impl BrokerMgmt for ArtemisClient {
             routing_type: RoutingType::Multicast,
             durable: true,
         };
-        ArtemisClient::create_queue(self, &q)
+        self.create_queue_with(&q, Some(QUEUE_USER))
             .await
             .map(created)
             .map_err(err)
@@ -101,8 +108,45 @@ impl BrokerMgmt for ArtemisClient {
         self.get_message_count(queue).await.map_err(err)
     }
 
+    async fn queue_owner(&self, queue: &str) -> Result<Option<QueueOwner>, BrokerError> {
+        let resource = format!("queue.{queue}");
+        let (user, address) = futures_util::join!(
+            self.queue_user(queue),
+            self.call(&resource, "getAddress", vec![])
+        );
+        let gone = |e: &ArtemisError| {
+            matches!(
+                e.code(),
+                Some(NO_RESOURCE | maas_amqp::artemis::QUEUE_DOES_NOT_EXIST)
+            )
+        };
+        let user = match user {
+            Ok(u) => u.filter(|u| !u.is_empty()),
+            Err(e) if gone(&e) => return Ok(None),
+            Err(e) => return Err(err(e)),
+        };
+        let address = match address {
+            Ok(body) => address_of(&body).ok_or_else(|| BrokerError {
+                label: "protocol",
+                message: format!("{resource}.getAddress: unexpected reply {body}"),
+                connection: false,
+            })?,
+            Err(e) if gone(&e) => return Ok(None),
+            Err(e) => return Err(err(e)),
+        };
+        Ok(Some(QueueOwner { user, address }))
+    }
+
     fn is_closed(&self) -> bool {
         ArtemisClient::is_closed(self)
+    }
+}
+
+/// The address of a `getAddress` reply (`["t1"]`).
+fn address_of(body: &Json) -> Option<String> {
+    match body {
+        Json::Array(items) if items.len() == 1 => items[0].as_str().map(str::to_string),
+        _ => None,
     }
 }
 

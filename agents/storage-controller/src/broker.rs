@@ -3,9 +3,11 @@
 //! [`Plan`] ([`provision_pod`]), and the [`Provisioner`] that keeps a connection and an [`Ownership`] per broker pod
 //! and provisions every pod of every cluster in one pass.
 //!
-//! Each pass reads the broker (`getAddressNames`, `getQueueNames`), plans, and writes only what differs: a pass
-//! over brokers that already hold what they should — also the first pass after a restart — makes zero writes.
-//! Operations are pipelined (`window` in flight per broker); addresses are created before queues.
+//! Each pass reads the broker (`getAddressNames`, `getQueueNames`, and the owner — `getUser`, `getAddress` — of
+//! queues not desired there that it has not asked about yet), plans, and writes only what differs: a pass over
+//! brokers that already hold what they should — also the first pass after a restart — makes zero writes.
+//! Operations are pipelined (`window` in flight per broker); addresses are created before queues; every queue is
+//! created with `user` [`crate::provision::QUEUE_USER`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -16,7 +18,10 @@ use maas_model::{AddressKind, BrokerPod, Brokers};
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
-use crate::provision::{Actual, BrokerDesired, Op, Ownership, Plan, Routing, plan};
+use crate::provision::{
+    Actual, BrokerDesired, Op, Ownership, Plan, QueueOwner, Routing, owner_lookups, plan,
+    provisioned_hash,
+};
 
 /// A broker operation that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,9 +56,10 @@ pub trait BrokerMgmt: Send + Sync {
         name: &str,
         routing: Routing,
     ) -> impl Future<Output = Result<Done, BrokerError>> + Send;
-    /// `createQueue` of a durable ANYCAST queue `name` on address `name`.
+    /// `createQueue` of a durable ANYCAST queue `name` on address `name`, `user` [`crate::provision::QUEUE_USER`].
     fn create_queue(&self, name: &str) -> impl Future<Output = Result<Done, BrokerError>> + Send;
-    /// `createQueue` of a durable MULTICAST queue `name` bound to address `topic` (a durable subscription).
+    /// `createQueue` of a durable MULTICAST queue `name` bound to address `topic` (a durable subscription), `user`
+    /// [`crate::provision::QUEUE_USER`].
     fn create_subscription(
         &self,
         name: &str,
@@ -65,6 +71,12 @@ pub trait BrokerMgmt: Send + Sync {
     fn delete_address(&self, name: &str) -> impl Future<Output = Result<Done, BrokerError>> + Send;
     /// `queue.<name>.getMessageCount`.
     fn message_count(&self, queue: &str) -> impl Future<Output = Result<u64, BrokerError>> + Send;
+    /// `queue.<name>.getUser` and `getAddress`: who made the queue and where it is bound. None when the queue does
+    /// not exist (any more).
+    fn queue_owner(
+        &self,
+        queue: &str,
+    ) -> impl Future<Output = Result<Option<QueueOwner>, BrokerError>> + Send;
     /// True once the connection is gone.
     fn is_closed(&self) -> bool;
 }
@@ -117,9 +129,50 @@ pub async fn provision_pod<B: BrokerMgmt>(
 ) -> Result<PodReport, BrokerError> {
     let (addresses, queues) = futures_util::join!(broker.address_names(), broker.queue_names());
     let mut actual = Actual::from_names(addresses?, queues?);
-    let Plan { removals, creates } = plan(desired, &actual, owned);
     let mut report = PodReport::default();
     let window = window.max(1);
+
+    // Who made the queues that may have to go (asked once per queue; the answer is kept in `owned`).
+    owned.retain_owners(&actual);
+    let lookups = owner_lookups(desired, &actual, owned);
+    let answers: Vec<(String, Result<Option<QueueOwner>, BrokerError>)> = stream::iter(lookups)
+        .map(|q| async move {
+            let r = broker.queue_owner(&q).await;
+            metrics.broker_result(
+                "getUser",
+                r.as_ref().map_or_else(|e| e.label, |_| "unchanged"),
+            );
+            (q, r)
+        })
+        .buffer_unordered(window)
+        .collect()
+        .await;
+    let mut lookup_error = None;
+    for (q, r) in answers {
+        match r {
+            Ok(Some(o)) => {
+                if o.is_ours() {
+                    debug!(queue = %q, address = %o.address, "queue made by this controller (recorded on the broker)");
+                }
+                owned.set_owner(&q, o);
+            }
+            Ok(None) => {
+                actual.queues.remove(&q);
+            }
+            Err(e) => {
+                report
+                    .failed
+                    .push(("getUser".to_string(), q.clone(), e.message.clone()));
+                if e.connection {
+                    lookup_error = Some(e);
+                }
+            }
+        }
+    }
+    if let Some(e) = lookup_error {
+        return Err(e);
+    }
+    let Plan { removals, creates } = plan(desired, &actual, owned);
 
     // Removals, grouped by name (destroyQueue then deleteAddress of the same name).
     let mut groups: BTreeMap<String, Vec<Op>> = BTreeMap::new();
@@ -200,9 +253,23 @@ pub async fn provision_pod<B: BrokerMgmt>(
                         report.writes += 1;
                     }
                     match &op {
-                        Op::CreateAddress { name, .. } => actual.addresses.insert(name.clone()),
-                        _ => actual.queues.insert(op.name().to_string()),
-                    };
+                        Op::CreateAddress { name, .. } => {
+                            actual.addresses.insert(name.clone());
+                        }
+                        Op::CreateQueue { name } => {
+                            actual.queues.insert(name.clone());
+                            if done == Done::Changed {
+                                owned.set_owner(name, QueueOwner::ours(name));
+                            }
+                        }
+                        Op::CreateSubscription { name, topic } => {
+                            actual.queues.insert(name.clone());
+                            if done == Done::Changed {
+                                owned.set_owner(name, QueueOwner::ours(topic));
+                            }
+                        }
+                        _ => {}
+                    }
                 }
                 Err(e) => {
                     report.failed.push((
@@ -332,6 +399,9 @@ pub struct PassReport {
     pub ready: usize,
     /// Desired queues/topics missing, summed over pods.
     pub pending: usize,
+    /// Pods of a desired cluster holding everything they should (nothing pending, nothing failed) -> the
+    /// [`provisioned_hash`] of what they hold (the value of [`crate::PROVISIONED_ANNOTATION`]).
+    pub provisioned: BTreeMap<String, String>,
 }
 
 impl PassReport {
@@ -371,14 +441,17 @@ impl<C: Connector> Provisioner<C> {
     ) -> PassReport {
         let empty = BrokerDesired::new();
         let mut listed: BTreeMap<String, (&BrokerPod, BrokerDesired)> = BTreeMap::new();
+        // Pods of a desired cluster -> the hash of what they should hold.
+        let mut hashes: BTreeMap<String, String> = BTreeMap::new();
         for (cluster, pods) in &brokers.clusters {
-            let d = desired.get(cluster).unwrap_or(&empty);
+            let d = desired.get(cluster);
             for p in pods {
                 // Subscription queues only on their topic's pod.
-                listed.insert(
-                    p.name.clone(),
-                    (p, crate::provision::for_pod(d, &p.name, pods)),
-                );
+                let for_pod = crate::provision::for_pod(d.unwrap_or(&empty), &p.name, pods);
+                if d.is_some() {
+                    hashes.insert(p.name.clone(), provisioned_hash(&for_pod));
+                }
+                listed.insert(p.name.clone(), (p, for_pod));
             }
         }
         self.pods.retain(|name, _| listed.contains_key(name));
@@ -417,6 +490,12 @@ impl<C: Connector> Provisioner<C> {
                     for (q, n) in r.holding {
                         warn!(%pod, queue = %q, messages = n, "queue no longer wanted but holds messages; keeping it until empty");
                         report.holding.insert((pod.clone(), q), n);
+                    }
+                    // Every desired address/queue in place (a failed removal of something else does not matter).
+                    if r.pending == 0
+                        && let Some(h) = hashes.get(&pod)
+                    {
+                        report.provisioned.insert(pod.clone(), h.clone());
                     }
                     if r.failed.is_empty() {
                         report.pods_ok += 1;

@@ -12,6 +12,28 @@
 //!
 //! The volumeClaimTemplates are supplied FULLY (apiVersion/kind, volumeMode, an empty status): a partial claim
 //! template makes every no-op re-apply bump the StatefulSet's resourceVersion (kubernetes#119304).
+//!
+//! **Names.** The `maas.io/cluster` label (and `app.kubernetes.io/name`) always hold the cluster name; the
+//! StatefulSet, Service and PodDisruptionBudget are named [`object_name`]: the cluster name when it is a DNS-1035
+//! label of at most 52 characters (the StatefulSet controller labels each pod `controller-revision-hash=<name>-<10
+//! characters>`, a label value of at most 63), else a deterministic derivation with a hash suffix (`1orders` ->
+//! `b-1orders-<8 hex>`), unique per cluster name.
+//!
+//! **Broker pods** (stock image `quay.io/artemiscloud/activemq-artemis-broker`, user 185): login required
+//! (AMQ_USER/AMQ_PASSWORD from the broker Secret, `AMQ_REQUIRE_LOGIN=true`, and `--require-login` in
+//! AMQ_EXTRA_ARGS, which is what the stock image's launch script honours: it always passes `--allow-anonymous`,
+//! and `artemis create` lets `--require-login` win); non-root with `fsGroup` 185 (the claim is writable), seccomp
+//! `RuntimeDefault`, no privilege escalation, every capability dropped, no service account token; tcpSocket
+//! startup, liveness and readiness probes on the AMQP port (readiness cannot mean "provisioned": the controller
+//! provisions only ready pods; "provisioned" is the pod annotation [`crate::PROVISIONED_ANNOTATION`]).
+//!
+//! **Claims** (`persistentVolumeClaimRetentionPolicy`): `whenScaled: Retain` — a scale-down the controller did not
+//! make (kubectl scale, an autoscaler) may not have been drained, and a retained claim comes back with its messages
+//! when the ordinal does; `whenDeleted: Delete` — the controller deletes a StatefulSet only after every pod of it was
+//! drained (marked, grace, 0 messages), so the claims hold no message; with an owner reference
+//! (`--owner-configmap`) the garbage collector may delete the StatefulSet WITHOUT a drain, so then `Retain`.
+//! API servers without the StatefulSetAutoDeletePVC feature (before 1.27, or gate off) drop the field and retain
+//! every claim; [`up_to_date`] then ignores it (no re-apply every pass).
 
 use std::collections::BTreeMap;
 
@@ -29,6 +51,9 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const FLAVOR_LABEL: &str = "maas.io/flavor";
 /// Annotation naming the address of a cluster that is not shared (label values cannot hold every address).
 pub const ADDRESS_ANNOTATION: &str = "maas.io/address";
+/// Annotation of a StatefulSet holding the replicas the controller applied: a scale-down made behind its back
+/// (pods gone undrained, their claims retained) does not lower what the controller drains before a removal.
+pub const REPLICAS_ANNOTATION: &str = "maas.io/replicas";
 /// Annotation holding the SHA-256 of the applied body (without this annotation): a changed desired object
 /// changes it, so a field the controller stopped setting is noticed too.
 pub const SPEC_HASH_ANNOTATION: &str = "maas.io/spec-hash";
@@ -40,15 +65,57 @@ pub const DEFAULT_STORAGE_SIZE: &str = "1Gi";
 pub const AMQP_PORT: u16 = 5672;
 /// Where the broker keeps its journal (the claim template `data` is mounted here).
 pub const DATA_DIR: &str = "/opt/amq/data";
+/// The Secret (keys `username`, `password`) the brokers take their login from when none is named.
+pub const DEFAULT_BROKER_SECRET: &str = "maas-broker-credentials";
+/// The user (and fsGroup) of the stock Artemis image (`run: user: 185` of activemq-artemis-broker).
+pub const BROKER_UID: i64 = 185;
+/// Longest StatefulSet name: the pods' `controller-revision-hash` label is `<name>-<10 characters>` (<= 63).
+pub const MAX_OBJECT_NAME_LEN: usize = 52;
+/// Hex characters of the hash suffix of a derived object name.
+const NAME_HASH_LEN: usize = 8;
 /// Label selector of everything this controller manages.
 pub fn managed_selector() -> String {
     format!("{MANAGED_BY_LABEL}={MANAGER},{COMPONENT_LABEL}={BROKER_COMPONENT}")
 }
 
+/// The name of the StatefulSet, Service and PodDisruptionBudget of cluster `cluster`: `cluster` itself when it is
+/// a DNS-1035 label (a lower-case letter first; letters, digits, `-`; alphanumeric last) of at most
+/// [`MAX_OBJECT_NAME_LEN`] characters; else `<base>-<8 hex of SHA-256(cluster)>` where `<base>` is the cluster
+/// name reduced to `[a-z0-9-]`, prefixed `b-` when it does not start with a letter, cut to fit. Deterministic, and
+/// two cluster names never share an object name (the hash suffix, as [`maas_model::dns1123_label`] does).
+pub fn object_name(cluster: &str) -> String {
+    let valid = cluster.len() <= MAX_OBJECT_NAME_LEN
+        && cluster.starts_with(|c: char| c.is_ascii_lowercase())
+        && cluster.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && cluster
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if valid {
+        return cluster.to_string();
+    }
+    let hash = maas_source::snapshot::hex_sha256(cluster.as_bytes());
+    let suffix = &hash[..NAME_HASH_LEN];
+    let reduced: String = cluster
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')
+        .collect();
+    let reduced = reduced.trim_matches('-');
+    let base = if reduced.starts_with(|c: char| c.is_ascii_lowercase()) {
+        reduced.to_string()
+    } else {
+        format!("b-{reduced}")
+    };
+    // Only ASCII remains, so byte slicing is on char boundaries.
+    let keep = MAX_OBJECT_NAME_LEN - NAME_HASH_LEN - 1;
+    let base = base[..base.len().min(keep)].trim_end_matches('-');
+    format!("{base}-{suffix}")
+}
+
 /// One broker cluster as the addresses and their flavor ask for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerCluster {
-    /// DNS-1123 cluster name: the StatefulSet, the Service, and the `maas.io/cluster` label.
+    /// DNS-1123 cluster name: the `maas.io/cluster` label (its objects are named [`object_name`] of it).
     pub name: String,
     /// The flavor the settings came from (empty when the address had none).
     pub flavor: String,
@@ -68,17 +135,34 @@ pub struct BrokerCluster {
     pub resources: Option<Value>,
 }
 
+impl BrokerCluster {
+    /// The name of the cluster's StatefulSet, Service and PodDisruptionBudget ([`object_name`]).
+    pub fn object_name(&self) -> String {
+        object_name(&self.name)
+    }
+}
+
 /// What is not in the address configuration but shapes the objects.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterOptions {
     /// Namespace of the objects.
     pub namespace: String,
     /// Secret with keys `username` and `password` given to the broker as AMQ_USER / AMQ_PASSWORD (the user the
-    /// controller and the routers log in as). None: no credentials are set (the image then makes its own).
-    pub broker_secret: Option<String>,
+    /// controller and the routers log in as; the brokers require login). Default [`DEFAULT_BROKER_SECRET`].
+    pub broker_secret: String,
     /// Owner of every object (e.g. the address ConfigMap), when known. Off by default: garbage collection of an
     /// owner deletes brokers WITHOUT draining them.
     pub owner: Option<Owner>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            namespace: String::new(),
+            broker_secret: DEFAULT_BROKER_SECRET.to_string(),
+            owner: None,
+        }
+    }
 }
 
 /// An owner reference target.
@@ -174,7 +258,7 @@ pub fn cluster_labels(cluster: &BrokerCluster) -> BTreeMap<String, String> {
 
 fn metadata(cluster: &BrokerCluster, opts: &ClusterOptions) -> Value {
     let mut m = Map::new();
-    m.insert("name".into(), json!(cluster.name));
+    m.insert("name".into(), json!(cluster.object_name()));
     m.insert("namespace".into(), json!(opts.namespace));
     m.insert("labels".into(), json!(cluster_labels(cluster)));
     if !cluster.shared
@@ -211,24 +295,33 @@ fn selector(cluster: &BrokerCluster) -> Value {
 }
 
 /// The StatefulSet of `cluster` with `replicas` pods (the controller passes more than the flavor asks while pods
-/// above it drain).
+/// above it drain). See the module documentation for the pod's security settings, probes and claim policy.
 pub fn statefulset(cluster: &BrokerCluster, opts: &ClusterOptions, replicas: i32) -> Value {
-    let mut env = vec![
+    let secret = &opts.broker_secret;
+    let env = vec![
         json!({"name": "AMQ_NAME", "value": "broker"}),
         json!({"name": "AMQ_ROLE", "value": "admin"}),
         json!({"name": "AMQ_DATA_DIR", "value": DATA_DIR}),
-        json!({"name": "AMQ_EXTRA_ARGS", "value": "--nio --relax-jolokia"}),
+        json!({"name": "AMQ_REQUIRE_LOGIN", "value": "true"}),
+        json!({"name": "AMQ_EXTRA_ARGS", "value": "--nio --relax-jolokia --require-login"}),
+        json!({"name": "AMQ_USER", "valueFrom": {"secretKeyRef": {"name": secret, "key": "username"}}}),
+        json!({"name": "AMQ_PASSWORD", "valueFrom": {"secretKeyRef": {"name": secret, "key": "password"}}}),
     ];
-    if let Some(secret) = &opts.broker_secret {
-        env.push(json!({"name": "AMQ_USER", "valueFrom": {"secretKeyRef": {"name": secret, "key": "username"}}}));
-        env.push(json!({"name": "AMQ_PASSWORD", "valueFrom": {"secretKeyRef": {"name": secret, "key": "password"}}}));
-    }
+    let tcp = json!({"port": "amqp"});
     let mut container = json!({
         "name": "broker",
         "image": cluster.image,
         "ports": [{"name": "amqp", "containerPort": AMQP_PORT, "protocol": "TCP"}],
         "env": env,
-        "readinessProbe": {"tcpSocket": {"port": "amqp"}, "periodSeconds": 5},
+        // The journal may take a while to load: up to 10 minutes before liveness counts.
+        "startupProbe": {"tcpSocket": tcp, "periodSeconds": 5, "failureThreshold": 120},
+        "livenessProbe": {"tcpSocket": tcp, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6},
+        "readinessProbe": {"tcpSocket": tcp, "periodSeconds": 5},
+        "securityContext": {
+            "runAsNonRoot": true,
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"]},
+        },
         "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}],
     });
     if let Some(r) = &cluster.resources {
@@ -242,18 +335,39 @@ pub fn statefulset(cluster: &BrokerCluster, opts: &ClusterOptions, replicas: i32
     if let Some(class) = &cluster.storage_class {
         claim_spec["storageClassName"] = json!(class);
     }
+    let name = cluster.object_name();
+    let mut meta = metadata(cluster, opts);
+    meta["annotations"][REPLICAS_ANNOTATION] = json!(replicas.to_string());
+    // Deleted by the controller only after the drain; the garbage collector (owner reference) does not drain.
+    let when_deleted = if opts.owner.is_some() {
+        "Retain"
+    } else {
+        "Delete"
+    };
     with_spec_hash(json!({
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
-        "metadata": metadata(cluster, opts),
+        "metadata": meta,
         "spec": {
             "replicas": replicas,
-            "serviceName": cluster.name,
+            "serviceName": name,
             "podManagementPolicy": "OrderedReady",
             "selector": {"matchLabels": selector(cluster)},
+            "persistentVolumeClaimRetentionPolicy": {"whenScaled": "Retain", "whenDeleted": when_deleted},
             "template": {
                 "metadata": {"labels": cluster_labels(cluster)},
-                "spec": {"containers": [container], "terminationGracePeriodSeconds": 60},
+                "spec": {
+                    "containers": [container],
+                    "terminationGracePeriodSeconds": 60,
+                    "automountServiceAccountToken": false,
+                    "securityContext": {
+                        "runAsNonRoot": true,
+                        "runAsUser": BROKER_UID,
+                        "fsGroup": BROKER_UID,
+                        "fsGroupChangePolicy": "OnRootMismatch",
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                },
             },
             "volumeClaimTemplates": [{
                 "apiVersion": "v1",
@@ -262,6 +376,20 @@ pub fn statefulset(cluster: &BrokerCluster, opts: &ClusterOptions, replicas: i32
                 "spec": claim_spec,
                 "status": {},
             }],
+        },
+    }))
+}
+
+/// The PodDisruptionBudget of `cluster`: at most one broker pod of it voluntarily disrupted (drained node,
+/// eviction) at a time.
+pub fn pod_disruption_budget(cluster: &BrokerCluster, opts: &ClusterOptions) -> Value {
+    with_spec_hash(json!({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata(cluster, opts),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector(cluster)},
         },
     }))
 }
@@ -287,16 +415,28 @@ const SERVER_KEYS: [&str; 3] = ["apiVersion", "kind", "status"];
 /// same spec hash annotation, and every label, annotation, owner reference and spec field of `desired` with the
 /// same value (fields the API server defaulted or others own are ignored; arrays must have the same length).
 /// False means: apply (a changed desired object, or drift someone made to our fields).
+///
+/// A StatefulSet's `persistentVolumeClaimRetentionPolicy` absent from the live object is not drift: API servers
+/// without the StatefulSetAutoDeletePVC feature drop it, and re-applying would change nothing.
 pub fn up_to_date(desired: &Value, live: &Value) -> bool {
     let hash = |v: &Value| v["metadata"]["annotations"][SPEC_HASH_ANNOTATION].clone();
     if hash(desired).is_null() || hash(desired) != hash(live) {
         return false;
     }
+    let mut spec = desired["spec"].clone();
+    if live["spec"].get(RETENTION_POLICY).is_none()
+        && let Some(s) = spec.as_object_mut()
+    {
+        s.remove(RETENTION_POLICY);
+    }
     ["labels", "annotations", "ownerReferences"]
         .iter()
         .all(|k| contained(&desired["metadata"][*k], &live["metadata"][*k]))
-        && contained(&desired["spec"], &live["spec"])
+        && contained(&spec, &live["spec"])
 }
+
+/// The StatefulSet field an API server without the StatefulSetAutoDeletePVC feature drops.
+const RETENTION_POLICY: &str = "persistentVolumeClaimRetentionPolicy";
 
 /// `want` is contained in `have`: objects key by key (ignoring [`SERVER_KEYS`]), arrays element by element,
 /// numbers by value, everything else equal.
@@ -314,19 +454,21 @@ fn contained(want: &Value, have: &Value) -> bool {
     }
 }
 
-/// Every object `render` writes, as (file name, object): `<cluster>-service.yaml` and `<cluster>-statefulset.yaml`
-/// per cluster, in cluster order.
+/// Every object `render` writes, as (file name, object): `<name>-service.yaml`, `<name>-statefulset.yaml` and
+/// `<name>-pdb.yaml` per cluster (`<name>`: [`object_name`]), in cluster order.
 pub fn manifests(
     clusters: &BTreeMap<String, BrokerCluster>,
     opts: &ClusterOptions,
 ) -> Vec<(String, Value)> {
     let mut out = Vec::new();
     for c in clusters.values() {
-        out.push((format!("{}-service.yaml", c.name), service(c, opts)));
+        let name = c.object_name();
+        out.push((format!("{name}-service.yaml"), service(c, opts)));
         out.push((
-            format!("{}-statefulset.yaml", c.name),
+            format!("{name}-statefulset.yaml"),
             statefulset(c, opts, c.replicas),
         ));
+        out.push((format!("{name}-pdb.yaml"), pod_disruption_budget(c, opts)));
     }
     out
 }
@@ -336,6 +478,7 @@ pub fn manifests(
 mod tests {
     use super::*;
     use maas_model::{Address, AddressKind, AddressSet, FlavorSet};
+    use std::collections::BTreeSet;
 
     fn flavor(name: &str, shared: bool, extra: Value) -> Flavor {
         Flavor {
@@ -410,7 +553,7 @@ mod tests {
         let (clusters, _) = desired_clusters(&cfg);
         let opts = ClusterOptions {
             namespace: "maas".into(),
-            broker_secret: Some("broker-creds".into()),
+            broker_secret: "broker-creds".into(),
             owner: Some(Owner {
                 api_version: "v1".into(),
                 kind: "ConfigMap".into(),
@@ -442,10 +585,34 @@ mod tests {
             json!({"name": "amqp", "containerPort": 5672, "protocol": "TCP"})
         );
         assert_eq!(c["resources"]["limits"]["memory"], "1Gi");
+        let env = |name: &str| {
+            c["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == name)
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
         assert_eq!(
-            c["env"][4]["valueFrom"]["secretKeyRef"]["name"],
-            "broker-creds"
+            env("AMQ_USER")["valueFrom"],
+            json!({"secretKeyRef": {"name": "broker-creds", "key": "username"}})
         );
+        assert_eq!(
+            env("AMQ_PASSWORD")["valueFrom"],
+            json!({"secretKeyRef": {"name": "broker-creds", "key": "password"}})
+        );
+        assert_eq!(env("AMQ_REQUIRE_LOGIN")["value"], "true");
+        assert!(
+            env("AMQ_EXTRA_ARGS")["value"]
+                .as_str()
+                .unwrap()
+                .split(' ')
+                .any(|a| a == "--require-login"),
+            "the stock image's launch script always passes --allow-anonymous; --require-login wins"
+        );
+        // No secret value in the body: only references.
+        assert!(!sts.to_string().contains("\"password\":\""));
         assert_eq!(sts["metadata"]["ownerReferences"][0]["uid"], "u-1");
         assert_eq!(sts["metadata"]["annotations"][ADDRESS_ANNOTATION], "orders");
         let svc = service(&clusters["orders"], &opts);
@@ -453,6 +620,200 @@ mod tests {
         assert_eq!(svc["spec"]["clusterIP"], "None");
         // Same input, same body (idempotent apply).
         assert_eq!(sts, statefulset(&clusters["orders"], &opts, 3));
+    }
+
+    fn cluster(name: &str) -> BrokerCluster {
+        BrokerCluster {
+            name: name.into(),
+            flavor: String::new(),
+            shared: false,
+            addresses: vec![name.into()],
+            image: DEFAULT_IMAGE.into(),
+            replicas: 1,
+            storage_class: None,
+            storage_size: DEFAULT_STORAGE_SIZE.into(),
+            resources: None,
+        }
+    }
+
+    fn is_dns1035(s: &str) -> bool {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && s.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    }
+
+    #[test]
+    fn object_names_are_valid_short_deterministic_and_unique() {
+        // Valid names are kept.
+        assert_eq!(object_name("orders"), "orders");
+        assert_eq!(object_name(&"a".repeat(52)), "a".repeat(52));
+        let long = format!("x{}", "-y".repeat(31)); // 63 characters, a valid DNS-1123 cluster name
+        let mut names = BTreeSet::new();
+        for c in [
+            "1orders".to_string(),
+            "0".to_string(),
+            "9-lives".to_string(),
+            "a".repeat(53),
+            "a".repeat(63),
+            long.clone(),
+            dns1123_label("Orders.EU_1"),
+            dns1123_label(&"7".repeat(80)),
+        ] {
+            let n = object_name(&c);
+            assert!(is_dns1035(&n), "{c:?} -> {n:?}");
+            assert!(n.len() <= MAX_OBJECT_NAME_LEN, "{c:?} -> {n:?}");
+            // The controller-revision-hash label `<name>-<10>` and pod names `<name>-<ordinal>` fit in 63.
+            assert!(n.len() + 11 <= 63);
+            assert_eq!(object_name(&c), n, "deterministic");
+            assert!(names.insert(n), "unique: {c:?}");
+        }
+        let n = object_name("1orders");
+        assert!(n.starts_with("b-1orders-"), "{n}");
+        assert_eq!(n.len(), "b-1orders-".len() + 8);
+        // Names that only differ past the cut still differ.
+        assert_ne!(
+            object_name(&format!("{}a", "q".repeat(60))),
+            object_name(&format!("{}b", "q".repeat(60)))
+        );
+    }
+
+    #[test]
+    fn a_cluster_named_after_a_digit_address_renders_valid_objects() {
+        let c = cluster("1orders");
+        let opts = ClusterOptions::default();
+        let name = object_name("1orders");
+        let sts = statefulset(&c, &opts, 2);
+        let svc = service(&c, &opts);
+        let pdb = pod_disruption_budget(&c, &opts);
+        for obj in [&sts, &svc, &pdb] {
+            assert_eq!(obj["metadata"]["name"], json!(name), "{}", obj["kind"]);
+            // The cluster label keeps the cluster name (pods are grouped by it).
+            assert_eq!(obj["metadata"]["labels"][CLUSTER_LABEL], "1orders");
+        }
+        assert_eq!(sts["spec"]["serviceName"], json!(name));
+        assert_eq!(
+            sts["spec"]["template"]["metadata"]["labels"][CLUSTER_LABEL],
+            "1orders"
+        );
+        assert_eq!(
+            sts["spec"]["selector"]["matchLabels"][CLUSTER_LABEL],
+            "1orders"
+        );
+        assert_eq!(svc["spec"]["selector"][CLUSTER_LABEL], "1orders");
+        assert_eq!(
+            pdb["spec"]["selector"]["matchLabels"],
+            sts["spec"]["selector"]["matchLabels"]
+        );
+        let _: k8s_openapi::api::apps::v1::StatefulSet = serde_json::from_value(sts).unwrap();
+        let _: k8s_openapi::api::core::v1::Service = serde_json::from_value(svc).unwrap();
+        let _: k8s_openapi::api::policy::v1::PodDisruptionBudget =
+            serde_json::from_value(pdb).unwrap();
+        let files: Vec<String> = manifests(&BTreeMap::from([("1orders".to_string(), c)]), &opts)
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        assert_eq!(
+            files,
+            vec![
+                format!("{name}-service.yaml"),
+                format!("{name}-statefulset.yaml"),
+                format!("{name}-pdb.yaml")
+            ]
+        );
+    }
+
+    #[test]
+    fn broker_pods_are_hardened_and_probed() {
+        let sts = statefulset(&cluster("orders"), &ClusterOptions::default(), 1);
+        let typed: k8s_openapi::api::apps::v1::StatefulSet =
+            serde_json::from_value(sts.clone()).unwrap();
+        let pod = typed.spec.unwrap().template.spec.unwrap();
+        let psc = pod.security_context.unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(psc.run_as_user, Some(BROKER_UID));
+        assert_eq!(
+            psc.fs_group,
+            Some(BROKER_UID),
+            "the claim is writable by the broker user"
+        );
+        assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let c = &pod.containers[0];
+        let csc = c.security_context.clone().unwrap();
+        assert_eq!(csc.allow_privilege_escalation, Some(false));
+        assert_eq!(csc.run_as_non_root, Some(true));
+        assert_eq!(
+            csc.capabilities.unwrap().drop,
+            Some(vec!["ALL".to_string()])
+        );
+        for probe in [&c.startup_probe, &c.liveness_probe, &c.readiness_probe] {
+            let p = probe.clone().unwrap();
+            let tcp = p.tcp_socket.unwrap();
+            assert_eq!(
+                tcp.port,
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("amqp".into())
+            );
+        }
+        assert_eq!(
+            c.startup_probe.clone().unwrap().failure_threshold,
+            Some(120)
+        );
+        // Default secret.
+        let env = &sts["spec"]["template"]["spec"]["containers"][0]["env"];
+        assert!(env.to_string().contains(DEFAULT_BROKER_SECRET));
+        // The applied replicas are recorded.
+        assert_eq!(sts["metadata"]["annotations"][REPLICAS_ANNOTATION], "1");
+    }
+
+    #[test]
+    fn claim_retention_and_disruption_budget() {
+        let c = cluster("orders");
+        let sts = statefulset(&c, &ClusterOptions::default(), 1);
+        assert_eq!(
+            sts["spec"]["persistentVolumeClaimRetentionPolicy"],
+            json!({"whenScaled": "Retain", "whenDeleted": "Delete"})
+        );
+        // With an owner reference the garbage collector may delete the StatefulSet without a drain: claims stay.
+        let owned = ClusterOptions {
+            owner: Some(Owner {
+                api_version: "v1".into(),
+                kind: "ConfigMap".into(),
+                name: "a".into(),
+                uid: "u".into(),
+            }),
+            ..ClusterOptions::default()
+        };
+        let sts = statefulset(&c, &owned, 1);
+        assert_eq!(
+            sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"],
+            "Retain"
+        );
+        let pdb = pod_disruption_budget(&c, &owned);
+        assert_eq!(pdb["apiVersion"], "policy/v1");
+        assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+        assert_eq!(pdb["metadata"]["ownerReferences"][0]["uid"], "u");
+        assert_eq!(pdb["metadata"]["labels"][MANAGED_BY_LABEL], MANAGER);
+        assert!(up_to_date(&pdb, &pdb));
+    }
+
+    #[test]
+    fn a_retention_policy_the_api_server_dropped_is_not_drift() {
+        let want = statefulset(&cluster("orders"), &ClusterOptions::default(), 1);
+        let mut live = want.clone();
+        live["spec"]
+            .as_object_mut()
+            .unwrap()
+            .remove("persistentVolumeClaimRetentionPolicy");
+        assert!(
+            up_to_date(&want, &live),
+            "an API server without the feature drops it"
+        );
+        let mut changed = want.clone();
+        changed["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] = json!("Retain");
+        assert!(!up_to_date(&want, &changed), "a changed policy is drift");
     }
 
     #[test]
@@ -521,8 +882,10 @@ mod tests {
             vec![
                 "orders-service.yaml",
                 "orders-statefulset.yaml",
+                "orders-pdb.yaml",
                 "t-service.yaml",
-                "t-statefulset.yaml"
+                "t-statefulset.yaml",
+                "t-pdb.yaml"
             ]
         );
     }

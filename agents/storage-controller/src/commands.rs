@@ -276,7 +276,7 @@ pub fn render(args: &RenderArgs) -> Result<usize> {
 }
 
 /// Write each (file, object) as one YAML document; files of earlier renders that are no longer produced are
-/// removed (only `*-service.yaml` / `*-statefulset.yaml`).
+/// removed (only `*-service.yaml` / `*-statefulset.yaml` / `*-pdb.yaml`).
 pub fn write_manifests(out: &Path, files: &[(String, serde_json::Value)]) -> Result<usize> {
     let io = |path: &Path, source| Error::Io {
         path: path.display().to_string(),
@@ -287,7 +287,9 @@ pub fn write_manifests(out: &Path, files: &[(String, serde_json::Value)]) -> Res
     if let Ok(entries) = std::fs::read_dir(out) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if (name.ends_with("-service.yaml") || name.ends_with("-statefulset.yaml"))
+            if (name.ends_with("-service.yaml")
+                || name.ends_with("-statefulset.yaml")
+                || name.ends_with("-pdb.yaml"))
                 && !keep.contains(name.as_str())
             {
                 let p = entry.path();

@@ -1,18 +1,30 @@
 //! The level-triggered control loop: on every configuration change, pod change, or timer tick it
-//! 1. (Kubernetes mode) reconciles the broker clusters ([`reconcile_clusters`]): server-side applies the Service
-//!    and StatefulSet of each cluster the addresses need — only when the listed object differs from the desired
-//!    one, so a pass (or a restart) with nothing changed sends no PATCH; for a scale-down or a cluster no address
-//!    needs, marks the pods going away `maas.io/draining=true`, waits the drain grace ([`DrainClock`]: the
-//!    router-agents must have seen the mark and dropped the `out` autoLinks) and until every queue on them is
-//!    empty, and only then scales down or deletes;
+//! 1. (Kubernetes mode) reconciles the broker clusters ([`reconcile_clusters`]): server-side applies the Service,
+//!    StatefulSet and PodDisruptionBudget of each cluster the addresses need — only when the listed object differs
+//!    from the desired one, so a pass (or a restart) with nothing changed sends no PATCH; for a scale-down or a
+//!    cluster no address needs, marks the pods going away `maas.io/draining=true`, waits the drain grace
+//!    ([`DrainClock`]: the router-agents must have seen the mark and dropped the `out` autoLinks) and until every
+//!    queue on them is empty, and only then scales down or deletes;
 //! 2. provisions every broker pod ([`Provisioner::pass`]); a desired cluster without broker pods (yet) counts
-//!    its addresses as pending;
+//!    its addresses as pending; (Kubernetes mode) annotates every pod that holds all it should
+//!    [`crate::PROVISIONED_ANNOTATION`]` = <hash of that set>`;
 //! 3. publishes metrics and readiness.
+//!
+//! **Drains never act on an unknown pod list.** Until the pod watch has synced (and always in `--brokers-file`
+//! mode, where the controller sees no pods), nothing is scaled down, marked or deleted: the scale-down keeps the
+//! current replicas, the removal waits. A pod that should be drained (every ordinal the StatefulSet has or had:
+//! `spec.replicas`, or the replicas the controller last applied when someone scaled it down behind its back) but
+//! is not in the synced list is not "drained": it is waited for (its claim may hold messages).
+//!
+//! **One bad cluster does not block the others.** Each cluster's pass (apply, drain, delete) is independent: an
+//! API error fails that cluster alone (`cluster_errors{cluster}`, the log, `/readyz`), the others go on, and the
+//! failed one is retried; an unreachable broker only keeps its own drain waiting. Only a failed LIST (nothing is
+//! known) fails the whole reconcile.
 //!
 //! Errors never stop the loop: the pass is retried with capped backoff; the last good configuration stays in
 //! force.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,9 +39,9 @@ use tracing::{info, instrument, warn};
 
 use crate::broker::{Connector, PassReport, Provisioner};
 use crate::clusters::{BrokerCluster, desired_clusters};
-use crate::kube::KubeCtx;
+use crate::kube::{ExistingCluster, KubeCtx};
 use crate::provision::desired_per_cluster;
-use crate::{Error, Result};
+use crate::{Error, PROVISIONED_ANNOTATION, Result};
 
 /// What a cluster reconcile did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -42,9 +54,14 @@ pub struct ClusterReport {
     pub patches: usize,
     /// Clusters deleted (after their drain).
     pub deleted: Vec<String>,
-    /// Pods being drained -> messages still on them (None: not known yet, e.g. the mark was just set or the
-    /// broker is unreachable).
+    /// Pods being drained -> messages still on them (None: not known yet, e.g. the mark was just set, the
+    /// broker is unreachable, or the pod is not in the pod list).
     pub draining: BTreeMap<String, Option<u64>>,
+    /// Clusters whose pass failed (a Kubernetes API error) -> the error. The other clusters went on; these are
+    /// retried.
+    pub failed: BTreeMap<String, String>,
+    /// Clusters whose scale-down or removal waits for the pod list to be synced.
+    pub deferred: Vec<String>,
 }
 
 /// How long a pod must have been seen marked draining before it may count as drained, and since when each
@@ -101,17 +118,25 @@ fn endpoint(p: &PodInfo) -> Option<BrokerPod> {
         .and_then(|v| v.into_iter().next())
 }
 
-/// Drain `pods`: mark each, and once the mark is visible on the pod, count the messages of every queue on it.
-/// True when every pod is marked, has been seen marked for the drain grace, and is empty.
+/// Drain the pods named `going` (from the synced pod list `pods`): mark each, and once the mark is visible on the
+/// pod, count the messages of every queue on it. True when every one of them is in the list, marked, has been seen
+/// marked for the drain grace, and is empty. A pod missing from the list is never taken as drained.
 async fn drain<C: Connector>(
     ctx: &KubeCtx,
-    pods: &[&PodInfo],
+    going: &[String],
+    pods: &[PodInfo],
     prov: &mut Provisioner<C>,
     clock: &mut DrainClock,
     report: &mut ClusterReport,
 ) -> Result<bool> {
     let mut all_empty = true;
-    for p in pods {
+    for name in going {
+        let Some(p) = pods.iter().find(|p| &p.name == name) else {
+            warn!(pod = %name, "broker pod going away is not in the pod list (its claim may hold messages); waiting for it");
+            report.draining.insert(name.clone(), None);
+            all_empty = false;
+            continue;
+        };
         if !is_marked(p) {
             info!(pod = %p.name, "marking broker pod as draining");
             ctx.set_draining(&p.name, true).await?;
@@ -149,81 +174,175 @@ async fn drain<C: Connector>(
     Ok(all_empty)
 }
 
-/// One reconcile of the broker clusters against the Kubernetes API. Requests, in order: list the managed
-/// StatefulSets, list the managed Services; per desired cluster (name order) apply its Service then its
-/// StatefulSet (keeping the current replicas while pods above the flavor's count drain) — each only when the
-/// listed object differs from the desired one —, clearing stale draining marks; per cluster no address needs:
-/// drain its pods (mark, drain grace, 0 messages), then delete its StatefulSet and Service; a managed Service
-/// left without its StatefulSet and not needed is deleted.
+/// The pods of StatefulSet `object` (of `cluster`) with ordinals `from..to`, and any other pod of it in `pods`
+/// with an ordinal at or above `from` (e.g. one still terminating), in ordinal order.
+fn pods_going(object: &str, cluster: &str, from: i32, to: i32, pods: &[PodInfo]) -> Vec<String> {
+    let mut ordinals: BTreeSet<i32> = (from.max(0)..to).collect();
+    ordinals.extend(
+        pods.iter()
+            .filter(|p| p.labels.get(CLUSTER_LABEL).map(String::as_str) == Some(cluster))
+            .filter_map(|p| ordinal(object, &p.name))
+            .filter(|o| *o >= from),
+    );
+    ordinals
+        .into_iter()
+        .map(|o| format!("{object}-{o}"))
+        .collect()
+}
+
+/// Record a failed cluster pass: log, metric, report (the other clusters go on; this one is retried).
+fn cluster_failed(ctx: &KubeCtx, report: &mut ClusterReport, cluster: &str, e: &Error) {
+    warn!(%cluster, error = %e, "cluster pass failed; the other clusters go on, this one is retried");
+    ctx.metrics.cluster_error(cluster);
+    report.failed.insert(cluster.to_string(), e.to_string());
+}
+
+/// One reconcile of the broker clusters against the Kubernetes API. `pods` is the pod list when the pod watch
+/// has synced (None: unknown, so nothing is scaled down, marked or deleted). Requests, in order: list the managed
+/// StatefulSets, Services and PodDisruptionBudgets (a failed list fails the reconcile); per desired cluster (name
+/// order) drain the pods above the flavor's count (keeping the current replicas until they are drained), clear
+/// stale draining marks, and apply its Service, StatefulSet and PodDisruptionBudget — each only when the listed
+/// object differs from the desired one; per cluster no address needs: drain every pod it has or had (mark, drain
+/// grace, 0 messages), then delete its StatefulSet, PodDisruptionBudget and Service; a managed Service or
+/// PodDisruptionBudget left without its StatefulSet and not needed is deleted. A failed call fails its cluster
+/// only ([`ClusterReport::failed`]).
 #[instrument(skip_all, fields(clusters = desired.len()))]
 pub async fn reconcile_clusters<C: Connector>(
     ctx: &KubeCtx,
     desired: &BTreeMap<String, BrokerCluster>,
-    pods: &[PodInfo],
+    pods: Option<&[PodInfo]>,
     prov: &mut Provisioner<C>,
     clock: &mut DrainClock,
 ) -> Result<ClusterReport> {
     let existing = ctx.list_clusters().await?;
     let services = ctx.list_services().await?;
-    clock.retain_marked(pods);
+    let budgets = ctx.list_pdbs().await?;
+    if let Some(pods) = pods {
+        clock.retain_marked(pods);
+    }
     let mut report = ClusterReport::default();
-    let pods_of = |cluster: &str| -> Vec<&PodInfo> {
-        pods.iter()
-            .filter(|p| p.labels.get(CLUSTER_LABEL).map(String::as_str) == Some(cluster))
-            .collect()
-    };
+    let mut wanted: BTreeSet<String> = BTreeSet::new();
     for (name, cluster) in desired {
-        let current = existing.get(name).map(|e| e.replicas);
-        let target = cluster.replicas;
-        let cluster_pods = pods_of(name);
-        let mut replicas = target;
-        if let Some(cur) = current
-            && cur > target
-        {
-            let going: Vec<&PodInfo> = cluster_pods
-                .iter()
-                .copied()
-                .filter(|p| ordinal(name, &p.name).is_some_and(|o| o >= target))
-                .collect();
-            if !drain(ctx, &going, prov, clock, &mut report).await? {
+        let object = cluster.object_name();
+        let live = Live {
+            statefulset: existing.get(&object),
+            service: services.get(&object).map(|l| &l.object),
+            pdb: budgets.get(&object).map(|l| &l.object),
+        };
+        let r =
+            reconcile_desired(ctx, cluster, &object, live, pods, prov, clock, &mut report).await;
+        if let Err(e) = r {
+            cluster_failed(ctx, &mut report, name, &e);
+        }
+        wanted.insert(object);
+    }
+    for (object, e) in existing.iter().filter(|(o, _)| !wanted.contains(*o)) {
+        let Some(pods) = pods else {
+            info!(cluster = %e.cluster, "no address needs this cluster, but the pod list is not synced yet; its drain waits");
+            report.deferred.push(e.cluster.clone());
+            continue;
+        };
+        let going = pods_going(object, &e.cluster, 0, e.replicas, pods);
+        let r = match drain(ctx, &going, pods, prov, clock, &mut report).await {
+            Ok(true) => {
+                info!(cluster = %e.cluster, "no address needs this cluster and its brokers are empty; deleting it");
+                ctx.delete_cluster(object).await.map(|()| {
+                    report.deleted.push(e.cluster.clone());
+                })
+            }
+            Ok(false) => Ok(()),
+            Err(err) => Err(err),
+        };
+        if let Err(err) = r {
+            cluster_failed(ctx, &mut report, &e.cluster, &err);
+        }
+    }
+    for (object, l) in services
+        .iter()
+        .filter(|(o, _)| !wanted.contains(*o) && !existing.contains_key(*o))
+    {
+        info!(service = %object, "managed Service without its StatefulSet and no longer needed; deleting it");
+        if let Err(e) = ctx.delete_service(object).await {
+            cluster_failed(ctx, &mut report, &l.cluster, &e);
+        }
+    }
+    for (object, l) in budgets
+        .iter()
+        .filter(|(o, _)| !wanted.contains(*o) && !existing.contains_key(*o))
+    {
+        info!(pdb = %object, "managed PodDisruptionBudget without its StatefulSet and no longer needed; deleting it");
+        if let Err(e) = ctx.delete_pdb(object).await {
+            cluster_failed(ctx, &mut report, &l.cluster, &e);
+        }
+    }
+    Ok(report)
+}
+
+/// The listed objects of one cluster.
+#[derive(Clone, Copy)]
+struct Live<'a> {
+    statefulset: Option<&'a ExistingCluster>,
+    service: Option<&'a serde_json::Value>,
+    pdb: Option<&'a serde_json::Value>,
+}
+
+/// One desired cluster: drain what goes (scale-down), clear stale marks, apply what differs.
+#[allow(clippy::too_many_arguments)]
+async fn reconcile_desired<C: Connector>(
+    ctx: &KubeCtx,
+    cluster: &BrokerCluster,
+    object: &str,
+    live: Live<'_>,
+    pods: Option<&[PodInfo]>,
+    prov: &mut Provisioner<C>,
+    clock: &mut DrainClock,
+    report: &mut ClusterReport,
+) -> Result<()> {
+    let name = &cluster.name;
+    let target = cluster.replicas;
+    let mut replicas = target;
+    if let Some(cur) = live.statefulset.map(|e| e.replicas)
+        && cur > target
+    {
+        match pods {
+            None => {
+                info!(cluster = %name, from = cur, to = target, "scale-down waits: the pod list is not synced yet");
+                report.deferred.push(name.clone());
                 replicas = cur;
-            } else {
-                info!(cluster = %name, from = cur, to = target, "drained; scaling down");
+            }
+            Some(pods) => {
+                let going = pods_going(object, name, target, cur, pods);
+                if drain(ctx, &going, pods, prov, clock, report).await? {
+                    info!(cluster = %name, from = cur, to = target, "drained; scaling down");
+                } else {
+                    replicas = cur;
+                }
             }
         }
-        for p in &cluster_pods {
-            if is_marked(p) && ordinal(name, &p.name).is_some_and(|o| o < replicas.min(target)) {
+    }
+    if let Some(pods) = pods {
+        for p in pods
+            .iter()
+            .filter(|p| p.labels.get(CLUSTER_LABEL) == Some(name))
+        {
+            if is_marked(p) && ordinal(object, &p.name).is_some_and(|o| o < replicas.min(target)) {
                 info!(pod = %p.name, "broker pod no longer goes away; clearing its draining mark");
                 ctx.set_draining(&p.name, false).await?;
             }
         }
-        let svc = ctx.ensure_service(cluster, services.get(name)).await?;
-        let sts = ctx
-            .ensure_statefulset(cluster, replicas, existing.get(name).map(|e| &e.object))
-            .await?;
-        report.patches += usize::from(svc) + usize::from(sts);
-        if svc || sts {
-            report.applied.push(name.clone());
-        } else {
-            report.unchanged.push(name.clone());
-        }
     }
-    for name in existing.keys().filter(|n| !desired.contains_key(*n)) {
-        let cluster_pods = pods_of(name);
-        if drain(ctx, &cluster_pods, prov, clock, &mut report).await? {
-            info!(cluster = %name, "no address needs this cluster and its brokers are empty; deleting it");
-            ctx.delete_cluster(name).await?;
-            report.deleted.push(name.clone());
-        }
+    let svc = ctx.ensure_service(cluster, live.service).await?;
+    let sts = ctx
+        .ensure_statefulset(cluster, replicas, live.statefulset.map(|e| &e.object))
+        .await?;
+    let pdb = ctx.ensure_pdb(cluster, live.pdb).await?;
+    report.patches += usize::from(svc) + usize::from(sts) + usize::from(pdb);
+    if svc || sts || pdb {
+        report.applied.push(name.clone());
+    } else {
+        report.unchanged.push(name.clone());
     }
-    for name in services
-        .keys()
-        .filter(|n| !desired.contains_key(*n) && !existing.contains_key(*n))
-    {
-        info!(service = %name, "managed Service without its StatefulSet and no longer needed; deleting it");
-        ctx.delete_service(name).await?;
-    }
-    Ok(report)
+    Ok(())
 }
 
 /// Where broker pods come from.
@@ -275,45 +394,67 @@ pub enum Outcome {
     NotConverged(String),
 }
 
-/// The status of a pass, for `/readyz` and `--once`. `no_pods`: desired clusters without broker pods -> their
-/// addresses (all pending).
-fn status(
+/// What a pass found, for `/readyz` and `--once`.
+struct PassStatus<'a> {
     generation: u64,
-    pass: &PassReport,
-    clusters: Option<&Result<ClusterReport>>,
-    no_pods: &BTreeMap<String, usize>,
-) -> (bool, String) {
+    pass: &'a PassReport,
+    clusters: Option<&'a Result<ClusterReport>>,
+    /// Desired clusters without broker pods -> their addresses (all pending).
+    no_pods: &'a BTreeMap<String, usize>,
+    /// Pods whose provisioned annotation could not be set -> why.
+    annotate_failed: &'a BTreeMap<String, String>,
+}
+
+/// The status of a pass: (ready, detail).
+fn status(st: &PassStatus<'_>) -> (bool, String) {
     let mut problems = Vec::new();
-    if let Some(Err(e)) = clusters {
-        problems.push(format!("Kubernetes: {e}"));
+    match st.clusters {
+        Some(Err(e)) => problems.push(format!("Kubernetes: {e}")),
+        Some(Ok(r)) => {
+            for (cluster, e) in &r.failed {
+                problems.push(format!("cluster {cluster}: {e}"));
+            }
+            if !r.deferred.is_empty() {
+                problems.push(format!(
+                    "pod list not synced yet: scale-down/removal of {} waits",
+                    r.deferred.join(", ")
+                ));
+            }
+        }
+        None => {}
     }
-    for (cluster, n) in no_pods {
+    for (cluster, n) in st.no_pods {
         problems.push(format!(
             "cluster {cluster} has no ready broker pod yet: {n} address(es) pending"
         ));
     }
-    if let Some(Ok(r)) = clusters
+    if let Some(Ok(r)) = st.clusters
         && !r.draining.is_empty()
     {
         problems.push(format!("{} pod(s) draining", r.draining.len()));
     }
-    for (pod, reason) in &pass.pods_failed {
+    for (pod, reason) in &st.pass.pods_failed {
         problems.push(format!("broker {pod}: {reason}"));
     }
-    for ((pod, queue), n) in &pass.holding {
+    for ((pod, queue), n) in &st.pass.holding {
         problems.push(format!(
             "queue {queue} on {pod} holds {n} message(s); kept until empty"
         ));
     }
-    if pass.pending > 0 && pass.pods_failed.is_empty() {
-        problems.push(format!("{} address(es) pending", pass.pending));
+    if st.pass.pending > 0 && st.pass.pods_failed.is_empty() {
+        problems.push(format!("{} address(es) pending", st.pass.pending));
+    }
+    for (pod, e) in st.annotate_failed {
+        problems.push(format!(
+            "pod {pod}: cannot set {PROVISIONED_ANNOTATION}: {e}"
+        ));
     }
     if problems.is_empty() {
         (
             true,
             format!(
-                "generation {generation} provisioned on {} broker pod(s)",
-                pass.pods_ok
+                "generation {} provisioned on {} broker pod(s)",
+                st.generation, st.pass.pods_ok
             ),
         )
     } else {
@@ -393,18 +534,23 @@ pub async fn run_loop<C: Connector>(
                         }
                     }
                 }
-                (last_brokers.clone().unwrap_or_default(), Vec::new())
+                // No pod list at all: nothing is ever drained, scaled down or deleted in this mode.
+                (last_brokers.clone().unwrap_or_default(), None)
             }
             BrokerSource::Pods(rx) => {
-                let pods = rx.borrow_and_update().pods.clone();
-                (brokers_from_pods(&pods), pods)
+                let st = rx.borrow_and_update().clone();
+                // Provisioning a pod seen ready is safe from a partial list; drains need the synced one.
+                (
+                    brokers_from_pods(&st.pods),
+                    st.synced.then(|| st.pods.clone()),
+                )
             }
         };
         let (outcome_ok, detail, retry_soon) = pass(
             &config,
             state.generation,
             &current_brokers,
-            &pods,
+            pods.as_deref(),
             &mut prov,
             kube.as_ref(),
             &mut clock,
@@ -442,12 +588,13 @@ async fn brokers_changed(b: &mut BrokerSource) -> std::result::Result<(), watch:
     }
 }
 
-/// One pass: clusters (Kubernetes mode), then provisioning. (converged, readiness detail, retry soon).
+/// One pass: clusters (Kubernetes mode), then provisioning, then (Kubernetes mode, pod list synced) the
+/// provisioned annotations. `pods`: the synced pod list (None: unknown). (converged, readiness detail, retry soon).
 async fn pass<C: Connector>(
     config: &Config,
     generation: u64,
     brokers: &Brokers,
-    pods: &[PodInfo],
+    pods: Option<&[PodInfo]>,
     prov: &mut Provisioner<C>,
     kube: Option<&KubeCtx>,
     clock: &mut DrainClock,
@@ -460,16 +607,20 @@ async fn pass<C: Connector>(
     metrics
         .clusters
         .set(i64::try_from(clusters.len()).unwrap_or(i64::MAX));
+    let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
     let cluster_result = match kube {
         Some(ctx) => {
-            let r = reconcile_clusters(ctx, &clusters, pods, prov, clock).await;
+            // Boxed: keeps the loop's future shallow (its layout nests every await below).
+            let r = Box::pin(reconcile_clusters(ctx, &clusters, pods, prov, clock)).await;
             match &r {
                 Ok(rep) => {
-                    metrics
-                        .drains_in_progress
-                        .set(i64::try_from(rep.draining.len()).unwrap_or(i64::MAX));
+                    metrics.drains_in_progress.set(gauge(rep.draining.len()));
+                    metrics.clusters_failing.set(gauge(rep.failed.len()));
                 }
-                Err(e) => warn!(error = %e, "cluster reconcile failed; retrying with backoff"),
+                Err(e) => {
+                    warn!(error = %e, "cluster reconcile failed; retrying with backoff");
+                    metrics.clusters_failing.set(gauge(clusters.len()));
+                }
             }
             Some(r)
         }
@@ -477,6 +628,29 @@ async fn pass<C: Connector>(
     };
     let desired = desired_per_cluster(config);
     let report = prov.pass(&desired, brokers).await;
+    let mut annotate_failed = BTreeMap::new();
+    if let (Some(ctx), Some(pods)) = (kube, pods) {
+        for (pod, hash) in &report.provisioned {
+            let Some(p) = pods.iter().find(|p| &p.name == pod) else {
+                continue;
+            };
+            if is_marked(p) || p.annotations.get(PROVISIONED_ANNOTATION) == Some(hash) {
+                continue;
+            }
+            match ctx.set_provisioned(pod, hash).await {
+                Ok(()) => {
+                    info!(%pod, %hash, "broker pod holds every address it should; annotated provisioned")
+                }
+                Err(e) => {
+                    warn!(%pod, error = %e, "cannot annotate broker pod as provisioned; retrying");
+                    annotate_failed.insert(pod.clone(), e.to_string());
+                }
+            }
+        }
+    }
+    metrics
+        .pods_provisioned
+        .set(gauge(report.provisioned.len()));
     let no_pods: BTreeMap<String, usize> = desired
         .iter()
         .filter(|(cluster, _)| brokers.clusters.get(*cluster).is_none_or(Vec::is_empty))
@@ -489,10 +663,16 @@ async fn pass<C: Connector>(
     );
     metrics
         .brokers_unreachable
-        .set(i64::try_from(report.pods_failed.len()).unwrap_or(i64::MAX));
-    let (ok, detail) = status(generation, &report, cluster_result.as_ref(), &no_pods);
+        .set(gauge(report.pods_failed.len()));
+    let (ok, detail) = status(&PassStatus {
+        generation,
+        pass: &report,
+        clusters: cluster_result.as_ref(),
+        no_pods: &no_pods,
+        annotate_failed: &annotate_failed,
+    });
     let retry_soon = !report.holding.is_empty()
-        || matches!(&cluster_result, Some(Ok(r)) if !r.draining.is_empty());
+        || matches!(&cluster_result, Some(Ok(r)) if !r.draining.is_empty() || !r.deferred.is_empty());
     (ok, detail, retry_soon)
 }
 
@@ -539,5 +719,85 @@ mod tests {
         assert_eq!(ordinal("orders", "orders-x"), None);
         assert_eq!(ordinal("orders", "orders2-1"), None);
         assert_eq!(ordinal("a-b", "a-b-3"), Some(3));
+    }
+
+    fn pod(name: &str, cluster: &str) -> PodInfo {
+        PodInfo {
+            name: name.into(),
+            host: String::new(),
+            phase: "Running".into(),
+            ready: true,
+            ports: BTreeMap::new(),
+            labels: BTreeMap::from([(CLUSTER_LABEL.to_string(), cluster.to_string())]),
+            annotations: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn pods_going_cover_every_ordinal_and_stragglers() {
+        // Scale-down 3 -> 1: ordinals 1 and 2, whether their pods are listed or not.
+        assert_eq!(pods_going("o", "o", 1, 3, &[]), vec!["o-1", "o-2"]);
+        // A removal with no pod listed still names every ordinal (none is taken as drained).
+        assert_eq!(pods_going("o", "o", 0, 2, &[]), vec!["o-0", "o-1"]);
+        // A pod above the replicas (still terminating) is drained too; pods of other clusters or below are not.
+        let pods = [
+            pod("o-0", "o"),
+            pod("o-4", "o"),
+            pod("o-9", "other"),
+            pod("ox-1", "o"),
+        ];
+        assert_eq!(pods_going("o", "o", 1, 2, &pods), vec!["o-1", "o-4"]);
+        // Derived object names: pods are named after the StatefulSet, grouped by the cluster label.
+        let pods = [pod("b-1orders-0a1b2c3d-0", "1orders")];
+        assert_eq!(
+            pods_going("b-1orders-0a1b2c3d", "1orders", 0, 0, &pods),
+            vec!["b-1orders-0a1b2c3d-0"]
+        );
+        assert!(pods_going("o", "o", 2, 2, &[]).is_empty());
+    }
+
+    #[test]
+    fn status_names_failed_clusters_deferred_drains_and_annotation_errors() {
+        let pass = PassReport::default();
+        let report = ClusterReport {
+            failed: BTreeMap::from([(
+                "a".to_string(),
+                "Kubernetes API: apply StatefulSet a: boom".to_string(),
+            )]),
+            deferred: vec!["b".into()],
+            ..ClusterReport::default()
+        };
+        let clusters = Ok(report);
+        let annotate_failed = BTreeMap::from([("c-0".to_string(), "denied".to_string())]);
+        let (ok, detail) = status(&PassStatus {
+            generation: 3,
+            pass: &pass,
+            clusters: Some(&clusters),
+            no_pods: &BTreeMap::new(),
+            annotate_failed: &annotate_failed,
+        });
+        assert!(!ok);
+        assert!(
+            detail.contains("cluster a: Kubernetes API: apply StatefulSet a: boom"),
+            "{detail}"
+        );
+        assert!(
+            detail.contains("pod list not synced yet: scale-down/removal of b waits"),
+            "{detail}"
+        );
+        assert!(
+            detail.contains("pod c-0: cannot set maas.io/provisioned: denied"),
+            "{detail}"
+        );
+        let clusters = Ok(ClusterReport::default());
+        let (ok, detail) = status(&PassStatus {
+            generation: 3,
+            pass: &pass,
+            clusters: Some(&clusters),
+            no_pods: &BTreeMap::new(),
+            annotate_failed: &BTreeMap::new(),
+        });
+        assert!(ok, "{detail}");
+        assert_eq!(detail, "generation 3 provisioned on 0 broker pod(s)");
     }
 }

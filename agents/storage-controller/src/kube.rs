@@ -1,8 +1,11 @@
-//! The Kubernetes API calls of the controller, each bounded by a timeout and counted: listing the StatefulSets and
-//! Services it manages, server-side apply (field manager `maas-storage-controller`, forced) of Services and
-//! StatefulSets — skipped when the listed object already holds the desired one ([`up_to_date`]), so a pass with
-//! nothing changed sends no PATCH —, deleting a cluster, marking a broker pod as draining, and reading the owner
-//! ConfigMap's uid.
+//! The Kubernetes API calls of the controller, each bounded by a timeout and counted: listing the StatefulSets,
+//! Services and PodDisruptionBudgets it manages, server-side apply (field manager `maas-storage-controller`, forced)
+//! of each — skipped when the listed object already holds the desired one ([`up_to_date`]), so a pass with
+//! nothing changed sends no PATCH —, deleting a cluster, annotating a broker pod (draining, provisioned: JSON merge
+//! patch), and reading the owner ConfigMap's uid.
+//!
+//! Verbs used: statefulsets, services, poddisruptionbudgets (policy): list, patch (apply), delete; pods: patch;
+//! configmaps: get (only with `--owner-configmap`). The pod list itself comes from a watch (get, list, watch).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -10,14 +13,16 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use maas_model::pods::DRAINING_ANNOTATION;
+use maas_model::pods::{CLUSTER_LABEL, DRAINING_ANNOTATION};
 use serde_json::{Value, json};
 
+use crate::PROVISIONED_ANNOTATION;
 use crate::clusters::{
-    BrokerCluster, ClusterOptions, MANAGER, Owner, managed_selector, service, statefulset,
-    up_to_date,
+    BrokerCluster, ClusterOptions, MANAGER, Owner, REPLICAS_ANNOTATION, managed_selector,
+    pod_disruption_budget, service, statefulset, up_to_date,
 };
 use crate::metrics::Metrics;
 use crate::{Error, Result};
@@ -39,12 +44,31 @@ pub struct KubeCtx {
 /// A StatefulSet this controller manages, as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExistingCluster {
-    /// StatefulSet (and Service) name = cluster name.
+    /// StatefulSet (and Service, PodDisruptionBudget) name: [`crate::clusters::object_name`] of the cluster.
     pub name: String,
-    /// `spec.replicas`.
+    /// The cluster it belongs to (its `maas.io/cluster` label; the object name when it has none).
+    pub cluster: String,
+    /// The most pods it may have had with a claim: `spec.replicas`, or more when the controller's last apply asked
+    /// for more ([`REPLICAS_ANNOTATION`]: someone scaled it down behind the controller's back, undrained).
     pub replicas: i32,
     /// The object as listed (JSON), compared with the desired one before applying.
     pub object: Value,
+}
+
+/// A Service or PodDisruptionBudget this controller manages, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The cluster it belongs to (its `maas.io/cluster` label; the object name when it has none).
+    pub cluster: String,
+    /// The object as listed (JSON).
+    pub object: Value,
+}
+
+fn cluster_of(object: &Value, name: &str) -> String {
+    object["metadata"]["labels"][CLUSTER_LABEL]
+        .as_str()
+        .unwrap_or(name)
+        .to_string()
 }
 
 impl KubeCtx {
@@ -101,7 +125,8 @@ impl KubeCtx {
         PatchParams::apply(MANAGER).force()
     }
 
-    /// The StatefulSets this controller manages (label `app.kubernetes.io/managed-by=maas-storage-controller`).
+    /// The StatefulSets this controller manages (label `app.kubernetes.io/managed-by=maas-storage-controller`), by
+    /// object name.
     pub async fn list_clusters(&self) -> Result<BTreeMap<String, ExistingCluster>> {
         let api: Api<StatefulSet> = self.api();
         let lp = ListParams::default().labels(&managed_selector());
@@ -111,13 +136,21 @@ impl KubeCtx {
             .into_iter()
             .filter_map(|s| {
                 let name = s.metadata.name.clone()?;
-                let replicas = s.spec.as_ref().and_then(|sp| sp.replicas).unwrap_or(1);
+                let spec_replicas = s.spec.as_ref().and_then(|sp| sp.replicas).unwrap_or(1);
+                let applied = s
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(REPLICAS_ANNOTATION))
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .unwrap_or(0);
                 let object = serde_json::to_value(&s).unwrap_or(Value::Null);
                 Some((
                     name.clone(),
                     ExistingCluster {
+                        cluster: cluster_of(&object, &name),
                         name,
-                        replicas,
+                        replicas: spec_replicas.max(applied),
                         object,
                     },
                 ))
@@ -125,19 +158,32 @@ impl KubeCtx {
             .collect())
     }
 
-    /// The Services this controller manages, by name, as listed (JSON).
-    pub async fn list_services(&self) -> Result<BTreeMap<String, Value>> {
+    /// The Services this controller manages, by object name, as listed.
+    pub async fn list_services(&self) -> Result<BTreeMap<String, Listed>> {
         let api: Api<Service> = self.api();
         let lp = ListParams::default().labels(&managed_selector());
         let list = self.call("list", "Service", "", api.list(&lp)).await?;
-        Ok(list
-            .items
-            .into_iter()
-            .filter_map(|s| {
-                let name = s.metadata.name.clone()?;
-                Some((name, serde_json::to_value(&s).unwrap_or(Value::Null)))
-            })
-            .collect())
+        Ok(listed(list.items.into_iter().filter_map(|s| {
+            Some((
+                s.metadata.name.clone()?,
+                serde_json::to_value(&s).unwrap_or(Value::Null),
+            ))
+        })))
+    }
+
+    /// The PodDisruptionBudgets this controller manages, by object name, as listed.
+    pub async fn list_pdbs(&self) -> Result<BTreeMap<String, Listed>> {
+        let api: Api<PodDisruptionBudget> = self.api();
+        let lp = ListParams::default().labels(&managed_selector());
+        let list = self
+            .call("list", "PodDisruptionBudget", "", api.list(&lp))
+            .await?;
+        Ok(listed(list.items.into_iter().filter_map(|s| {
+            Some((
+                s.metadata.name.clone()?,
+                serde_json::to_value(&s).unwrap_or(Value::Null),
+            ))
+        })))
     }
 
     /// Apply the cluster's Service unless `live` (as listed) already holds it. True when a PATCH was sent.
@@ -168,15 +214,25 @@ impl KubeCtx {
             .map(|()| true)
     }
 
+    /// Apply the cluster's PodDisruptionBudget unless `live` (as listed) already holds it. True when a PATCH was
+    /// sent.
+    pub async fn ensure_pdb(&self, cluster: &BrokerCluster, live: Option<&Value>) -> Result<bool> {
+        if live.is_some_and(|l| up_to_date(&pod_disruption_budget(cluster, &self.opts), l)) {
+            return Ok(false);
+        }
+        self.apply_pdb(cluster).await.map(|()| true)
+    }
+
     /// Server-side apply of the cluster's headless Service.
     pub async fn apply_service(&self, cluster: &BrokerCluster) -> Result<()> {
         let api: Api<Service> = self.api();
         let body = service(cluster, &self.opts);
+        let name = cluster.object_name();
         self.call(
             "apply",
             "Service",
-            &cluster.name,
-            api.patch(&cluster.name, &Self::apply_params(), &Patch::Apply(&body)),
+            &name,
+            api.patch(&name, &Self::apply_params(), &Patch::Apply(&body)),
         )
         .await
         .map(|_| ())
@@ -186,18 +242,35 @@ impl KubeCtx {
     pub async fn apply_statefulset(&self, cluster: &BrokerCluster, replicas: i32) -> Result<()> {
         let api: Api<StatefulSet> = self.api();
         let body = statefulset(cluster, &self.opts, replicas);
+        let name = cluster.object_name();
         self.call(
             "apply",
             "StatefulSet",
-            &cluster.name,
-            api.patch(&cluster.name, &Self::apply_params(), &Patch::Apply(&body)),
+            &name,
+            api.patch(&name, &Self::apply_params(), &Patch::Apply(&body)),
         )
         .await
         .map(|_| ())
     }
 
-    /// Delete a cluster's StatefulSet, then its Service (404 = already gone). The claims stay (StatefulSet
-    /// default): the journal is kept for an operator even after a drained removal.
+    /// Server-side apply of the cluster's PodDisruptionBudget.
+    pub async fn apply_pdb(&self, cluster: &BrokerCluster) -> Result<()> {
+        let api: Api<PodDisruptionBudget> = self.api();
+        let body = pod_disruption_budget(cluster, &self.opts);
+        let name = cluster.object_name();
+        self.call(
+            "apply",
+            "PodDisruptionBudget",
+            &name,
+            api.patch(&name, &Self::apply_params(), &Patch::Apply(&body)),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Delete a cluster's StatefulSet, then its PodDisruptionBudget and Service (404 = already gone); `name` is the
+    /// object name. The claims go with the StatefulSet (`whenDeleted: Delete`: every pod was drained first) unless
+    /// an owner reference is set or the API server does not know the retention policy (then they stay).
     pub async fn delete_cluster(&self, name: &str) -> Result<()> {
         let sts: Api<StatefulSet> = self.api();
         let dp = DeleteParams::foreground();
@@ -206,6 +279,7 @@ impl KubeCtx {
                 .await
                 .map(|_| ()),
         )?;
+        self.delete_pdb(name).await?;
         self.delete_service(name).await
     }
 
@@ -220,11 +294,33 @@ impl KubeCtx {
         )
     }
 
+    /// Delete a managed PodDisruptionBudget (404 = already gone).
+    pub async fn delete_pdb(&self, name: &str) -> Result<()> {
+        let api: Api<PodDisruptionBudget> = self.api();
+        let dp = DeleteParams::foreground();
+        ignore_not_found(
+            self.call("delete", "PodDisruptionBudget", name, api.delete(name, &dp))
+                .await
+                .map(|_| ()),
+        )
+    }
+
     /// Mark a broker pod as draining (`maas.io/draining: "true"`), or clear the mark.
     pub async fn set_draining(&self, pod: &str, draining: bool) -> Result<()> {
-        let api: Api<Pod> = self.api();
         let value = if draining { json!("true") } else { Value::Null };
-        let body = json!({"metadata": {"annotations": {DRAINING_ANNOTATION: value}}});
+        self.annotate_pod(pod, DRAINING_ANNOTATION, value).await
+    }
+
+    /// Set [`PROVISIONED_ANNOTATION`] of a broker pod to `hash` (what it holds is provisioned).
+    pub async fn set_provisioned(&self, pod: &str, hash: &str) -> Result<()> {
+        self.annotate_pod(pod, PROVISIONED_ANNOTATION, json!(hash))
+            .await
+    }
+
+    /// JSON merge patch of one annotation of a pod (`null` removes it).
+    async fn annotate_pod(&self, pod: &str, key: &str, value: Value) -> Result<()> {
+        let api: Api<Pod> = self.api();
+        let body = json!({"metadata": {"annotations": {key: value}}});
         self.call(
             "annotate",
             "Pod",
@@ -246,6 +342,20 @@ impl KubeCtx {
             uid: cm.metadata.uid.unwrap_or_default(),
         })
     }
+}
+
+fn listed(items: impl Iterator<Item = (String, Value)>) -> BTreeMap<String, Listed> {
+    items
+        .map(|(name, object)| {
+            (
+                name.clone(),
+                Listed {
+                    cluster: cluster_of(&object, &name),
+                    object,
+                },
+            )
+        })
+        .collect()
 }
 
 fn ignore_not_found(r: Result<()>) -> Result<()> {

@@ -30,6 +30,13 @@ pub struct ApiLabels {
     pub result: String,
 }
 
+/// Labels of per-cluster metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    /// The cluster name.
+    pub cluster: String,
+}
+
 /// Labels of the queue gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
@@ -44,6 +51,9 @@ pub struct Metrics {
     pub api_operations: Family<ApiLabels, Counter>,
     pub queues: Family<StateLabels, Gauge>,
     pub clusters: Gauge,
+    pub cluster_errors: Family<ClusterLabels, Counter>,
+    pub clusters_failing: Gauge,
+    pub pods_provisioned: Gauge,
     pub drains_in_progress: Gauge,
     pub brokers_unreachable: Gauge,
     pub config_errors: Counter,
@@ -58,6 +68,9 @@ impl Metrics {
             api_operations: Family::default(),
             queues: Family::default(),
             clusters: Gauge::default(),
+            cluster_errors: Family::default(),
+            clusters_failing: Gauge::default(),
+            pods_provisioned: Gauge::default(),
             drains_in_progress: Gauge::default(),
             brokers_unreachable: Gauge::default(),
             config_errors: Counter::default(),
@@ -83,6 +96,21 @@ impl Metrics {
             "clusters",
             "Broker clusters the addresses need",
             m.clusters.clone(),
+        );
+        r.register(
+            "cluster_errors",
+            "Cluster passes that failed (a Kubernetes API error), by cluster; the other clusters go on, the failed one is retried",
+            m.cluster_errors.clone(),
+        );
+        r.register(
+            "clusters_failing",
+            "Broker clusters whose last pass failed",
+            m.clusters_failing.clone(),
+        );
+        r.register(
+            "pods_provisioned",
+            "Broker pods holding every address/queue they should (in Kubernetes mode annotated maas.io/provisioned)",
+            m.pods_provisioned.clone(),
         );
         r.register(
             "drains_in_progress",
@@ -130,6 +158,15 @@ impl Metrics {
                 operation: operation.to_string(),
                 kind: kind.to_string(),
                 result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Count one failed cluster pass.
+    pub fn cluster_error(&self, cluster: &str) {
+        self.cluster_errors
+            .get_or_create(&ClusterLabels {
+                cluster: cluster.to_string(),
             })
             .inc();
     }

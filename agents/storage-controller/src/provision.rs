@@ -8,12 +8,17 @@
 //!   changes, subscription-service moves the queue and its messages; the old (then empty) queue is removed here.
 //!
 //! **Which names are ours.** Artemis' own names are never touched ([`is_internal`]: `DLQ`, `ExpiryQueue`,
-//! `activemq.*`, `$sys.*`, and the UUID-named temporary queues of management clients). Of the rest, only names that
-//! are maas addresses now or WERE maas addresses of this cluster earlier in this process ([`Ownership`]) are
-//! removed; anything else (auto-created by a client, made by an operator or another tool) is left alone. The
-//! consequence, chosen on purpose: an address removed while the controller was not running stays on its broker
-//! (nothing is ever destroyed on a guess); it is removed with its cluster, after the drain, when no address of the
-//! cluster is left.
+//! `activemq.*`, `$sys.*`, and the UUID-named temporary queues of management clients). Ownership of a QUEUE is
+//! recorded on the broker: every queue the controller creates carries `"user": "maas-storage-controller"`
+//! ([`QUEUE_USER`]; durable-subscriptions-and-topics.txt §4-§5: stored, read back with `getUser`), so a queue
+//! is ours exactly when the broker says so — also after a restart: a queue of ours whose address was removed
+//! while the controller was down is removed (once empty), together with its same-named ANYCAST address. Queues made
+//! by an operator or a client (another user, or none) are never touched, even when their name is (or was) a maas
+//! address. The owner of a queue is looked up ([`owner_lookups`]: `getUser`, `getAddress`) only for queues that
+//! are not desired as queues on that broker, once per queue per process ([`Ownership`] caches it).
+//! Addresses carry no user: a TOPIC address (no queue of its own) is ours only when it was a maas address of this
+//! cluster earlier in this process; one removed while the controller was down stays (it holds no message) until
+//! its cluster is removed. Queues made by versions that did not record a user count as foreign.
 //!
 //! Removing a queue is guarded: the executor destroys it only when `getMessageCount` is 0, else it is reported
 //! (metric, log, status) and retried on the next pass; its address goes only after the queue is gone.
@@ -21,6 +26,34 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use maas_model::{AddressKind, Config, cluster_for};
+
+/// The `user` of every queue the controller creates (Artemis stores it; `getUser` / `listQueues` read it back):
+/// the broker-side record that the queue is ours.
+pub const QUEUE_USER: &str = "maas-storage-controller";
+
+/// Who made a queue and where it is bound, as the broker reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueOwner {
+    /// The queue's `user` (None when it has none).
+    pub user: Option<String>,
+    /// The address it is bound to.
+    pub address: String,
+}
+
+impl QueueOwner {
+    /// A queue this controller created (`user` = [`QUEUE_USER`]) bound to `address`.
+    pub fn ours(address: &str) -> QueueOwner {
+        QueueOwner {
+            user: Some(QUEUE_USER.to_string()),
+            address: address.to_string(),
+        }
+    }
+
+    /// True when the controller made the queue.
+    pub fn is_ours(&self) -> bool {
+        self.user.as_deref() == Some(QUEUE_USER)
+    }
+}
 
 /// Routing type of an Artemis address or queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -188,11 +221,13 @@ impl Plan {
     }
 }
 
-/// The names that are (or were, earlier in this process) maas addresses of one cluster, with the kind they were
-/// last provisioned as. A name is forgotten only once its broker no longer holds it.
+/// What the controller knows is its own on one broker: the names that are (or were, earlier in this process) maas
+/// addresses of its cluster, with the kind they were last provisioned as (a name is forgotten only once its broker
+/// no longer holds it), and the owner of queues as the broker reported it (or as this process created them).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ownership {
     known: BTreeMap<String, AddressKind>,
+    owners: BTreeMap<String, QueueOwner>,
 }
 
 impl Ownership {
@@ -206,6 +241,26 @@ impl Ownership {
         &self.known
     }
 
+    /// The owner of queue `name`, when looked up (or created by this process).
+    pub fn owner(&self, name: &str) -> Option<&QueueOwner> {
+        self.owners.get(name)
+    }
+
+    /// True when the broker says queue `name` is ours.
+    pub fn is_our_queue(&self, name: &str) -> bool {
+        self.owner(name).is_some_and(QueueOwner::is_ours)
+    }
+
+    /// Record the owner of queue `name` (looked up, or created now).
+    pub fn set_owner(&mut self, name: &str, owner: QueueOwner) {
+        self.owners.insert(name.to_string(), owner);
+    }
+
+    /// Forget the owners of queues the broker no longer lists (a new queue of the same name is looked up again).
+    pub fn retain_owners(&mut self, actual: &Actual) {
+        self.owners.retain(|q, _| actual.queues.contains(q));
+    }
+
     /// After a pass: every desired name is ours with its desired kind once provisioned; a name no longer desired
     /// stays ours until `actual` shows it gone.
     pub fn update(&mut self, desired: &BrokerDesired, actual: &Actual) {
@@ -214,6 +269,7 @@ impl Ownership {
                 || actual.addresses.contains(name)
                 || actual.queues.contains(name)
         });
+        self.retain_owners(actual);
         for (name, want) in desired {
             let kind = &want.kind;
             let present = match kind {
@@ -228,27 +284,65 @@ impl Ownership {
     }
 }
 
-/// The plan that brings a broker from `actual` to `desired`. `owned` says which non-desired names are ours.
+/// The queues on a broker whose owner must be asked for before planning: every queue not desired there as a
+/// queue or subscription (a removal or kind-change candidate) whose owner is not known yet. Desired queues are
+/// kept whoever made them, so a broker holding what it should needs no lookup at all (also after a restart).
+pub fn owner_lookups(desired: &BrokerDesired, actual: &Actual, owned: &Ownership) -> Vec<String> {
+    actual
+        .queues
+        .iter()
+        .filter(|q| {
+            !desired
+                .get(*q)
+                .is_some_and(|w| matches!(w.kind, AddressKind::Queue | AddressKind::Subscription))
+                && owned.owner(q).is_none()
+        })
+        .cloned()
+        .collect()
+}
+
+/// The short hash of what a broker pod should hold (its [`BrokerDesired`], as [`for_pod`] gives it): the first 16
+/// hex characters of the SHA-256 of one line `<name> TAB <kind> TAB <topic or empty> LF` per address, in name
+/// order. The value of the pod annotation [`crate::PROVISIONED_ANNOTATION`] once the pod holds all of it: a
+/// changed set changes it, the same set (in any order, after any restart) gives the same value.
+pub fn provisioned_hash(desired: &BrokerDesired) -> String {
+    let mut text = String::new();
+    for (name, want) in desired {
+        text.push_str(name);
+        text.push('\t');
+        text.push_str(want.kind.as_str());
+        text.push('\t');
+        text.push_str(want.topic.as_deref().unwrap_or_default());
+        text.push('\n');
+    }
+    let mut hash = maas_source::snapshot::hex_sha256(text.as_bytes());
+    hash.truncate(16);
+    hash
+}
+
+/// The plan that brings a broker from `actual` to `desired`. `owned` says which queues the broker reports as ours
+/// ([`Ownership::owner`], filled for every name [`owner_lookups`] asked for) and which addresses were ours in this
+/// process.
+///
+/// Removals: a queue of ours not desired here (with its address when it is bound to the address of its own name);
+/// a queue of ours whose name is now a topic (queue -> topic); an address of ours of this process no longer
+/// desired (a topic's, or a queue's whose queue is already gone); our topic address whose name is now a queue.
+/// Foreign queues and their addresses are never removed.
 pub fn plan(desired: &BrokerDesired, actual: &Actual, owned: &Ownership) -> Plan {
-    let mut removals = Vec::new();
+    // name -> (destroy the queue, delete the address)
+    let mut removals: BTreeMap<String, (bool, bool)> = BTreeMap::new();
     let mut create_addresses = Vec::new();
     let mut create_queues = Vec::new();
-    let remove = |removals: &mut Vec<Op>, name: &str, queue: bool| {
-        if queue && actual.queues.contains(name) {
-            removals.push(Op::DestroyQueue { name: name.into() });
-        }
-        if actual.addresses.contains(name) {
-            removals.push(Op::DeleteAddress { name: name.into() });
-        }
-    };
+    let ours = |name: &str| owned.is_our_queue(name);
     for (name, want) in desired {
         let was = owned.kind(name);
+        let queue_there = actual.queues.contains(name);
+        let mut has_address = actual.addresses.contains(name);
         match &want.kind {
             AddressKind::Queue => {
-                let mut has_address = actual.addresses.contains(name);
                 if was == Some(AddressKind::Topic) && has_address {
-                    // Topic -> queue: the MULTICAST address goes first.
-                    remove(&mut removals, name, false);
+                    // Topic -> queue: our MULTICAST address goes first.
+                    removals.entry(name.clone()).or_default().1 = true;
                     has_address = false;
                 }
                 if !has_address {
@@ -257,16 +351,18 @@ pub fn plan(desired: &BrokerDesired, actual: &Actual, owned: &Ownership) -> Plan
                         routing: Routing::Anycast,
                     });
                 }
-                if !actual.queues.contains(name) {
+                if !queue_there {
                     create_queues.push(Op::CreateQueue { name: name.clone() });
                 }
             }
             AddressKind::Topic => {
-                let mut has_address = actual.addresses.contains(name);
-                if was == Some(AddressKind::Queue) && (has_address || actual.queues.contains(name))
-                {
-                    // Queue -> topic: the queue (once empty) and its ANYCAST address go first.
-                    remove(&mut removals, name, true);
+                let our_queue = queue_there && ours(name);
+                let our_leftover = !queue_there && has_address && was == Some(AddressKind::Queue);
+                if our_queue || our_leftover {
+                    // Queue -> topic: our queue (once empty) and its ANYCAST address go first.
+                    let r = removals.entry(name.clone()).or_default();
+                    r.0 = our_queue;
+                    r.1 = has_address;
                     has_address = false;
                 }
                 if !has_address {
@@ -278,7 +374,7 @@ pub fn plan(desired: &BrokerDesired, actual: &Actual, owned: &Ownership) -> Plan
             }
             AddressKind::Subscription => {
                 if let Some(topic) = &want.topic
-                    && !actual.queues.contains(name)
+                    && !queue_there
                 {
                     create_queues.push(Op::CreateSubscription {
                         name: name.clone(),
@@ -290,15 +386,45 @@ pub fn plan(desired: &BrokerDesired, actual: &Actual, owned: &Ownership) -> Plan
             AddressKind::Anycast | AddressKind::Broadcast => {}
         }
     }
+    // Our queues (the broker says so) that are not wanted here any more.
+    for q in &actual.queues {
+        if desired.contains_key(q) || !ours(q) {
+            continue;
+        }
+        let own_address = owned.owner(q).is_some_and(|o| &o.address == q);
+        let r = removals.entry(q.clone()).or_default();
+        r.0 = true;
+        r.1 |= own_address && actual.addresses.contains(q);
+    }
+    // Addresses of ours (this process) that are not wanted any more and have no queue of their name left that is
+    // not ours.
     for (name, kind) in owned.known() {
-        if !desired.contains_key(name) {
-            let queue = matches!(kind, AddressKind::Queue | AddressKind::Subscription);
-            remove(&mut removals, name, queue);
+        if desired.contains_key(name)
+            || !actual.addresses.contains(name)
+            || (actual.queues.contains(name) && !ours(name))
+        {
+            continue;
+        }
+        match kind {
+            AddressKind::Topic => removals.entry(name.clone()).or_default().1 = true,
+            AddressKind::Queue if !actual.queues.contains(name) => {
+                removals.entry(name.clone()).or_default().1 = true;
+            }
+            _ => {}
+        }
+    }
+    let mut ops = Vec::new();
+    for (name, (queue, address)) in removals {
+        if queue && actual.queues.contains(&name) {
+            ops.push(Op::DestroyQueue { name: name.clone() });
+        }
+        if address && actual.addresses.contains(&name) {
+            ops.push(Op::DeleteAddress { name });
         }
     }
     create_addresses.extend(create_queues);
     Plan {
-        removals,
+        removals: ops,
         creates: create_addresses,
     }
 }
@@ -333,8 +459,25 @@ mod tests {
     fn owned(pairs: &[(&str, AddressKind)]) -> Ownership {
         Ownership {
             known: kinds(pairs),
+            owners: BTreeMap::new(),
         }
     }
+
+    /// `o` with queue owners as the broker reports them: (queue, user, address).
+    fn with_owners(mut o: Ownership, owners: &[(&str, Option<&str>, &str)]) -> Ownership {
+        for (q, user, address) in owners {
+            o.set_owner(
+                q,
+                QueueOwner {
+                    user: user.map(str::to_string),
+                    address: address.to_string(),
+                },
+            );
+        }
+        o
+    }
+
+    const US: Option<&str> = Some(QUEUE_USER);
 
     fn ca(n: &str, r: Routing) -> Op {
         Op::CreateAddress {
@@ -436,25 +579,80 @@ mod tests {
                 what: "removed queue and topic of ours; foreign names kept",
                 desired: desired(&[]),
                 actual: actual(&["q1", "t1", "foreign"], &["q1", "foreign", "sub1"]),
-                owned: owned(&[("q1", Queue), ("t1", Topic)]),
+                owned: with_owners(
+                    owned(&[("q1", Queue), ("t1", Topic)]),
+                    &[
+                        ("q1", US, "q1"),
+                        ("foreign", None, "foreign"),
+                        ("sub1", Some("alice"), "t1"),
+                    ],
+                ),
                 removals: vec![dq("q1"), da("q1"), da("t1")],
                 creates: vec![],
             },
             Case {
-                what: "never-owned names are left alone after a restart",
+                what: "after a restart (nothing known in process): a queue of ours no longer desired goes with its \
+                       address; an operator's queue (no user) and a client's (another user) stay",
                 desired: desired(&[("q1", Queue)]),
-                actual: actual(&["q1", "old"], &["q1", "old"]),
+                actual: actual(&["q1", "old", "ops", "app"], &["q1", "old", "ops", "app"]),
+                owned: with_owners(
+                    Ownership::default(),
+                    &[
+                        ("old", US, "old"),
+                        ("ops", None, "ops"),
+                        ("app", Some("app-user"), "app"),
+                    ],
+                ),
+                removals: vec![dq("old"), da("old")],
+                creates: vec![],
+            },
+            Case {
+                what: "owner not looked up: never removed on a guess",
+                desired: desired(&[]),
+                actual: actual(&["old"], &["old"]),
                 owned: Ownership::default(),
                 removals: vec![],
+                creates: vec![],
+            },
+            Case {
+                what: "an operator's queue whose name was a maas address of this process stays, with its address",
+                desired: desired(&[]),
+                actual: actual(&["ops"], &["ops"]),
+                owned: with_owners(owned(&[("ops", Queue)]), &[("ops", None, "ops")]),
+                removals: vec![],
+                creates: vec![],
+            },
+            Case {
+                what: "our subscription queue no longer here: the queue goes, not the address of its name",
+                desired: desired(&[]),
+                actual: actual(&["s1", "t1"], &["s1"]),
+                owned: with_owners(Ownership::default(), &[("s1", US, "t1")]),
+                removals: vec![dq("s1")],
                 creates: vec![],
             },
             Case {
                 what: "queue becomes topic: queue and address go, multicast address comes",
                 desired: desired(&[("x", Topic)]),
                 actual: actual(&["x"], &["x"]),
-                owned: owned(&[("x", Queue)]),
+                owned: with_owners(owned(&[("x", Queue)]), &[("x", US, "x")]),
                 removals: vec![dq("x"), da("x")],
                 creates: vec![ca("x", Multicast)],
+            },
+            Case {
+                what: "queue becomes topic after a restart: our queue is known from the broker",
+                desired: desired(&[("x", Topic)]),
+                actual: actual(&["x"], &["x"]),
+                owned: with_owners(Ownership::default(), &[("x", US, "x")]),
+                removals: vec![dq("x"), da("x")],
+                creates: vec![ca("x", Multicast)],
+            },
+            Case {
+                what: "an operator's queue named like a new topic is not removed",
+                desired: desired(&[("x", Topic)]),
+                actual: actual(&["x"], &["x"]),
+                owned: with_owners(owned(&[("x", Queue)]), &[("x", None, "x")]),
+                removals: vec![],
+                creates: vec![],
             },
             Case {
                 what: "topic becomes queue",
@@ -499,5 +697,63 @@ mod tests {
         assert_eq!(o.kind("t1"), Some(Topic));
         o.update(&d3, &actual(&["t1"], &["t1"]));
         assert_eq!(o.kind("t1"), Some(Queue));
+    }
+
+    #[test]
+    fn owner_lookups_only_for_queues_not_desired_as_queues() {
+        let d = desired(&[("q1", Queue), ("t1", Topic)]);
+        let a = actual(&["q1", "t1", "x"], &["q1", "t1", "x", "y"]);
+        let mut o = Ownership::default();
+        // q1 is desired as a queue: kept whoever made it, no lookup. t1 (a topic now) and x, y are candidates.
+        assert_eq!(owner_lookups(&d, &a, &o), vec!["t1", "x", "y"]);
+        o.set_owner("x", QueueOwner::ours("x"));
+        o.set_owner(
+            "y",
+            QueueOwner {
+                user: None,
+                address: "y".into(),
+            },
+        );
+        assert_eq!(owner_lookups(&d, &a, &o), vec!["t1"]);
+        // Gone from the broker: forgotten, a new queue of that name is asked for again.
+        o.retain_owners(&actual(&[], &["y"]));
+        assert!(o.owner("x").is_none());
+        assert!(!o.is_our_queue("y") && o.owner("y").is_some());
+        // Everything desired and in place (e.g. right after a restart): nothing to ask.
+        let a = actual(&["q1", "t1"], &["q1"]);
+        assert!(owner_lookups(&d, &a, &Ownership::default()).is_empty());
+    }
+
+    #[test]
+    fn provisioned_hash_is_stable_and_changes_with_the_set() {
+        let d = desired(&[("q1", Queue), ("t1", Topic)]);
+        let h = provisioned_hash(&d);
+        assert_eq!(h.len(), 16);
+        assert!(h.chars().all(|c| c.is_ascii_hexdigit()));
+        // Same set built in another order: same value.
+        let mut d2 = BrokerDesired::new();
+        d2.insert("t1".into(), Topic.into());
+        d2.insert("q1".into(), Queue.into());
+        assert_eq!(provisioned_hash(&d2), h);
+        // The documented form.
+        let full = maas_source::snapshot::hex_sha256(b"q1\tqueue\t\nt1\ttopic\t\n");
+        assert_eq!(h, full[..16]);
+        // Another set, another kind, another topic: another value.
+        assert_ne!(provisioned_hash(&desired(&[("q1", Queue)])), h);
+        assert_ne!(
+            provisioned_hash(&desired(&[("q1", Topic), ("t1", Topic)])),
+            h
+        );
+        let sub = |t: &str| -> BrokerDesired {
+            BTreeMap::from([(
+                "s".to_string(),
+                Want {
+                    kind: AddressKind::Subscription,
+                    topic: Some(t.into()),
+                },
+            )])
+        };
+        assert_ne!(provisioned_hash(&sub("a")), provisioned_hash(&sub("b")));
+        assert_eq!(provisioned_hash(&BrokerDesired::new()).len(), 16);
     }
 }

@@ -91,7 +91,7 @@ fn render_writes_one_yaml_document_per_file() {
         "maas",
     ]);
     assert_eq!(code, 0, "{err}");
-    assert!(stdout.contains("wrote 4 manifest(s)"), "{stdout}");
+    assert!(stdout.contains("wrote 6 manifest(s)"), "{stdout}");
     let mut files: Vec<String> = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -100,8 +100,10 @@ fn render_writes_one_yaml_document_per_file() {
     assert_eq!(
         files,
         [
+            "news-pdb.yaml",
             "news-service.yaml",
             "news-statefulset.yaml",
+            "orders-pdb.yaml",
             "orders-service.yaml",
             "orders-statefulset.yaml"
         ]
@@ -116,6 +118,17 @@ fn render_writes_one_yaml_document_per_file() {
         v["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
         "2Gi"
     );
+    // Every rendered object is a valid typed object; the brokers take their login from the default Secret.
+    let _: k8s_openapi::api::apps::v1::StatefulSet = serde_json::from_value(v.clone()).unwrap();
+    assert!(text.contains("maas-broker-credentials"), "{text}");
+    let pdb: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(out.join("orders-pdb.yaml")).unwrap())
+            .unwrap();
+    let _: k8s_openapi::api::policy::v1::PodDisruptionBudget = serde_json::from_value(pdb).unwrap();
+    let svc: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(out.join("orders-service.yaml")).unwrap())
+            .unwrap();
+    let _: k8s_openapi::api::core::v1::Service = serde_json::from_value(svc).unwrap();
     // Rendering again gives the same bytes; a removed address's files go away.
     run(&[
         "render",
@@ -143,6 +156,7 @@ fn render_writes_one_yaml_document_per_file() {
         out.to_str().unwrap(),
     ]);
     assert!(!out.join("news-statefulset.yaml").exists());
+    assert!(!out.join("news-pdb.yaml").exists());
     // An invalid directory: non-zero with the problem named.
     std::fs::write(dir.path().join("json"), "{").unwrap();
     let (code, _, err) = run(&[

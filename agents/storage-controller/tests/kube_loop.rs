@@ -20,6 +20,7 @@ use maas_model::{Address, AddressKind, AddressSet, Config, Flavor, FlavorSet, Po
 use maas_ops::Health;
 use maas_source::{ConfigState, PodsState};
 use serde_json::json;
+use storage_controller::PROVISIONED_ANNOTATION;
 use storage_controller::artemis::ArtemisConnector;
 use storage_controller::broker::Provisioner;
 use storage_controller::clusters::{ClusterOptions, desired_clusters, service, statefulset};
@@ -27,6 +28,7 @@ use storage_controller::commands::kube_context;
 use storage_controller::controller::{BrokerSource, LoopConfig, Outcome, run_loop};
 use storage_controller::kube::KubeCtx;
 use storage_controller::metrics::Metrics;
+use storage_controller::provision::provisioned_hash;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -34,14 +36,19 @@ const NS: &str = "maas";
 const GRACE: Duration = Duration::from_millis(400);
 
 fn config(addrs: &[(&str, AddressKind)]) -> Config {
+    config_with(addrs, "vanilla", false)
+}
+
+/// Addresses of one flavor; a shared flavor puts them all on one cluster named after it.
+fn config_with(addrs: &[(&str, AddressKind)], flavor: &str, shared: bool) -> Config {
     let mut flavors = FlavorSet::default();
     flavors.insert(Flavor {
-        name: "vanilla".into(),
+        name: flavor.into(),
         kind: None,
         description: None,
         template_name: None,
         template_parameters: BTreeMap::new(),
-        shared: false,
+        shared,
         extra: BTreeMap::from([("replicas".to_string(), json!(1))]),
     });
     let mut addresses = AddressSet::default();
@@ -49,7 +56,7 @@ fn config(addrs: &[(&str, AddressKind)]) -> Config {
         addresses.insert(Address {
             address: a.to_string(),
             kind: *k,
-            flavor: Some("vanilla".into()),
+            flavor: Some(flavor.into()),
             topic: None,
         });
     }
@@ -171,7 +178,7 @@ async fn start_loop(
         client,
         ClusterOptions {
             namespace: NS.into(),
-            broker_secret: Some("broker-creds".into()),
+            broker_secret: "broker-creds".into(),
             owner: None,
         },
         Some("maas-addresses"),
@@ -275,6 +282,30 @@ async fn kube_mode_applies_provisions_and_drains_before_deleting() {
     wait_until("ready", 15, || run.health.is_ready()).await;
     assert!(e_orders.queues().contains_key("orders"));
     assert!(e_news.addresses().contains_key("news"));
+    // Each pod is annotated provisioned with the hash of what it holds.
+    let hash = |pairs: &[(&str, AddressKind)]| {
+        provisioned_hash(
+            &pairs
+                .iter()
+                .map(|(n, k)| (n.to_string(), (*k).into()))
+                .collect(),
+        )
+    };
+    assert_eq!(
+        api.pod("orders-0")
+            .unwrap()
+            .annotations
+            .get(PROVISIONED_ANNOTATION),
+        Some(&hash(&[("orders", AddressKind::Queue)]))
+    );
+    assert_eq!(
+        api.pod("news-0")
+            .unwrap()
+            .annotations
+            .get(PROVISIONED_ANNOTATION),
+        Some(&hash(&[("news", AddressKind::Topic)]))
+    );
+    assert!(api.pdb("orders").is_some() && api.pdb("news").is_some());
     assert!(
         !e_news.queues().contains_key("orders"),
         "per-cluster placement"
@@ -362,6 +393,10 @@ async fn kube_mode_applies_provisions_and_drains_before_deleting() {
         .position(|r| r.verb == "delete" && r.kind == "StatefulSet" && r.name == "orders")
         .unwrap();
     assert!(sts_deleted < svc_deleted);
+    assert!(
+        api.pdb("orders").is_none(),
+        "the budget goes with its cluster"
+    );
     assert!(api.statefulset("news").is_some(), "the other cluster stays");
     wait_until("ready again", 10, || run.health.is_ready()).await;
     run.stop().await;
@@ -384,8 +419,22 @@ async fn restart_with_nothing_changed_sends_no_patch_and_drift_is_repaired() {
     let (run, _) = start_loop(client.clone(), config_rx.clone(), pods_rx.clone()).await;
     wait_until("ready", 15, || run.health.is_ready()).await;
     run.stop().await;
-    let patches = api.log().iter().filter(|r| r.is_write()).count();
-    assert_eq!(patches, 2, "one Service and one StatefulSet apply");
+    let writes: Vec<(&str, &str)> = api
+        .log()
+        .iter()
+        .filter(|r| r.is_write())
+        .map(|r| (r.verb, r.kind))
+        .collect();
+    assert_eq!(
+        writes,
+        vec![
+            ("apply", "Service"),
+            ("apply", "StatefulSet"),
+            ("apply", "PodDisruptionBudget"),
+            ("annotate", "Pod")
+        ],
+        "the cluster's three objects, then the provisioned annotation"
+    );
 
     // Restart.
     let mark = api.log().len();
@@ -404,17 +453,19 @@ async fn restart_with_nothing_changed_sends_no_patch_and_drift_is_repaired() {
     );
     assert_eq!(e.counters().writes, writes, "no broker write after restart");
 
-    // Drift: someone scales the StatefulSet and drops a label we own -> exactly one re-apply, our body back.
+    // Drift: someone changes the image and drops a label we own -> exactly one re-apply, our body back. (A
+    // replicas change is not plain drift: pods above the flavor's count are drained first, kube_mock.rs.)
     let mark = api.log().len();
     api.edit_statefulset("orders", |v| {
-        v["spec"]["replicas"] = json!(3);
+        v["spec"]["template"]["spec"]["containers"][0]["image"] = json!("someone-elses:1");
         v["metadata"]["labels"]
             .as_object_mut()
             .unwrap()
             .remove("maas.io/flavor");
     });
     wait_until("drift repaired", 10, || {
-        api.statefulset("orders").unwrap()["spec"]["replicas"] == json!(1)
+        api.statefulset("orders").unwrap()["spec"]["template"]["spec"]["containers"][0]["image"]
+            == json!(storage_controller::clusters::DEFAULT_IMAGE)
     })
     .await;
     run.wait_passes(2).await;
@@ -430,6 +481,165 @@ async fn restart_with_nothing_changed_sends_no_patch_and_drift_is_repaired() {
         writes[0].body,
         statefulset(&desired["orders"], &ctx.opts, 1)
     );
+    run.stop().await;
+    e.stop().await;
+}
+
+/// Routers never reach a queue before it exists: a pod is annotated `maas.io/provisioned=<hash of its address
+/// set>` only once it holds all of it. A new address on its (shared) cluster changes the hash; the annotation
+/// follows only after the new queue exists on the broker. Nothing changed, nothing re-annotated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_are_annotated_provisioned_only_once_they_hold_every_queue() {
+    let e = BrokerEmulator::start(BrokerConfig::default())
+        .await
+        .unwrap();
+    let (api, client, pods_rx) = FakeApi::start(NS);
+    api.add_configmap("maas-addresses", "cm-uid-1");
+    api.set_pods(vec![pod("shared-0", "shared", e.addr().port())]);
+    let one = config_with(&[("q1", AddressKind::Queue)], "shared", true);
+    let (config_tx, config_rx) = watch::channel(state(one, 1));
+    let (run, _) = start_loop(client, config_rx, pods_rx).await;
+    wait_until("ready", 15, || run.health.is_ready()).await;
+    let set = |names: &[&str]| {
+        provisioned_hash(
+            &names
+                .iter()
+                .map(|n| (n.to_string(), AddressKind::Queue.into()))
+                .collect(),
+        )
+    };
+    let annotation = || {
+        api.pod("shared-0")
+            .and_then(|p| p.annotations.get(PROVISIONED_ANNOTATION).cloned())
+    };
+    assert_eq!(annotation(), Some(set(&["q1"])));
+    assert!(
+        run.metrics_text()
+            .contains("maas_storage_controller_pods_provisioned 1")
+    );
+    // Steady state: no further annotation.
+    let annotations = || {
+        api.log()
+            .iter()
+            .filter(|r| r.verb == "annotate" && r.name == "shared-0")
+            .count()
+    };
+    run.wait_passes(3).await;
+    assert_eq!(annotations(), 1);
+
+    // q2 joins the cluster: the annotation changes only once q2 exists on the broker.
+    config_tx
+        .send(state(
+            config_with(
+                &[("q1", AddressKind::Queue), ("q2", AddressKind::Queue)],
+                "shared",
+                true,
+            ),
+            2,
+        ))
+        .unwrap();
+    wait_until("annotation follows the new set", 10, || {
+        if annotation() == Some(set(&["q1", "q2"])) {
+            assert!(
+                e.queues().contains_key("q2"),
+                "annotated before the queue existed"
+            );
+            return true;
+        }
+        false
+    })
+    .await;
+    run.wait_passes(2).await;
+    assert_eq!(annotations(), 2);
+    let body = &api
+        .log()
+        .into_iter()
+        .rfind(|r| r.verb == "annotate" && r.name == "shared-0")
+        .unwrap()
+        .body;
+    assert_eq!(
+        body,
+        &json!({"metadata": {"annotations": {"maas.io/provisioned": set(&["q1", "q2"])}}}),
+        "a JSON merge patch of the one annotation"
+    );
+    run.stop().await;
+    e.stop().await;
+}
+
+/// One cluster the API refuses (every write to it fails) does not keep another from being created; its failure
+/// is reported (`/readyz`, metric) and retried until it works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_cluster_does_not_stop_another_from_being_created() {
+    let (api, client, pods_rx) = FakeApi::start(NS);
+    api.add_configmap("maas-addresses", "cm-uid-1");
+    api.set_failing("alpha", true);
+    let cfg = config(&[("alpha", AddressKind::Queue), ("beta", AddressKind::Queue)]);
+    let (_config_tx, config_rx) = watch::channel(state(cfg, 1));
+    let (run, _) = start_loop(client, config_rx, pods_rx).await;
+    wait_until("beta created", 10, || {
+        api.statefulset("beta").is_some()
+            && api.service("beta").is_some()
+            && api.pdb("beta").is_some()
+    })
+    .await;
+    wait_until("alpha's failure reported", 10, || {
+        let (ready, detail) = run.health.snapshot();
+        !ready && detail.contains("cluster alpha: Kubernetes API: apply Service alpha")
+    })
+    .await;
+    assert!(api.statefulset("alpha").is_none());
+    let m = run.metrics_text();
+    assert!(
+        m.contains(r#"maas_storage_controller_cluster_errors_total{cluster="alpha"}"#),
+        "{m}"
+    );
+    assert!(
+        m.contains("maas_storage_controller_clusters_failing 1"),
+        "{m}"
+    );
+    // The API accepts alpha again: created on a retry.
+    api.set_failing("alpha", false);
+    wait_until("alpha created", 10, || api.statefulset("alpha").is_some()).await;
+    wait_until("no cluster failing", 10, || {
+        run.metrics_text()
+            .contains("maas_storage_controller_clusters_failing 0")
+    })
+    .await;
+    run.stop().await;
+}
+
+/// Until the pod watch has synced, a cluster no address needs is neither marked nor deleted, however many passes
+/// run (an empty or partial list proves nothing); once synced, it is drained and deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsynced_pod_list_never_removes_a_cluster() {
+    let e = BrokerEmulator::start(BrokerConfig::default())
+        .await
+        .unwrap();
+    let (api, client, pods_rx) = FakeApi::start(NS);
+    api.add_configmap("maas-addresses", "cm-uid-1");
+    api.set_pods(vec![pod("orders-0", "orders", e.addr().port())]);
+    let (config_tx, config_rx) =
+        watch::channel(state(config(&[("orders", AddressKind::Queue)]), 1));
+    let (run, _) = start_loop(client, config_rx, pods_rx).await;
+    wait_until("ready", 15, || run.health.is_ready()).await;
+    // The pod watch restarts and has not listed everything yet; meanwhile the address is removed.
+    api.set_pods_synced(false);
+    config_tx.send(state(config(&[]), 2)).unwrap();
+    run.wait_passes(6).await;
+    assert!(api.statefulset("orders").is_some());
+    assert!(
+        api.log().iter().all(|r| !(r.verb == "delete"
+            || (r.verb == "annotate" && r.body.to_string().contains("draining")))),
+        "nothing marked or deleted on an unsynced pod list"
+    );
+    let (ready, detail) = run.health.snapshot();
+    assert!(
+        !ready && detail.contains("pod list not synced yet: scale-down/removal of orders waits"),
+        "{detail}"
+    );
+    // Synced: marked, grace, empty -> deleted.
+    api.set_pods_synced(true);
+    wait_until("orders deleted", 10, || api.statefulset("orders").is_none()).await;
     run.stop().await;
     e.stop().await;
 }

@@ -1,7 +1,8 @@
 //! Kubernetes mode against a mocked API server (the ApiServerVerifier pattern of kube-rs/controller-rs):
 //! `tower_test::mock::pair` behind `kube::Client::new`; each Scenario asserts every API call in order, with its
 //! exact server-side-apply body, under a 1 s timeout per step. Every StatefulSet list is followed by the Services
-//! list (answered with the same names, or the given live objects). Brokers are in-memory fakes.
+//! and PodDisruptionBudgets lists (answered with the same names, or the given live objects). Brokers are in-memory
+//! fakes.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -16,7 +17,7 @@ use maas_model::{Address, AddressKind, AddressSet, Config, Flavor, FlavorSet, Po
 use serde_json::{Value, json};
 use storage_controller::broker::{Connector, Provisioner};
 use storage_controller::clusters::{
-    BrokerCluster, ClusterOptions, desired_clusters, service, statefulset,
+    BrokerCluster, ClusterOptions, desired_clusters, pod_disruption_budget, service, statefulset,
 };
 use storage_controller::controller::{ClusterReport, DrainClock, reconcile_clusters};
 use storage_controller::kube::KubeCtx;
@@ -33,17 +34,20 @@ enum Call {
     ListStatefulSets,
     ApplyService(Value),
     ApplyStatefulSet(Value),
+    ApplyPdb(Value),
     AnnotatePod(String, Value),
     DeleteStatefulSet(String),
+    DeletePdb(String),
     DeleteService(String),
 }
 
 /// What the mocked API server answers.
 enum Answer {
-    /// The list of managed StatefulSets (name, replicas), minimal objects; the Services list has the same names.
+    /// The list of managed StatefulSets (name, replicas), minimal objects; the Services and PodDisruptionBudgets
+    /// lists have the same names.
     List(Vec<(String, i32)>),
-    /// Live objects as an API server returns them: StatefulSets, then Services.
-    Live(Vec<Value>, Vec<Value>),
+    /// Live objects as an API server returns them: StatefulSets, Services, PodDisruptionBudgets.
+    Live(Vec<Value>, Vec<Value>, Vec<Value>),
     /// Echo the applied/patched object (200).
     Ok,
     /// An API error Status with this code.
@@ -114,6 +118,25 @@ impl Verifier {
                     );
                     Call::ApplyStatefulSet(body.clone())
                 }
+                (Method::PATCH, p)
+                    if p.starts_with(&format!(
+                        "/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/"
+                    )) =>
+                {
+                    assert!(
+                        query.contains("fieldManager=maas-storage-controller")
+                            && query.contains("force=true"),
+                        "{query}"
+                    );
+                    Call::ApplyPdb(body.clone())
+                }
+                (Method::DELETE, p)
+                    if p.starts_with(&format!(
+                        "/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/"
+                    )) =>
+                {
+                    Call::DeletePdb(p.rsplit('/').next().unwrap().to_string())
+                }
                 (Method::PATCH, p) if p.starts_with(&format!("/api/v1/namespaces/{NS}/pods/")) => {
                     Call::AnnotatePod(p.rsplit('/').next().unwrap().to_string(), body.clone())
                 }
@@ -130,7 +153,7 @@ impl Verifier {
                 _ => panic!("step {i}: unexpected {method} {path}?{query}"),
             };
             assert_eq!(got, want, "step {i}");
-            let (sts, svcs) = match &answer {
+            let (sts, svcs, pdbs) = match &answer {
                 Answer::List(items) => (
                     items
                         .iter()
@@ -144,9 +167,15 @@ impl Verifier {
                             "metadata": {"name": n, "namespace": NS, "uid": format!("uid-svc-{n}")},
                             "spec": {"clusterIP": "None"}}))
                         .collect(),
+                    items
+                        .iter()
+                        .map(|(n, _)| json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                            "metadata": {"name": n, "namespace": NS, "uid": format!("uid-pdb-{n}")},
+                            "spec": {"maxUnavailable": 1}}))
+                        .collect(),
                 ),
-                Answer::Live(a, b) => (a.clone(), b.clone()),
-                _ => (Vec::new(), Vec::new()),
+                Answer::Live(a, b, c) => (a.clone(), b.clone(), c.clone()),
+                _ => (Vec::new(), Vec::new(), Vec::new()),
             };
             match answer {
                 Answer::List(_) | Answer::Live(..) => {
@@ -179,10 +208,35 @@ impl Verifier {
                         &json!({"apiVersion": "v1", "kind": "ServiceList",
                         "metadata": {"resourceVersion": "1"}, "items": svcs}),
                     );
+                    // Then the PodDisruptionBudgets list.
+                    let (req, send) = tokio::time::timeout(STEP, self.0.next_request())
+                        .await
+                        .unwrap_or_else(|_| panic!("step {i}: no PDB list within {STEP:?}"))
+                        .expect("client alive");
+                    assert_eq!(req.method(), Method::GET, "step {i}: {}", req.uri());
+                    assert_eq!(
+                        req.uri().path(),
+                        format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets")
+                    );
+                    assert!(
+                        req.uri().query().unwrap_or_default().contains(
+                            "labelSelector=app.kubernetes.io%2Fmanaged-by%3Dmaas-storage-controller"
+                        ),
+                        "{}",
+                        req.uri()
+                    );
+                    respond(
+                        send,
+                        200,
+                        &json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudgetList",
+                        "metadata": {"resourceVersion": "1"}, "items": pdbs}),
+                    );
                 }
                 Answer::Ok => {
                     let obj = match got {
-                        Call::ApplyService(mut b) | Call::ApplyStatefulSet(mut b) => {
+                        Call::ApplyService(mut b)
+                        | Call::ApplyStatefulSet(mut b)
+                        | Call::ApplyPdb(mut b) => {
                             b["metadata"]["uid"] = json!("uid-x");
                             b["metadata"]["resourceVersion"] = json!("2");
                             b
@@ -213,7 +267,7 @@ impl Verifier {
 fn opts() -> ClusterOptions {
     ClusterOptions {
         namespace: NS.into(),
-        broker_secret: Some("broker-creds".into()),
+        broker_secret: "broker-creds".into(),
         owner: None,
     }
 }
@@ -295,11 +349,21 @@ fn harness_with<C: Connector + 'static>(connector: C, brokers: FakeConnector) ->
 }
 
 impl<C: Connector + 'static> Harness<C> {
-    /// One reconcile against the scenario; the report (or error) and the provisioner back.
+    /// One reconcile against the scenario with a synced pod list; the report (or error).
     async fn reconcile(
         &mut self,
         desired: &BTreeMap<String, BrokerCluster>,
         pods: Vec<PodInfo>,
+        scenario: Scenario,
+    ) -> storage_controller::Result<ClusterReport> {
+        self.reconcile_with(desired, Some(pods), scenario).await
+    }
+
+    /// One reconcile against the scenario; `pods` None: the pod list is not synced.
+    async fn reconcile_with(
+        &mut self,
+        desired: &BTreeMap<String, BrokerCluster>,
+        pods: Option<Vec<PodInfo>>,
         scenario: Scenario,
     ) -> storage_controller::Result<ClusterReport> {
         let verifier = self.verifier.take().unwrap();
@@ -308,7 +372,8 @@ impl<C: Connector + 'static> Harness<C> {
         let desired = desired.clone();
         let mut clock = std::mem::take(&mut self.clock);
         let task: JoinHandle<_> = tokio::spawn(async move {
-            let r = reconcile_clusters(&ctx, &desired, &pods, &mut prov, &mut clock).await;
+            let r =
+                reconcile_clusters(&ctx, &desired, pods.as_deref(), &mut prov, &mut clock).await;
             (r, prov, clock)
         });
         // The verifier's handle is reused across reconciles: run it, then put it back.
@@ -351,6 +416,10 @@ fn cluster_calls(c: &BrokerCluster, replicas: i32) -> Vec<(Call, Answer)> {
             Call::ApplyStatefulSet(statefulset(c, &opts(), replicas)),
             Answer::Ok,
         ),
+        (
+            Call::ApplyPdb(pod_disruption_budget(c, &opts())),
+            Answer::Ok,
+        ),
     ]
 }
 
@@ -382,19 +451,24 @@ async fn applies_exact_bodies_then_skips_unchanged_and_repairs_drift() {
     let live = |replicas: i32| {
         let mut sts = Vec::new();
         let mut svcs = Vec::new();
+        let mut pdbs = Vec::new();
         for name in ["news", "orders"] {
             sts.push(as_served(statefulset(&desired[name], &opts(), replicas)));
             svcs.push(as_served(service(&desired[name], &opts())));
+            pdbs.push(as_served(pod_disruption_budget(&desired[name], &opts())));
         }
-        (sts, svcs)
+        (sts, svcs, pdbs)
     };
     fresh(&mut h);
-    let (sts, svcs) = live(2);
+    let (sts, svcs, pdbs) = live(2);
     let r2 = h
         .reconcile(
             &desired,
             vec![],
-            Scenario(vec![(Call::ListStatefulSets, Answer::Live(sts, svcs))]),
+            Scenario(vec![(
+                Call::ListStatefulSets,
+                Answer::Live(sts, svcs, pdbs),
+            )]),
         )
         .await
         .unwrap();
@@ -404,17 +478,17 @@ async fn applies_exact_bodies_then_skips_unchanged_and_repairs_drift() {
     assert!(r2.deleted.is_empty() && r2.draining.is_empty());
     assert!(h.metrics().contains(r#"maas_storage_controller_api_operations_total{operation="apply",kind="StatefulSet",result="ok"} 2"#), "{}", h.metrics());
 
-    // Drift on fields we own is repaired, only where it is: replicas changed on orders' StatefulSet, a label
+    // Drift on fields we own is repaired, only where it is: image changed on orders' StatefulSet, a label
     // removed from news' Service.
     fresh(&mut h);
-    let (mut sts, mut svcs) = live(2);
-    sts[1]["spec"]["replicas"] = json!(5);
+    let (mut sts, mut svcs, pdbs) = live(2);
+    sts[1]["spec"]["template"]["spec"]["containers"][0]["image"] = json!("someone-elses:1");
     svcs[0]["metadata"]["labels"]
         .as_object_mut()
         .unwrap()
         .remove("maas.io/flavor");
     let calls = vec![
-        (Call::ListStatefulSets, Answer::Live(sts, svcs)),
+        (Call::ListStatefulSets, Answer::Live(sts, svcs, pdbs)),
         (
             Call::ApplyService(service(&desired["news"], &opts())),
             Answer::Ok,
@@ -436,11 +510,11 @@ async fn applies_exact_bodies_then_skips_unchanged_and_repairs_drift() {
     // A changed desired object (the flavor now asks for a resource limit) is applied even though every field
     // the old body set still matches: the spec hash differs.
     fresh(&mut h);
-    let (sts, svcs) = live(2);
+    let (sts, svcs, pdbs) = live(2);
     let mut changed = desired.clone();
     changed.get_mut("orders").unwrap().resources = Some(json!({"limits": {"memory": "1Gi"}}));
     let calls = vec![
-        (Call::ListStatefulSets, Answer::Live(sts, svcs)),
+        (Call::ListStatefulSets, Answer::Live(sts, svcs, pdbs)),
         (
             Call::ApplyStatefulSet(statefulset(&changed["orders"], &opts(), 2)),
             Answer::Ok,
@@ -465,11 +539,15 @@ fn as_served(mut v: Value) -> Value {
         let c = &mut v["spec"]["template"]["spec"]["containers"][0];
         c["imagePullPolicy"] = json!("IfNotPresent");
         c["readinessProbe"]["timeoutSeconds"] = json!(1);
+        c["livenessProbe"]["successThreshold"] = json!(1);
+        c["startupProbe"]["timeoutSeconds"] = json!(1);
         v["spec"]["volumeClaimTemplates"][0]["status"] = json!({"phase": "Pending"});
         v["status"] = json!({"replicas": 2});
-    } else {
+    } else if v["kind"] == "Service" {
         v["spec"]["clusterIPs"] = json!(["None"]);
         v["spec"]["type"] = json!("ClusterIP");
+    } else {
+        v["status"] = json!({"disruptionsAllowed": 1, "currentHealthy": 2});
     }
     v
 }
@@ -529,6 +607,7 @@ async fn drain_grace_holds_an_empty_pod_until_it_passed() {
             Answer::List(vec![("old".into(), 1)]),
         ),
         (Call::DeleteStatefulSet("old".into()), Answer::Ok),
+        (Call::DeletePdb("old".into()), Answer::Ok),
         (Call::DeleteService("old".into()), Answer::Ok),
     ];
     let r = h
@@ -600,6 +679,7 @@ async fn removed_cluster_is_drained_then_deleted() {
             Answer::List(vec![("old".into(), 1)]),
         ),
         (Call::DeleteStatefulSet("old".into()), Answer::Ok),
+        (Call::DeletePdb("old".into()), Answer::Ok),
         (Call::DeleteService("old".into()), Answer::Ok),
     ];
     let r = h
@@ -713,12 +793,16 @@ async fn api_errors_fail_the_pass_and_the_retry_succeeds() {
             Answer::Status(500),
         ),
     ];
-    let e = h
+    // The cluster's pass fails (the rest of its objects wait for the retry); the reconcile itself goes on.
+    let r = h
         .reconcile(&desired, vec![], Scenario(calls))
         .await
-        .unwrap_err();
-    assert_eq!(e.metric_label(), "server_error");
-    assert!(e.to_string().contains("apply StatefulSet orders"), "{e}");
+        .unwrap();
+    assert!(
+        r.failed["orders"].contains("apply StatefulSet orders"),
+        "{r:?}"
+    );
+    assert!(r.applied.is_empty());
     // A failed list fails the pass before anything is written.
     fresh(&mut h);
     let calls = vec![(Call::ListStatefulSets, Answer::Status(503))];
@@ -739,17 +823,34 @@ async fn api_errors_fail_the_pass_and_the_retry_succeeds() {
     assert!(m.contains(r#"maas_storage_controller_api_operations_total{operation="apply",kind="StatefulSet",result="ok"} 1"#), "{m}");
 }
 
+/// A removed cluster whose pod is missing from the (synced) pod list is NOT drained: the pod's claim may hold
+/// messages, so the removal waits for it. A StatefulSet with 0 replicas and no pod has nothing to drain: deleted
+/// at once, a PodDisruptionBudget or Service already gone (404) is fine.
 #[tokio::test]
-async fn cluster_without_pods_is_deleted_and_404_counts_as_gone() {
+async fn a_missing_pod_is_never_drained_and_an_empty_cluster_is_deleted() {
     let mut h = harness();
     let (desired, _) = desired_clusters(&config(&[], 1));
-    // No pods left at all: nothing to drain, delete at once; Service already gone (404) is fine.
+    for _ in 0..2 {
+        fresh(&mut h);
+        let calls = vec![(
+            Call::ListStatefulSets,
+            Answer::List(vec![("old".into(), 1)]),
+        )];
+        let r = h
+            .reconcile(&desired, vec![], Scenario(calls))
+            .await
+            .unwrap();
+        assert!(r.deleted.is_empty(), "{r:?}");
+        assert_eq!(r.draining.get("old-0"), Some(&None));
+    }
+    fresh(&mut h);
     let calls = vec![
         (
             Call::ListStatefulSets,
-            Answer::List(vec![("old".into(), 1)]),
+            Answer::List(vec![("old".into(), 0)]),
         ),
         (Call::DeleteStatefulSet("old".into()), Answer::Ok),
+        (Call::DeletePdb("old".into()), Answer::Status(404)),
         (Call::DeleteService("old".into()), Answer::Status(404)),
     ];
     let r = h
@@ -757,6 +858,163 @@ async fn cluster_without_pods_is_deleted_and_404_counts_as_gone() {
         .await
         .unwrap();
     assert_eq!(r.deleted, vec!["old"]);
+}
+
+/// Until the pod watch has synced, nothing is marked, scaled down or deleted: a scale-down keeps the current
+/// replicas (the exact body says 2) and a removed cluster stays, both reported as waiting. Once synced, the drain
+/// starts (the mark).
+#[tokio::test]
+async fn an_unsynced_pod_list_never_leads_to_a_scale_down_or_removal() {
+    let mut h = harness();
+    let (desired, _) = desired_clusters(&config(&[("orders", AddressKind::Queue)], 1));
+    let c = &desired["orders"];
+    h.brokers.broker("orders-1").set_count("orders", 0);
+    h.brokers.broker("old-0").set_count("old", 0);
+    for _ in 0..3 {
+        fresh(&mut h);
+        let mut calls = vec![(
+            Call::ListStatefulSets,
+            Answer::List(vec![("old".into(), 1), ("orders".into(), 2)]),
+        )];
+        calls.extend(cluster_calls(c, 2));
+        let r = h
+            .reconcile_with(&desired, None, Scenario(calls))
+            .await
+            .unwrap();
+        assert_eq!(r.deferred, vec!["orders", "old"]);
+        assert!(r.deleted.is_empty() && r.draining.is_empty(), "{r:?}");
+    }
+    // Synced: orders-1 and old-0 are marked first (nothing deleted, 2 replicas kept).
+    fresh(&mut h);
+    let mut calls = vec![
+        (
+            Call::ListStatefulSets,
+            Answer::List(vec![("old".into(), 1), ("orders".into(), 2)]),
+        ),
+        (
+            Call::AnnotatePod(
+                "orders-1".into(),
+                json!({"metadata": {"annotations": {"maas.io/draining": "true"}}}),
+            ),
+            Answer::Ok,
+        ),
+    ];
+    calls.extend(cluster_calls(c, 2));
+    calls.push((
+        Call::AnnotatePod(
+            "old-0".into(),
+            json!({"metadata": {"annotations": {"maas.io/draining": "true"}}}),
+        ),
+        Answer::Ok,
+    ));
+    let pods = vec![
+        pod("orders-0", "orders", false, 5672),
+        pod("orders-1", "orders", false, 5673),
+        pod("old-0", "old", false, 5674),
+    ];
+    let r = h.reconcile(&desired, pods, Scenario(calls)).await.unwrap();
+    assert!(r.deferred.is_empty() && r.deleted.is_empty(), "{r:?}");
+}
+
+/// One cluster's API errors (its StatefulSet apply, or the deletion of a removed cluster) fail that cluster only:
+/// the next cluster is still created, the failures are reported per cluster (report, metric) and retried.
+#[tokio::test]
+async fn a_failing_cluster_does_not_stop_the_others() {
+    let mut h = harness();
+    let (desired, _) = desired_clusters(&config(
+        &[("alpha", AddressKind::Queue), ("beta", AddressKind::Queue)],
+        1,
+    ));
+    let (a, b) = (&desired["alpha"], &desired["beta"]);
+    let mut calls = vec![
+        (
+            Call::ListStatefulSets,
+            Answer::List(vec![("gone".into(), 0)]),
+        ),
+        (Call::ApplyService(service(a, &opts())), Answer::Ok),
+        (
+            Call::ApplyStatefulSet(statefulset(a, &opts(), 1)),
+            Answer::Status(500),
+        ),
+    ];
+    calls.extend(cluster_calls(b, 1));
+    calls.push((Call::DeleteStatefulSet("gone".into()), Answer::Status(503)));
+    let r = h
+        .reconcile(&desired, vec![], Scenario(calls))
+        .await
+        .unwrap();
+    assert_eq!(r.applied, vec!["beta"]);
+    assert_eq!(
+        r.failed.keys().map(String::as_str).collect::<Vec<_>>(),
+        vec!["alpha", "gone"]
+    );
+    assert!(
+        r.failed["alpha"].contains("apply StatefulSet alpha"),
+        "{r:?}"
+    );
+    assert!(r.deleted.is_empty());
+    let m = h.metrics();
+    assert!(
+        m.contains(r#"maas_storage_controller_cluster_errors_total{cluster="alpha"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"maas_storage_controller_cluster_errors_total{cluster="gone"} 1"#),
+        "{m}"
+    );
+    // Retried: alpha is applied, gone deleted.
+    fresh(&mut h);
+    let mut calls = vec![(
+        Call::ListStatefulSets,
+        Answer::List(vec![("gone".into(), 0)]),
+    )];
+    calls.extend(cluster_calls(a, 1));
+    calls.extend(cluster_calls(b, 1));
+    calls.extend([
+        (Call::DeleteStatefulSet("gone".into()), Answer::Ok),
+        (Call::DeletePdb("gone".into()), Answer::Ok),
+        (Call::DeleteService("gone".into()), Answer::Ok),
+    ]);
+    let r = h
+        .reconcile(&desired, vec![], Scenario(calls))
+        .await
+        .unwrap();
+    assert!(r.failed.is_empty(), "{r:?}");
+    assert_eq!(r.deleted, vec!["gone"]);
+}
+
+/// A StatefulSet someone scaled down behind the controller's back (3 -> 1; the replicas the controller applied
+/// are in its annotation) while the flavor now asks for 2: pod 2 went away undrained, its claim retained. The
+/// controller drains from what it applied (3), finds orders-2 missing, keeps 3 replicas (orders-1 and orders-2
+/// come back with their claims) and waits: nothing is ever scaled away undrained.
+#[tokio::test]
+async fn a_scale_down_made_behind_the_controllers_back_is_undone_before_draining() {
+    let mut h = harness();
+    let (desired, _) = desired_clusters(&config(&[("orders", AddressKind::Queue)], 2));
+    let c = &desired["orders"];
+    let mut sts = as_served(statefulset(c, &opts(), 3));
+    sts["spec"]["replicas"] = json!(1);
+    let svc = as_served(service(c, &opts()));
+    let pdb = as_served(pod_disruption_budget(c, &opts()));
+    let calls = vec![
+        (
+            Call::ListStatefulSets,
+            Answer::Live(vec![sts], vec![svc], vec![pdb]),
+        ),
+        (
+            Call::ApplyStatefulSet(statefulset(c, &opts(), 3)),
+            Answer::Ok,
+        ),
+    ];
+    let r = h
+        .reconcile(
+            &desired,
+            vec![pod("orders-0", "orders", false, 5672)],
+            Scenario(calls),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.draining.get("orders-2"), Some(&None));
 }
 
 /// Scale-down against real AMQP brokers (emulators): the StatefulSet goes from 2 to 1 replicas only in the pass

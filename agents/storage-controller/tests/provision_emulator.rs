@@ -172,3 +172,81 @@ async fn broker_restart_and_outage_are_repaired() {
         e.stop().await;
     }
 }
+
+/// Ownership survives a restart, against the Artemis emulator: every queue the controller creates carries
+/// `user: maas-storage-controller` (stored, read back with getUser); a restarted controller removes a queue of
+/// its own whose address was removed while it was down once the queue is empty, and leaves an operator's queue
+/// (no user) and a client's (another user) alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_controller_knows_its_queues_from_the_broker() {
+    let e = BrokerEmulator::start(BrokerConfig::default())
+        .await
+        .unwrap();
+    let brokers = Brokers {
+        clusters: BTreeMap::from([(
+            "c".to_string(),
+            vec![BrokerPod {
+                name: "c-0".into(),
+                host: "127.0.0.1".into(),
+                port: e.addr().port(),
+                draining: false,
+            }],
+        )]),
+    };
+    let (metrics, _) = Metrics::new();
+    let mut before = Provisioner::new(connector(), metrics.clone(), 100);
+    let d = desired(&[("keep", AddressKind::Queue), ("orphan", AddressKind::Queue)]);
+    assert!(before.pass(&d, &brokers).await.converged());
+    drop(before);
+    assert_eq!(
+        e.queues()["orphan"].user.as_deref(),
+        Some("maas-storage-controller")
+    );
+    // While the controller is down: an operator and a client make queues; `orphan` leaves the configuration
+    // holding 3 messages.
+    let mut opts = ConnectOptions::new("127.0.0.1", e.addr().port());
+    opts.sasl = SaslOptions::Plain {
+        username: "admin".into(),
+        password: Secret::new("admin"),
+    };
+    let admin = maas_amqp::artemis::ArtemisClient::connect(&opts, ClientConfig::default())
+        .await
+        .unwrap();
+    for (name, user) in [("ops", None), ("app", Some("app-user"))] {
+        let q = maas_amqp::artemis::QueueConfig {
+            name: name.into(),
+            address: name.into(),
+            routing_type: RoutingType::Anycast,
+            durable: true,
+        };
+        admin.create_queue_with(&q, user).await.unwrap();
+    }
+    admin.close().await;
+    assert!(e.set_message_count("orphan", 3));
+    let d2 = desired(&[("keep", AddressKind::Queue)]);
+
+    let mut after = Provisioner::new(connector(), metrics, 100);
+    let r = after.pass(&d2, &brokers).await;
+    assert_eq!(
+        r.holding.get(&("c-0".to_string(), "orphan".to_string())),
+        Some(&3),
+        "{r:?}"
+    );
+    assert_eq!(
+        e.queues()["orphan"].messages,
+        3,
+        "not destroyed with messages"
+    );
+    e.set_message_count("orphan", 0);
+    let r = after.pass(&d2, &brokers).await;
+    assert!(r.converged(), "{r:?}");
+    let (queues, addresses) = (e.queues(), e.addresses());
+    assert!(!queues.contains_key("orphan") && !addresses.contains_key("orphan"));
+    assert!(queues.contains_key("ops") && addresses.contains_key("ops"));
+    assert!(queues.contains_key("app") && addresses.contains_key("app"));
+    assert_eq!(
+        queues["keep"].user.as_deref(),
+        Some("maas-storage-controller")
+    );
+    e.stop().await;
+}

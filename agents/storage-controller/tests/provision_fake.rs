@@ -165,3 +165,74 @@ async fn kind_change_and_a_cluster_without_addresses() {
     assert!(r.converged());
     assert!(conn.broker("c-0").state().addresses.is_empty());
 }
+
+/// Ownership survives a restart: it is recorded on the broker (`user` of every queue the controller creates).
+/// A new provisioner (empty in-memory state) removes a queue of ours whose address was removed while it was down
+/// — only once it is empty, with its address — and never touches an operator's or a client's queue.
+#[tokio::test]
+async fn a_restarted_controller_removes_its_orphaned_queues_once_empty_and_nothing_else() {
+    let conn = FakeConnector::default();
+    let (metrics, _) = Metrics::new();
+    let b = brokers(&[("c", "c-0")]);
+    let mut before = Provisioner::new(conn.clone(), metrics.clone(), 8);
+    let d = desired(
+        "c",
+        &[("keep", AddressKind::Queue), ("orphan", AddressKind::Queue)],
+    );
+    assert!(before.pass(&d, &b).await.converged());
+    drop(before);
+    let broker = conn.broker("c-0");
+    assert_eq!(
+        broker.state().meta["orphan"],
+        (
+            Some("maas-storage-controller".to_string()),
+            "orphan".to_string()
+        ),
+        "created with the controller's user"
+    );
+    // While the controller is down: `orphan` is removed from the configuration (and holds 2 messages); an
+    // operator and a client made queues of their own (one named like a former maas address).
+    broker.set_count("orphan", 2);
+    broker.add_queue_by("ops", None, 0);
+    broker.add_queue_by("app", Some("app-user"), 0);
+    let d2 = desired("c", &[("keep", AddressKind::Queue)]);
+
+    // Restart: a new provisioner knows nothing in memory.
+    let mut after = Provisioner::new(conn.clone(), metrics.clone(), 8);
+    let r = after.pass(&d2, &b).await;
+    assert_eq!(
+        r.holding.get(&("c-0".to_string(), "orphan".to_string())),
+        Some(&2),
+        "{r:?}"
+    );
+    assert!(broker.state().queues.contains_key("orphan"));
+    // Owners are asked once per queue (not for `keep`, which is desired); a second pass asks nothing.
+    assert_eq!(broker.state().owner_reads, 3);
+    let r = after.pass(&d2, &b).await;
+    assert_eq!(r.holding.len(), 1);
+    assert_eq!(broker.state().owner_reads, 3);
+    // Empty: removed with its address; the operator's and the client's queues stay.
+    broker.set_count("orphan", 0);
+    let r = after.pass(&d2, &b).await;
+    assert!(r.converged(), "{r:?}");
+    {
+        let s = broker.state();
+        assert!(!s.queues.contains_key("orphan") && !s.addresses.contains_key("orphan"));
+        assert!(s.queues.contains_key("ops") && s.addresses.contains_key("ops"));
+        assert!(s.queues.contains_key("app") && s.addresses.contains_key("app"));
+        assert!(s.queues.contains_key("keep"));
+        assert_eq!(
+            s.writes[s.writes.len() - 2..],
+            ["destroyQueue orphan", "deleteAddress orphan"]
+        );
+    }
+    // Even when the operator's queue is named like an address that is then removed, it stays.
+    let d3 = desired(
+        "c",
+        &[("keep", AddressKind::Queue), ("ops", AddressKind::Queue)],
+    );
+    assert!(after.pass(&d3, &b).await.converged());
+    let r = after.pass(&d2, &b).await;
+    assert!(r.converged(), "{r:?}");
+    assert!(broker.state().queues.contains_key("ops"));
+}

@@ -1,5 +1,6 @@
 //! A stateful mocked Kubernetes API server for loop-level tests (and the bench): `tower_test::mock::pair` behind
-//! `kube::Client::new`, keeping the StatefulSets, Services, ConfigMaps and pods the controller works on.
+//! `kube::Client::new`, keeping the StatefulSets, Services, PodDisruptionBudgets, ConfigMaps and pods the
+//! controller works on.
 //!
 //! - Server-side apply stores the body as a real API server would return it: with server-set metadata
 //!   (`uid`, `resourceVersion`, `managedFields`, ...) and defaulted fields (`imagePullPolicy`,
@@ -7,10 +8,12 @@
 //!   comparison of live and desired objects meets what it would meet in a cluster.
 //! - A merge patch of a pod's annotations updates the pod and publishes the pods (as the pod watch would).
 //! - Deleting a StatefulSet removes its pods (as the garbage collector would).
+//! - Failures can be injected per object name (every write to it answers 500), and the pod list can be made
+//!   unsynced (as a pod watch before its first complete list).
 //! - Every request is logged with its verb, kind, name, body and time.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -27,7 +30,7 @@ use tower_test::mock;
 pub struct Req {
     /// list, get, apply, annotate, delete.
     pub verb: &'static str,
-    /// StatefulSet, Service, ConfigMap, Pod.
+    /// StatefulSet, Service, PodDisruptionBudget, ConfigMap, Pod.
     pub kind: &'static str,
     /// Object name ("" for lists).
     pub name: String,
@@ -44,14 +47,34 @@ impl Req {
     }
 }
 
-#[derive(Default)]
 pub struct ApiState {
     pub statefulsets: BTreeMap<String, Value>,
     pub services: BTreeMap<String, Value>,
+    pub pdbs: BTreeMap<String, Value>,
     pub configmaps: BTreeMap<String, Value>,
     pub pods: BTreeMap<String, PodInfo>,
     pub log: Vec<Req>,
+    /// Object names every write to which fails with 500.
+    pub failing: BTreeSet<String>,
+    /// False: the pod list is published as not synced yet.
+    pub pods_synced: bool,
     next_version: u64,
+}
+
+impl Default for ApiState {
+    fn default() -> Self {
+        ApiState {
+            statefulsets: BTreeMap::new(),
+            services: BTreeMap::new(),
+            pdbs: BTreeMap::new(),
+            configmaps: BTreeMap::new(),
+            pods: BTreeMap::new(),
+            log: Vec::new(),
+            failing: BTreeSet::new(),
+            pods_synced: true,
+            next_version: 0,
+        }
+    }
 }
 
 /// The fake API server; clones share it.
@@ -92,8 +115,10 @@ fn served(kind: &str, mut body: Value, uid: &str, version: u64) -> Value {
             spec["revisionHistoryLimit"] = json!(10);
             spec["updateStrategy"] =
                 json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}});
-            spec["persistentVolumeClaimRetentionPolicy"] =
-                json!({"whenDeleted": "Retain", "whenScaled": "Retain"});
+            if spec.get("persistentVolumeClaimRetentionPolicy").is_none() {
+                spec["persistentVolumeClaimRetentionPolicy"] =
+                    json!({"whenDeleted": "Retain", "whenScaled": "Retain"});
+            }
             let pod = &mut spec["template"]["spec"];
             pod["restartPolicy"] = json!("Always");
             pod["dnsPolicy"] = json!("ClusterFirst");
@@ -105,10 +130,18 @@ fn served(kind: &str, mut body: Value, uid: &str, version: u64) -> Value {
                     if c.get("resources").is_none() {
                         c["resources"] = json!({});
                     }
-                    let probe = &mut c["readinessProbe"];
-                    probe["timeoutSeconds"] = json!(1);
-                    probe["successThreshold"] = json!(1);
-                    probe["failureThreshold"] = json!(3);
+                    for name in ["readinessProbe", "livenessProbe", "startupProbe"] {
+                        if let Some(probe) = c.get_mut(name).and_then(Value::as_object_mut) {
+                            for (k, v) in [
+                                ("timeoutSeconds", 1),
+                                ("successThreshold", 1),
+                                ("failureThreshold", 3),
+                                ("periodSeconds", 10),
+                            ] {
+                                probe.entry(k).or_insert(json!(v));
+                            }
+                        }
+                    }
                 }
             }
             if let Some(ts) = spec["volumeClaimTemplates"].as_array_mut() {
@@ -126,6 +159,10 @@ fn served(kind: &str, mut body: Value, uid: &str, version: u64) -> Value {
             spec["ipFamilies"] = json!(["IPv4"]);
             spec["ipFamilyPolicy"] = json!("SingleStack");
             body["status"] = json!({"loadBalancer": {}});
+        }
+        "PodDisruptionBudget" => {
+            body["status"] = json!({"currentHealthy": 0, "desiredHealthy": 0, "disruptionsAllowed": 0,
+                                    "expectedPods": 0, "observedGeneration": 1});
         }
         _ => {}
     }
@@ -169,6 +206,7 @@ impl FakeApi {
         let svc = format!("/api/v1/namespaces/{ns}/services");
         let cms = format!("/api/v1/namespaces/{ns}/configmaps");
         let pods = format!("/api/v1/namespaces/{ns}/pods");
+        let pdbs = format!("/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets");
         let (kind, name): (&'static str, Option<String>) =
             if let Some(rest) = path.strip_prefix(&sts) {
                 ("StatefulSet", rest.strip_prefix('/').map(str::to_string))
@@ -178,6 +216,11 @@ impl FakeApi {
                 ("ConfigMap", rest.strip_prefix('/').map(str::to_string))
             } else if let Some(rest) = path.strip_prefix(&pods) {
                 ("Pod", rest.strip_prefix('/').map(str::to_string))
+            } else if let Some(rest) = path.strip_prefix(&pdbs) {
+                (
+                    "PodDisruptionBudget",
+                    rest.strip_prefix('/').map(str::to_string),
+                )
             } else {
                 panic!("unexpected {method} {path}");
             };
@@ -200,10 +243,18 @@ impl FakeApi {
         });
         st.next_version += 1;
         let version = st.next_version;
+        if verb != "list" && verb != "get" && st.failing.contains(&name) {
+            return (
+                500,
+                json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                       "message": "injected failure", "reason": "InternalError", "code": 500}),
+            );
+        }
         fn store_of<'a>(st: &'a mut ApiState, kind: &str) -> &'a mut BTreeMap<String, Value> {
             match kind {
                 "StatefulSet" => &mut st.statefulsets,
                 "Service" => &mut st.services,
+                "PodDisruptionBudget" => &mut st.pdbs,
                 _ => &mut st.configmaps,
             }
         }
@@ -211,9 +262,14 @@ impl FakeApi {
             "list" => {
                 let items: Vec<Value> = store_of(&mut st, kind).values().cloned().collect();
                 let list_kind = format!("{kind}List");
+                let api_version = match kind {
+                    "StatefulSet" => "apps/v1",
+                    "PodDisruptionBudget" => "policy/v1",
+                    _ => "v1",
+                };
                 (
                     200,
-                    json!({"apiVersion": if kind == "StatefulSet" {"apps/v1"} else {"v1"},
+                    json!({"apiVersion": api_version,
                            "kind": list_kind, "metadata": {"resourceVersion": version.to_string()},
                            "items": items}),
                 )
@@ -270,9 +326,33 @@ impl FakeApi {
 
     fn publish(&self, st: &ApiState) {
         let pods: Vec<PodInfo> = st.pods.values().cloned().collect();
-        let _ = self
-            .pods_tx
-            .send(Arc::new(PodsState { pods, synced: true }));
+        let _ = self.pods_tx.send(Arc::new(PodsState {
+            pods,
+            synced: st.pods_synced,
+        }));
+    }
+
+    /// Publish the pod list as synced or not (a pod watch before its first complete list publishes what it has
+    /// with `synced: false`).
+    pub fn set_pods_synced(&self, synced: bool) {
+        let mut st = self.state.lock().unwrap();
+        st.pods_synced = synced;
+        self.publish(&st);
+    }
+
+    /// Make every write to objects named `name` fail with 500 (or succeed again).
+    pub fn set_failing(&self, name: &str, failing: bool) {
+        let mut st = self.state.lock().unwrap();
+        if failing {
+            st.failing.insert(name.to_string());
+        } else {
+            st.failing.remove(name);
+        }
+    }
+
+    /// The stored PodDisruptionBudget `name`.
+    pub fn pdb(&self, name: &str) -> Option<Value> {
+        self.state.lock().unwrap().pdbs.get(name).cloned()
     }
 
     /// Put (or replace) pods, keeping the annotations the API holds for pods already there.

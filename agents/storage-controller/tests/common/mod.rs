@@ -1,6 +1,7 @@
-//! Test support: an in-memory broker ([`FakeBroker`]) behaving like Artemis management as the transcript shows it
+//! Test support: an in-memory broker ([`FakeBroker`]) behaving like Artemis management as the transcripts show it
 //! (idempotent creates report "already there", UUID temp queue and Artemis' own names listed, message counts tests
-//! can set, destroyQueue refused while the queue has a consumer), and a connector handing them out by pod name.
+//! can set, destroyQueue refused while the queue has a consumer, the `user` createQueue stored read back with
+//! getUser/getAddress), and a connector handing them out by pod name.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -8,13 +9,18 @@ use std::sync::{Arc, Mutex};
 
 use maas_model::BrokerPod;
 use storage_controller::broker::{BrokerError, BrokerMgmt, Connector, Done};
-use storage_controller::provision::Routing;
+use storage_controller::provision::{QUEUE_USER, QueueOwner, Routing};
 
 #[derive(Debug, Default)]
 pub struct FakeState {
     pub addresses: BTreeMap<String, Routing>,
     /// queue -> message count.
     pub queues: BTreeMap<String, u64>,
+    /// queue -> (user it was created with, address it is bound to); a queue without an entry has no user and is
+    /// bound to the address of its name.
+    pub meta: BTreeMap<String, (Option<String>, String)>,
+    /// getUser/getAddress lookups answered.
+    pub owner_reads: usize,
     /// Queues with a consumer (destroyQueue fails with AMQ229025).
     pub consumers: Vec<String>,
     /// Every write, in order: "createAddress x", ...
@@ -42,6 +48,14 @@ impl FakeBroker {
         let mut s = self.state();
         s.addresses.insert(name.into(), Routing::Anycast);
         s.queues.insert(name.into(), 0);
+    }
+    /// A queue on the ANYCAST address of its name, made by `user` (None: no user), holding `messages`.
+    pub fn add_queue_by(&self, name: &str, user: Option<&str>, messages: u64) {
+        let mut s = self.state();
+        s.addresses.insert(name.into(), Routing::Anycast);
+        s.queues.insert(name.into(), messages);
+        s.meta
+            .insert(name.into(), (user.map(str::to_string), name.to_string()));
     }
     fn check(&self) -> Result<(), BrokerError> {
         if self.state().down {
@@ -109,6 +123,8 @@ impl BrokerMgmt for FakeBroker {
             return Ok(Done::Unchanged);
         }
         s.queues.insert(name.into(), 0);
+        s.meta
+            .insert(name.into(), (Some(QUEUE_USER.into()), name.to_string()));
         s.writes.push(format!("createQueue {name}"));
         Ok(Done::Changed)
     }
@@ -119,6 +135,8 @@ impl BrokerMgmt for FakeBroker {
             return Ok(Done::Unchanged);
         }
         s.queues.insert(name.into(), 0);
+        s.meta
+            .insert(name.into(), (Some(QUEUE_USER.into()), topic.to_string()));
         s.writes
             .push(format!("createQueue {name} on {topic} MULTICAST"));
         Ok(Done::Changed)
@@ -134,6 +152,7 @@ impl BrokerMgmt for FakeBroker {
         if s.queues.remove(name).is_none() {
             return Ok(Done::Unchanged);
         }
+        s.meta.remove(name);
         s.writes.push(format!("destroyQueue {name}"));
         Ok(Done::Changed)
     }
@@ -159,6 +178,20 @@ impl BrokerMgmt for FakeBroker {
             .get(queue)
             .copied()
             .ok_or_else(|| FakeBroker::failed(format!("AMQ229017: Queue {queue} does not exist")))
+    }
+    async fn queue_owner(&self, queue: &str) -> Result<Option<QueueOwner>, BrokerError> {
+        self.check()?;
+        let mut s = self.state();
+        s.owner_reads += 1;
+        if !s.queues.contains_key(queue) {
+            return Ok(None);
+        }
+        let (user, address) = s
+            .meta
+            .get(queue)
+            .cloned()
+            .unwrap_or_else(|| (None, queue.to_string()));
+        Ok(Some(QueueOwner { user, address }))
     }
     fn is_closed(&self) -> bool {
         self.state().down
