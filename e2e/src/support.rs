@@ -60,9 +60,36 @@ pub fn rss_kb(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// A test that cannot run here (a tool is missing): in CI (`CI` set) that is a failure, so it panics with the
+/// reason; elsewhere it prints a SKIPPED line and the test returns early.
+pub fn cannot_run(reason: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "this test cannot run here and CI is set: {reason} (scripts/test installs what tests need)"
+        );
+    }
+    eprintln!("SKIPPED: {reason}");
+}
+
+/// True when `/usr/bin/python3 -c 'import proton'` works (Debian's python3-qpid-proton); otherwise
+/// [`cannot_run`] (a failure in CI) and false.
+pub fn proton_available() -> bool {
+    let ok = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import proton"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        cannot_run("`/usr/bin/python3 -c 'import proton'` failed; install python3-qpid-proton");
+    }
+    ok
+}
+
 /// A throw-away certificate authority and a server certificate for `localhost` / 127.0.0.1, made with the
-/// `openssl` command in a temporary directory (`ca.crt`, `server.crt`, `server.key`), removed on drop. None (with
-/// a SKIPPED line) where openssl is missing, so TLS tests skip rather than fail on such a machine.
+/// `openssl` command in a temporary directory (`ca.crt`, `server.crt`, `server.key`), removed on drop. None where
+/// openssl is missing (see [`cannot_run`]: a failure in CI, a SKIPPED line elsewhere).
 pub struct TestPki(pub std::path::PathBuf);
 
 impl TestPki {
@@ -86,7 +113,7 @@ impl TestPki {
             "x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 1 -extfile san.ext",
         );
         if !ok {
-            eprintln!("SKIPPED: openssl could not create test certificates");
+            cannot_run("openssl could not create test certificates");
             return None; // dropping `pki` removes the directory
         }
         Some(pki)

@@ -18,19 +18,7 @@ const PYTHON: &str = "/usr/bin/python3";
 const ADDRESS: &str = "org.apache.qpid.dispatch.router.config.address";
 
 fn proton_available() -> bool {
-    let ok = std::process::Command::new(PYTHON)
-        .args(["-c", "import proton"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!(
-            "SKIPPED: `{PYTHON} -c 'import proton'` failed; install python3-qpid-proton to run this test"
-        );
-    }
-    ok
+    maas_e2e::support::proton_available()
 }
 
 /// The spawned python responder; killed by its PID when dropped.
@@ -582,7 +570,7 @@ impl Pki {
             ]
             .concat());
         if !ok {
-            eprintln!("SKIPPED: openssl could not create test certificates");
+            maas_e2e::support::cannot_run("openssl could not create test certificates");
             let _ = std::fs::remove_dir_all(&dir);
             return None;
         }

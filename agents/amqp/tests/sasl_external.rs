@@ -164,7 +164,7 @@ async fn external_with_a_verified_client_certificate_authenticates_as_its_x509_n
         return;
     };
     if !client_certs(&pki) {
-        eprintln!("SKIPPED: openssl could not create client certificates");
+        maas_e2e::support::cannot_run("openssl could not create client certificates");
         return;
     }
     let server = start(&pki, &["ANONYMOUS", "EXTERNAL"]).await;
@@ -229,7 +229,7 @@ async fn server_grants_external_only_with_a_verified_certificate() {
         return;
     };
     if !client_certs(&pki) {
-        eprintln!("SKIPPED: openssl could not create client certificates");
+        maas_e2e::support::cannot_run("openssl could not create client certificates");
         return;
     }
     let server = start(&pki, &["EXTERNAL"]).await;
@@ -288,7 +288,7 @@ async fn external_not_offered_gives_a_clear_error() {
         return;
     };
     if !client_certs(&pki) {
-        eprintln!("SKIPPED: openssl could not create client certificates");
+        maas_e2e::support::cannot_run("openssl could not create client certificates");
         return;
     }
     // Client certificates are verified, but EXTERNAL is not among the mechanisms.
@@ -320,14 +320,14 @@ async fn external_interoperates_with_a_qpid_proton_server() {
         .status()
         .is_ok_and(|s| s.success());
     if !proton {
-        eprintln!("SKIPPED: `/usr/bin/python3 -c 'import proton'` failed");
+        maas_e2e::support::cannot_run("`/usr/bin/python3 -c 'import proton'` failed");
         return;
     }
     let Some(pki) = TestPki::create("amqp-external-proton") else {
         return;
     };
     if !client_certs(&pki) {
-        eprintln!("SKIPPED: openssl could not create client certificates");
+        maas_e2e::support::cannot_run("openssl could not create client certificates");
         return;
     }
     let script = concat!(
