@@ -1471,6 +1471,7 @@ fn controllers_take_their_namespace_from_the_downward_api() {
                 vec!["--listen", "0.0.0.0:5672", "--kube"],
             ),
             ("maas-storage-controller", vec!["run", "--kube"]),
+            ("maas-subscription-service", vec!["run", "--kube"]),
         ] {
             let d = find(&docs, "Deployment", name);
             let spec = &d.value["spec"]["template"]["spec"];
@@ -1968,7 +1969,12 @@ fn images_are_pinned_to_the_release_version_never_latest() {
             }
         }
     }
-    for bin in ["router-agent", "config-service", "storage-controller"] {
+    for bin in [
+        "router-agent",
+        "config-service",
+        "storage-controller",
+        "subscription-service",
+    ] {
         assert!(
             seen.contains(&format!("quay.io/maas/{bin}")),
             "{bin} deployed"
@@ -2460,6 +2466,43 @@ fn brokers_require_login_with_one_secret_wired_everywhere() {
             Some(&Some(format!("{dir}/password"))),
             "{}",
             sc.at()
+        );
+        // subscription-service: logs in to the brokers (management and the queues it moves) like the controller;
+        // every env var it gets is one `subscription-service run` knows.
+        let ss_run = subscription_service::args::Cli::command()
+            .find_subcommand("run")
+            .unwrap()
+            .clone();
+        let ss_env: BTreeSet<String> = ss_run
+            .get_arguments()
+            .filter_map(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+            .collect();
+        let ss = find(&docs, "Deployment", "maas-subscription-service");
+        let spec = &ss.value["spec"]["template"]["spec"];
+        let c = container(spec, "subscription-service");
+        let args = seq_strs(&c["args"]).join(" ");
+        for (name, _) in env(c) {
+            assert!(
+                ss_env.contains(&name)
+                    || ["LOG_FORMAT", "RUST_LOG"].contains(&name.as_str())
+                    || args.contains(&format!("$({name})")),
+                "{}: subscription-service run has no env var {name}",
+                ss.at()
+            );
+        }
+        assert!(
+            from_secret(c, "BROKER_USERNAME", SECRET, "username"),
+            "{}",
+            ss.at()
+        );
+        let dir = secret_mount_dir(spec, c, SECRET)
+            .unwrap_or_else(|| panic!("{}: Secret not mounted", ss.at()));
+        assert_eq!(
+            env(c).get("BROKER_PASSWORD_FILE"),
+            Some(&Some(format!("{dir}/password"))),
+            "{}",
+            ss.at()
         );
         // Every router pod (interior and edge): the ROUTER container reads the password file (the connectors get
         // `saslPassword: file:<path>`), the agent names that path and sees it at the same place.

@@ -1,0 +1,316 @@
+//! `subscription-service run`: configuration checked first (one clear line and exit 2 when unusable), then the
+//! sources, the HTTP server, the `$subctrl` task and the loop.
+
+use std::future::Future;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use maas_amqp::artemis::ClientConfig;
+use maas_amqp::options::{Backoff, ConnectOptions, SaslOptions, Secret, TlsOptions};
+use maas_ops::{Health, HttpServer};
+use maas_source::{ConfigState, FileConfig, WatchOptions};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::args::{BrokerConnArgs, Cli, Command, RouterConnArgs, RunArgs};
+use crate::broker::BrokerPool;
+use crate::metrics::Metrics;
+use crate::mover::MoveConfig;
+use crate::service::{BrokerSource, LoopConfig, Outcome, run_loop};
+use crate::store::FileStore;
+use crate::subctrl_link::SubctrlConfig;
+use crate::{Error, Result};
+
+/// Run the command; `shutdown` resolves on SIGTERM/SIGINT (tests pass their own future).
+pub async fn main_with(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'static) -> ExitCode {
+    maas_amqp::options::install_crypto_provider();
+    match cli.command {
+        Command::Run(args) => {
+            let token = CancellationToken::new();
+            let t = token.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                t.cancel();
+            });
+            match run(*args, token).await {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("subscription-service: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
+
+/// Connection settings for the brokers from the flags (host/port are per pod).
+pub fn broker_connect_template(b: &BrokerConnArgs) -> Result<ConnectOptions> {
+    let mut opts = ConnectOptions::new("127.0.0.1", maas_amqp::options::AMQP_PORT);
+    opts.container_id = format!("maas-subscription-service-{}", std::process::id());
+    let mechanisms = b
+        .broker_sasl_mechanisms
+        .as_deref()
+        .map(str::to_ascii_uppercase);
+    opts.sasl = match (
+        &b.broker_username,
+        &b.broker_password_file,
+        mechanisms.as_deref(),
+    ) {
+        (_, _, Some("ANONYMOUS")) => SaslOptions::Anonymous,
+        (_, _, Some("EXTERNAL")) => {
+            if b.broker_cert_file.is_none() {
+                return Err(Error::Config(
+                    "--broker-sasl-mechanisms EXTERNAL needs --broker-ca-file, --broker-cert-file and --broker-key-file"
+                        .into(),
+                ));
+            }
+            SaslOptions::External
+        }
+        (Some(user), Some(pw), None | Some("PLAIN")) => SaslOptions::Plain {
+            username: user.clone(),
+            password: Secret::from_file(pw).map_err(|e| {
+                Error::Config(format!("--broker-password-file {}: {e}", pw.display()))
+            })?,
+        },
+        (_, _, Some(m)) if m != "PLAIN" => {
+            return Err(Error::Config(format!(
+                "--broker-sasl-mechanisms {m}: only PLAIN, ANONYMOUS and EXTERNAL are supported"
+            )));
+        }
+        (_, _, Some(_)) => {
+            return Err(Error::Config(
+                "--broker-sasl-mechanisms PLAIN needs --broker-username and --broker-password-file"
+                    .into(),
+            ));
+        }
+        _ => SaslOptions::Anonymous,
+    };
+    if let Some(ca) = &b.broker_ca_file {
+        opts.tls = Some(TlsOptions {
+            ca_file: Some(ca.clone()),
+            cert_file: b.broker_cert_file.clone(),
+            key_file: b.broker_key_file.clone(),
+            server_name: None,
+        });
+    }
+    Ok(opts)
+}
+
+/// Connection settings for the router (`$subctrl`).
+pub fn router_connect(r: &RouterConnArgs, url: &str) -> Result<ConnectOptions> {
+    let mut opts =
+        ConnectOptions::from_url(url).map_err(|e| Error::Config(format!("--router-url: {e}")))?;
+    opts.container_id = format!("maas-subscription-service-subctrl-{}", std::process::id());
+    if let Some(pw) = &r.router_password_file {
+        let SaslOptions::Plain { password, .. } = &mut opts.sasl else {
+            return Err(Error::Config(
+                "--router-password-file needs a user in --router-url (amqp://user@host:port)"
+                    .into(),
+            ));
+        };
+        *password = Secret::from_file(pw)
+            .map_err(|e| Error::Config(format!("--router-password-file {}: {e}", pw.display())))?;
+    }
+    if let Some(ca) = &r.router_ca_file {
+        match opts.tls.as_mut() {
+            Some(tls) => tls.ca_file = Some(ca.clone()),
+            None => {
+                return Err(Error::Config(
+                    "--router-ca-file needs an amqps:// --router-url".into(),
+                ));
+            }
+        }
+    }
+    Ok(opts)
+}
+
+/// The `run` subcommand: configuration checks, sources, HTTP, `$subctrl`, the loop.
+pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode> {
+    if !args.kube && args.brokers_file.is_none() {
+        return Err(Error::Config(
+            "no broker source: give --kube (broker pods from the Kubernetes API) or --brokers-file FILE".into(),
+        ));
+    }
+    if !args.kube && args.addresses_dir.is_none() && args.config_service_url.is_none() {
+        return Err(Error::Config(
+            "no address source: give --addresses-dir DIR, --config-service-url URL or --kube"
+                .into(),
+        ));
+    }
+    if let Some(dir) = &args.addresses_dir
+        && !dir.is_dir()
+    {
+        return Err(Error::Config(format!(
+            "--addresses-dir {}: not a directory",
+            dir.display()
+        )));
+    }
+    if let Some(path) = &args.brokers_file
+        && !path.is_file()
+    {
+        return Err(Error::Config(format!(
+            "--brokers-file {}: no such file",
+            path.display()
+        )));
+    }
+    let template = broker_connect_template(&args.broker)?;
+    let subctrl = match &args.router.router_url {
+        Some(url) => {
+            let connect = router_connect(&args.router, url)?;
+            let file = match (&args.router.subscriptions_file, &args.addresses_dir) {
+                (Some(f), _) => f.clone(),
+                (None, Some(dir)) => dir.join("subscriptions.json"),
+                (None, None) => {
+                    return Err(Error::Config(
+                        "--router-url without --addresses-dir needs --subscriptions-file FILE (where $subctrl keeps its subscriptions)"
+                            .into(),
+                    ));
+                }
+            };
+            if file
+                .parent()
+                .is_some_and(|p| !p.as_os_str().is_empty() && !p.is_dir())
+            {
+                return Err(Error::Config(format!(
+                    "--subscriptions-file {}: its directory does not exist",
+                    file.display()
+                )));
+            }
+            let store = FileStore::new(file);
+            store
+                .load()
+                .map_err(|e| Error::Config(format!("--subscriptions-file {e}")))?;
+            Some(SubctrlConfig {
+                connect,
+                store,
+                timeout: args.broker.broker_request_timeout,
+                backoff: Backoff::default(),
+                addresses_dir: args.addresses_dir.clone(),
+            })
+        }
+        None => None,
+    };
+    let (metrics, registry) = Metrics::new();
+    let health = Health::new();
+    let watch_opts = WatchOptions {
+        debounce: args.debounce,
+        resync: std::time::Duration::from_secs(30),
+    };
+
+    let client = if args.kube {
+        Some(::kube::Client::try_default().await.map_err(|e| {
+            Error::Config(format!(
+                "--kube: no usable Kubernetes configuration (in-cluster or KUBECONFIG): {e}"
+            ))
+        })?)
+    } else {
+        None
+    };
+
+    let config_rx: watch::Receiver<Arc<ConfigState>> = if let Some(dir) = &args.addresses_dir {
+        maas_source::spawn_file_config(FileConfig {
+            addresses_dir: dir.clone(),
+            flavors_file: args.flavors_file.clone(),
+            watch: watch_opts,
+        })
+        .map_err(|e| Error::Config(e.to_string()))?
+    } else if let Some(url) = &args.config_service_url {
+        let connect = ConnectOptions::from_url(url)
+            .map_err(|e| Error::Config(format!("--config-service-url: {e}")))?;
+        maas_source::spawn_config_subscription(
+            maas_source::ConfigSubscription {
+                connect,
+                backoff: Backoff::default(),
+                pods_selector: None,
+            },
+            shutdown.clone(),
+        )
+        .0
+    } else if let Some(client) = &client {
+        maas_source::spawn_kube_config(
+            client.clone(),
+            maas_source::KubeConfigOptions::new(
+                args.namespace.clone(),
+                "maas-subscription-service",
+            ),
+        )
+    } else {
+        return Err(Error::Config("no address source".into()));
+    };
+
+    let brokers = match (&args.brokers_file, &client) {
+        (Some(path), _) => BrokerSource::File {
+            path: path.display().to_string(),
+            rx: maas_source::watch_file(path.clone(), watch_opts)
+                .map_err(|e| Error::Config(format!("--brokers-file: {e}")))?,
+        },
+        (None, Some(client)) => BrokerSource::Pods(maas_source::spawn_kube_pods(
+            client.clone(),
+            args.namespace.clone(),
+        )),
+        (None, None) => return Err(Error::Config("no broker source".into())),
+    };
+
+    let http = HttpServer::bind(args.http_addr, health.clone(), registry)
+        .await
+        .map_err(|e| Error::Config(format!("--http-addr {}: {e}", args.http_addr)))?;
+    let http_shutdown = shutdown.clone();
+    let http_task = tokio::spawn(http.serve(async move { http_shutdown.cancelled().await }));
+
+    let subctrl_task = subctrl.map(|cfg| {
+        crate::subctrl_link::spawn(cfg, config_rx.clone(), metrics.clone(), shutdown.clone())
+    });
+
+    let pool = BrokerPool::new(
+        template,
+        ClientConfig {
+            request_timeout: args.broker.broker_request_timeout,
+            ..Default::default()
+        },
+        metrics.clone(),
+    );
+    let outcome = run_loop(
+        config_rx,
+        brokers,
+        pool,
+        health,
+        metrics,
+        LoopConfig {
+            interval: args.interval,
+            parallel: args.parallel_moves as usize,
+            once: args.once,
+            moves: MoveConfig {
+                window: args.move_window as usize,
+                drain_wait: args.drain_wait,
+                timeout: args.broker.broker_request_timeout,
+                ..MoveConfig::default()
+            },
+        },
+        shutdown.clone(),
+    )
+    .await;
+    shutdown.cancel();
+    let limit = std::time::Duration::from_secs(2);
+    let _ = tokio::time::timeout(limit, http_task).await;
+    if let Some(t) = subctrl_task {
+        let _ = tokio::time::timeout(limit, t).await;
+    }
+    Ok(match outcome {
+        Outcome::Stopped => {
+            info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Outcome::Settled => {
+            info!("every durable subscription sits on its topic's pod");
+            ExitCode::SUCCESS
+        }
+        Outcome::NotSettled(reason) => {
+            error!(%reason, "durable subscriptions not settled");
+            eprintln!(
+                "subscription-service: not every durable subscription is on its topic's pod: {reason}"
+            );
+            ExitCode::from(1)
+        }
+    })
+}

@@ -1,0 +1,174 @@
+//! Prometheus metrics of the subscription-service (prefix `maas_subscription_service_`), served on `/metrics`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of broker management operations.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    /// listQueues, createQueue, destroyQueue, getMessageCount, connect.
+    pub operation: String,
+    /// ok, unchanged (already there / already gone), or the error's label (timeout, failed, disconnected, ...).
+    pub result: String,
+}
+
+/// Labels of the subscription gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// in-place, moving, failed, stranded (its topic has no pod that is not draining).
+    pub state: String,
+}
+
+/// Labels of moves and `$subctrl` requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// ok, failed, abandoned (shutdown during the move) for moves; accepted, rejected, failed for requests.
+    pub result: String,
+}
+
+/// Labels of `$subctrl` requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// subscribe, unsubscribe, list, close, unknown.
+    pub request: String,
+    /// accepted, or the rejection's condition (not-found, precondition-failed, internal-error).
+    pub result: String,
+}
+
+/// Every metric the service exports. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub subscriptions: Family<StateLabels, Gauge>,
+    pub moves: Family<ResultLabels, Counter>,
+    pub messages_moved: Counter,
+    pub move_duration: Histogram,
+    pub broker_operations: Family<OpLabels, Counter>,
+    pub brokers_unreachable: Gauge,
+    pub config_errors: Counter,
+    pub passes: Counter,
+    pub subctrl_requests: Family<RequestLabels, Counter>,
+    pub subctrl_connected: Gauge,
+}
+
+impl Metrics {
+    /// Create the metrics and the registry that serves them.
+    pub fn new() -> (Metrics, Arc<Registry>) {
+        let m = Metrics {
+            subscriptions: Family::default(),
+            moves: Family::default(),
+            messages_moved: Counter::default(),
+            move_duration: Histogram::new([
+                0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+            ]),
+            broker_operations: Family::default(),
+            brokers_unreachable: Gauge::default(),
+            config_errors: Counter::default(),
+            passes: Counter::default(),
+            subctrl_requests: Family::default(),
+            subctrl_connected: Gauge::default(),
+        };
+        let mut r = Registry::with_prefix("maas_subscription_service");
+        r.register(
+            "subscriptions",
+            "Durable subscription queues seen in the last pass, by state: in-place (on their topic's pod), moving, failed (a move did not finish), stranded (every pod of the topic's cluster drains)",
+            m.subscriptions.clone(),
+        );
+        r.register("moves", "Queue moves, by result", m.moves.clone());
+        r.register(
+            "messages_moved",
+            "Messages accepted by the new pod and then settled on the old one",
+            m.messages_moved.clone(),
+        );
+        r.register(
+            "move_duration_seconds",
+            "Duration of one queue move (queue, messages, old queue deleted)",
+            m.move_duration.clone(),
+        );
+        r.register(
+            "broker_operations",
+            "Artemis management operations, by operation and result",
+            m.broker_operations.clone(),
+        );
+        r.register(
+            "brokers_unreachable",
+            "Broker pods whose queues could not be listed in the last pass",
+            m.brokers_unreachable.clone(),
+        );
+        r.register(
+            "config_errors",
+            "Invalid configurations seen (once per change); the last good one stays in force",
+            m.config_errors.clone(),
+        );
+        r.register("passes", "Passes run", m.passes.clone());
+        r.register(
+            "subctrl_requests",
+            "$subctrl requests, by request and result",
+            m.subctrl_requests.clone(),
+        );
+        r.register(
+            "subctrl_connected",
+            "1 while the $subctrl receiver is attached to the router",
+            m.subctrl_connected.clone(),
+        );
+        (m, Arc::new(r))
+    }
+
+    /// Count one broker operation by its result label.
+    pub fn broker_op(&self, operation: &str, result: &str) {
+        self.broker_operations
+            .get_or_create(&OpLabels {
+                operation: operation.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Count one finished move.
+    pub fn move_done(&self, result: &str, took: Duration) {
+        self.moves
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
+        self.move_duration.observe(took.as_secs_f64());
+    }
+
+    /// Count one `$subctrl` request.
+    pub fn request(&self, request: &str, result: &str) {
+        self.subctrl_requests
+            .get_or_create(&RequestLabels {
+                request: request.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Set the subscription gauges.
+    pub fn set_subscriptions(
+        &self,
+        in_place: usize,
+        moving: usize,
+        failed: usize,
+        stranded: usize,
+    ) {
+        for (state, n) in [
+            ("in-place", in_place),
+            ("moving", moving),
+            ("failed", failed),
+            ("stranded", stranded),
+        ] {
+            self.subscriptions
+                .get_or_create(&StateLabels {
+                    state: state.to_string(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+}
