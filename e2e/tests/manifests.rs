@@ -1002,6 +1002,7 @@ fn check_router(docs: &[Doc]) {
             mode: maas_model::RouterMode::Interior,
             routers: interiors.clone(),
             options: maas_model::MeshOptions::default(),
+            current_uplink: None,
         })
     };
     assert!(connectors("maas-router-0").is_empty());
@@ -1117,6 +1118,7 @@ fn check_edge(docs: &[Doc]) {
         mode: maas_model::RouterMode::Edge,
         routers: interiors,
         options: maas_model::MeshOptions::default(),
+        current_uplink: None,
     });
     assert_eq!(uplink.len(), 1, "{uplink:?}");
     assert_eq!(uplink[0].attributes["role"], "edge");

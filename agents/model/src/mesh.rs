@@ -8,8 +8,9 @@
 //!   connectors and those of the pods sorting above it; one that leaves loses only the connectors to it.
 //! - Edge routers (`mode: edge`): ONE connector `maas-router-<pod>` {role `edge`} to one interior pod's `edge`
 //!   listener, picked by a rendezvous hash of the edge pod's name over the interior pods
-//!   ([`crate::placement::rendezvous`]): edges spread evenly, an edge moves when its interior goes, and a joining
-//!   interior takes over about 1/N of the edges (that is what keeps them even).
+//!   ([`crate::placement::rendezvous`]) when it has none yet: edges spread evenly. An edge then STAYS on its interior
+//!   ([`MeshInputs::current_uplink`]) as long as that pod is there, and moves only when it goes; a joining interior
+//!   takes no edge away (new edges and moved ones find it through the hash).
 //!
 //! qdrouterd does not check a connector's role against the listener it dials (§6: an inter-router connector aimed
 //! at an edge listener is answered 201), so the roles are chosen here from the agent's own mode, never guessed
@@ -94,6 +95,9 @@ pub struct MeshInputs {
     pub routers: Vec<RouterPod>,
     /// Login and TLS of the connectors.
     pub options: MeshOptions,
+    /// For an edge: the interior pod it is attached to now; kept while that pod is among `routers` (with an edge
+    /// listener), so interior pods joining move no edge.
+    pub current_uplink: Option<String>,
 }
 
 /// Name of the connector to router pod `pod`: `maas-router-<pod>`.
@@ -124,7 +128,15 @@ pub fn mesh_entities(mesh: &MeshInputs) -> Vec<Entity> {
             .filter(|r| r.name.as_str() < own)
             .map(|r| connector(r, "inter-router", r.port, &mesh.options))
             .collect(),
-        RouterMode::Edge => edge_uplink(own, &mesh.routers)
+        RouterMode::Edge => mesh
+            .current_uplink
+            .as_deref()
+            .and_then(|current| {
+                mesh.routers
+                    .iter()
+                    .find(|r| r.name == current && r.edge_port.is_some())
+            })
+            .or_else(|| edge_uplink(own, &mesh.routers))
             .and_then(|r| r.edge_port.map(|p| connector(r, "edge", p, &mesh.options)))
             .into_iter()
             .collect(),
@@ -290,6 +302,7 @@ mod tests {
             mode,
             routers: pods(names),
             options: MeshOptions::default(),
+            current_uplink: None,
         })
         .into_iter()
         .map(|e| e.name)
@@ -365,6 +378,7 @@ mod tests {
                 sasl_username: Some("router".into()),
                 sasl_password_file: Some("/etc/qpid-dispatch/mesh/password".into()),
             },
+            current_uplink: None,
         })[0];
         assert_eq!(
             serde_json::to_value(&e.attributes).unwrap(),
@@ -391,6 +405,7 @@ mod tests {
                 mode: RouterMode::Edge,
                 routers: routers.clone(),
                 options: MeshOptions::default(),
+                current_uplink: None,
             })[0];
             assert_eq!(e.attributes["role"], json!("edge"));
             assert_eq!(e.attributes["port"], json!("45672"));
@@ -422,6 +437,43 @@ mod tests {
             r.edge_port = None;
         }
         assert!(pick("edge-0", &no_edge).is_none());
+    }
+
+    #[test]
+    fn an_edge_stays_on_its_interior_while_it_is_there() {
+        let names: Vec<String> = (0..4).map(|i| format!("router-{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let uplink = |routers: &[RouterPod], current: Option<&str>| {
+            mesh_entities(&MeshInputs {
+                own: Some("edge-7".into()),
+                mode: RouterMode::Edge,
+                routers: routers.to_vec(),
+                options: MeshOptions::default(),
+                current_uplink: current.map(String::from),
+            })
+            .pop()
+            .map(|e| e.name)
+        };
+        let four = pods(&refs);
+        let first = uplink(&four, None).unwrap();
+        let home = first.strip_prefix("maas-router-").unwrap().to_string();
+        // Whatever pods join, it stays.
+        let mut more = four.clone();
+        for i in 4..20 {
+            more.push(RouterPod {
+                name: format!("router-{i}"),
+                host: "10.0.1.1".into(),
+                port: 55672,
+                edge_port: Some(45672),
+            });
+        }
+        more.sort();
+        assert_eq!(uplink(&more, Some(&home)), Some(first.clone()));
+        // Its interior goes: it moves (to the hash's choice among the rest).
+        let without: Vec<RouterPod> = four.iter().filter(|r| r.name != home).cloned().collect();
+        let moved = uplink(&without, Some(&home)).unwrap();
+        assert_ne!(moved, first);
+        assert_eq!(uplink(&without, None), Some(moved));
     }
 
     #[test]

@@ -103,6 +103,7 @@ pub fn mesh_inputs(m: &MeshArgs) -> Result<MeshInputs, String> {
             sasl_username: m.mesh_sasl_username.clone(),
             sasl_password_file: m.mesh_sasl_password_file.clone(),
         },
+        current_uplink: None,
     })
 }
 

@@ -341,6 +341,8 @@ struct DesiredState {
     mesh: MeshInputs,
     brokers: LastGood<Brokers>,
     routers: LastGood<Vec<RouterPod>>,
+    /// The interior pod this edge router is attached to (kept while it is there).
+    uplink: Option<String>,
     config_error_events: u64,
     generation: u64,
     last_hash: String,
@@ -433,8 +435,16 @@ impl DesiredState {
                 .good()
                 .map(|r| r.as_ref().clone())
                 .unwrap_or_default(),
+            current_uplink: self.uplink.clone(),
             ..self.mesh.clone()
         });
+        // An edge stays on the interior it chose while that one is there.
+        if self.mesh.mode == maas_model::RouterMode::Edge {
+            self.uplink = mesh
+                .first()
+                .and_then(|e| e.name.strip_prefix("maas-router-"))
+                .map(str::to_string);
+        }
         let inputs = DesiredInputs {
             config: config.clone(),
             brokers,
