@@ -38,7 +38,11 @@ fn broker_pod(name: &str, cluster: &str, port: u16) -> PodInfo {
                 cluster.to_string(),
             ),
         ]),
-        annotations: BTreeMap::new(),
+        // storage-controller has provisioned it: queues get their links (maas_model::pods::resolve_provisioning).
+        annotations: BTreeMap::from([(
+            maas_model::pods::PROVISIONED_ANNOTATION.to_string(),
+            "provisioned".to_string(),
+        )]),
     }
 }
 
@@ -141,10 +145,12 @@ async fn agent_follows_config_service_and_survives_its_restart_without_churn() {
 
     // The router holds what the snapshots describe: 3 addresses, 2 connectors, 4 autoLinks for the queue on 2 pods.
     let (config, _) = router_agent::desired::load_once(&dir, None, None).unwrap();
+    let mut brokers = brokers_from_pods(&pods);
+    maas_model::pods::resolve_provisioning(&mut brokers);
     let desired = maas_model::desired_entities(
         &config.addresses,
         &config.flavors,
-        &brokers_from_pods(&pods),
+        &brokers,
         &EntityOptions::default(),
     );
     assert_eq!(desired.len(), 9);

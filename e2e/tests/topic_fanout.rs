@@ -129,6 +129,7 @@ async fn every_subscriber_gets_every_message_of_a_topic_on_a_three_pod_cluster()
             host: "127.0.0.1".into(),
             port: b.addr().port(),
             draining: false,
+            provisioned: None,
         })
         .collect();
 

@@ -609,6 +609,11 @@ pub fn for_each_entity_of_address(
                 pods
             };
             for pod in pods {
+                // A queue's links only to pods that hold it (storage-controller said so); a draining pod keeps its
+                // `in` link whatever its annotation says (it is not re-annotated while it drains).
+                if a.kind == AddressKind::Queue && pod.provisioned.is_some() && !pod.draining {
+                    continue;
+                }
                 let connection = connector_name(&pod.name);
                 for &dir in Direction::for_pod(pod) {
                     let e = if a.kind == AddressKind::Queue {
@@ -733,6 +738,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port,
             draining,
+            provisioned: None,
         }
     }
 

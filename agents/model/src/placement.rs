@@ -28,6 +28,12 @@ pub struct BrokerPod {
     /// A draining pod gets only the `in` autoLink (consumers empty it, no new messages go there).
     #[serde(default)]
     pub draining: bool,
+    /// Not yet provisioned: `Some("")` for a pod storage-controller has not annotated `maas.io/provisioned` yet
+    /// (see [`crate::pods::resolve_provisioning`]); None once it has, or when provisioning is not tracked (a brokers
+    /// file). Queues get autoLinks only to provisioned pods: a link
+    /// to a queue that does not exist yet makes Artemis auto-create it with the wrong semantics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioned: Option<String>,
 }
 
 /// Broker pods by cluster name; the `--brokers-file` format:
@@ -321,6 +327,7 @@ fn parse_pod(pod: &Value) -> Result<BrokerPod, Vec<String>> {
             host,
             port,
             draining,
+            provisioned: None,
         }),
         _ => Err(problems),
     }
@@ -525,6 +532,7 @@ mod topic_placement_tests {
                 host: format!("10.0.0.{i}"),
                 port: 5672,
                 draining: false,
+                provisioned: None,
             })
             .collect()
     }

@@ -16,6 +16,9 @@ pub const BROKER_COMPONENT: &str = "broker";
 pub const CLUSTER_LABEL: &str = "maas.io/cluster";
 /// Annotation marking a broker pod as draining (only the `in` links stay).
 pub const DRAINING_ANNOTATION: &str = "maas.io/draining";
+/// Annotation storage-controller sets on a broker pod once it holds everything it should: the
+/// [`provisioned_hash`] of [`pod_holdings`].
+pub const PROVISIONED_ANNOTATION: &str = "maas.io/provisioned";
 
 /// One pod: the body of a `podsense` snapshot is a list of these.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -80,12 +83,81 @@ pub fn brokers_from_pods(pods: &[PodInfo]) -> Brokers {
                 port,
                 draining: p.annotations.get(DRAINING_ANNOTATION).map(String::as_str)
                     == Some("true"),
+                // Checked against what the pod should hold by resolve_provisioning.
+                provisioned: Some(
+                    p.annotations
+                        .get(PROVISIONED_ANNOTATION)
+                        .cloned()
+                        .unwrap_or_default(),
+                ),
             });
     }
     for pods in clusters.values_mut() {
         pods.sort();
     }
     Brokers { clusters }
+}
+
+/// What broker pod `pod` of `cluster` (whose pods are `pods`) should hold: every queue, topic and subscription of
+/// the cluster, a subscription only on its topic's pod. (name, kind, topic), in name order.
+pub fn pod_holdings(
+    addresses: &crate::AddressSet,
+    flavors: &crate::FlavorSet,
+    cluster: &str,
+    pod: &str,
+    pods: &[BrokerPod],
+) -> Vec<(String, crate::AddressKind, Option<String>)> {
+    addresses
+        .iter()
+        .filter(|a| crate::cluster_for(a, flavors).as_deref() == Some(cluster))
+        .filter(|a| match (a.kind, &a.topic) {
+            (crate::AddressKind::Subscription, Some(t)) => {
+                crate::placement::topic_pod(t, pods).is_some_and(|p| p.name == pod)
+            }
+            (crate::AddressKind::Subscription, None) => false,
+            _ => true,
+        })
+        .map(|a| (a.address.clone(), a.kind, a.topic.clone()))
+        .collect()
+}
+
+/// The value of [`PROVISIONED_ANNOTATION`] for a pod holding `holdings` (name order): the first 16 hex characters
+/// of the SHA-256 of one line `<name> TAB <kind> TAB <topic or empty> LF` per address. Shared by storage-controller
+/// (which sets it) and router-agent (which compares it).
+pub fn provisioned_hash<'a>(
+    holdings: impl IntoIterator<Item = (&'a str, crate::AddressKind, Option<&'a str>)>,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (name, kind, topic) in holdings {
+        h.update(name.as_bytes());
+        h.update(b"\t");
+        h.update(kind.as_str().as_bytes());
+        h.update(b"\t");
+        h.update(topic.unwrap_or_default().as_bytes());
+        h.update(b"\n");
+    }
+    let digest = h.finalize();
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Marks every broker pod that storage-controller has reported provisioned (a non-empty
+/// [`PROVISIONED_ANNOTATION`]) as such (`provisioned` None); a pod never annotated keeps `Some("")` and gets no
+/// queue links. Pods whose provisioning is not tracked (a brokers file) stay as they are.
+///
+/// The check is per pod, as the annotation is: a pod provisioned once keeps its queue links while storage-controller
+/// provisions a later change (its annotation then names the previous set), so a queue ADDED to a pod that already
+/// serves others can be reached up to one provisioning pass (about a second) before it exists there. Comparing the
+/// value with [`provisioned_hash`] of [`pod_holdings`] would close that gap but take every queue link of the pod
+/// down during each change.
+pub fn resolve_provisioning(brokers: &mut Brokers) {
+    for pods in brokers.clusters.values_mut() {
+        for p in pods.iter_mut() {
+            if p.provisioned.as_deref().is_some_and(|v| !v.is_empty()) {
+                p.provisioned = None;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -164,5 +236,96 @@ mod tests {
         assert_eq!(v["ports"]["broker"]["amqp"], 5672);
         assert_eq!(v["phase"], "Running");
         assert_eq!(v["ready"], true);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod provisioning_tests {
+    use super::*;
+    use crate::{EntityOptions, EntityType, desired_entities};
+
+    #[test]
+    fn queues_get_links_only_to_pods_provisioned_for_the_current_set() {
+        let files: BTreeMap<String, String> = [
+            (
+                "json".to_string(),
+                r#"{"orders": {"store_and_forward": true, "flavor": "s"}}"#.to_string(),
+            ),
+            (
+                "flavor.json".to_string(),
+                r#"{"s": {"type": "queue", "shared": true}}"#.to_string(),
+            ),
+        ]
+        .into();
+        let config = crate::parse_config("cm", &files, None).unwrap();
+        let pod = |name: &str, annotation: Option<&str>| PodInfo {
+            name: name.into(),
+            host: "10.0.0.1".into(),
+            phase: "Running".into(),
+            ready: true,
+            ports: [("broker".to_string(), [("amqp".to_string(), 5672)].into())].into(),
+            labels: [
+                (COMPONENT_LABEL.to_string(), BROKER_COMPONENT.to_string()),
+                (CLUSTER_LABEL.to_string(), "s".to_string()),
+            ]
+            .into(),
+            annotations: annotation
+                .map(|a| [(PROVISIONED_ANNOTATION.to_string(), a.to_string())].into())
+                .unwrap_or_default(),
+        };
+        let pods = brokers_from_pods(&[pod("s-0", None), pod("s-1", None)]);
+        let right = provisioned_hash(
+            pod_holdings(
+                &config.addresses,
+                &config.flavors,
+                "s",
+                "s-0",
+                pods.pods("s"),
+            )
+            .iter()
+            .map(|(n, k, t)| (n.as_str(), *k, t.as_deref())),
+        );
+        // s-0 provisioned for this set, s-1 not annotated yet, s-2 annotated for an older set (still serving).
+        let mut brokers = brokers_from_pods(&[
+            pod("s-0", Some(&right)),
+            pod("s-1", None),
+            pod("s-2", Some("0123456789abcdef")),
+        ]);
+        resolve_provisioning(&mut brokers);
+        let set = desired_entities(
+            &config.addresses,
+            &config.flavors,
+            &brokers,
+            &EntityOptions::default(),
+        );
+        let links: Vec<&str> = set
+            .of_type(EntityType::AutoLink)
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(
+            links,
+            [
+                "maas-autolink/orders/s-0/in",
+                "maas-autolink/orders/s-0/out",
+                "maas-autolink/orders/s-2/in",
+                "maas-autolink/orders/s-2/out"
+            ]
+        );
+        // Connectors to every pod all the same (the router is ready to use them once provisioned).
+        assert_eq!(set.of_type(EntityType::Connector).count(), 3);
+        // A brokers file does not track provisioning: every pod gets the queue's links.
+        let file = crate::parse_brokers(
+            "f",
+            r#"{"s": [{"name": "s-0", "host": "h", "port": 1}, {"name": "s-1", "host": "h", "port": 2}]}"#,
+        )
+        .unwrap();
+        let set = desired_entities(
+            &config.addresses,
+            &config.flavors,
+            &file,
+            &EntityOptions::default(),
+        );
+        assert_eq!(set.of_type(EntityType::AutoLink).count(), 4);
     }
 }

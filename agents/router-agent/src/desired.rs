@@ -424,11 +424,13 @@ impl DesiredState {
                 ..Desired::default()
             };
         };
-        let brokers = self
+        let mut brokers = self
             .brokers
             .good()
             .map(|b| b.as_ref().clone())
             .unwrap_or_default();
+        // Queues get autoLinks only to broker pods storage-controller has reported provisioned.
+        maas_model::pods::resolve_provisioning(&mut brokers);
         let mesh = maas_model::mesh_entities(&MeshInputs {
             routers: self
                 .routers

@@ -118,6 +118,7 @@ fn brokers(emus: &[BrokerEmulator]) -> Brokers {
             host: "127.0.0.1".into(),
             port: e.addr().port(),
             draining: false,
+            provisioned: None,
         })
         .collect();
     Brokers {

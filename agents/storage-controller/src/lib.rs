@@ -24,7 +24,7 @@ pub use commands::main_with;
 /// the value is [`provision::provisioned_hash`] of that set (a changed set changes it; it is set again once the
 /// change is provisioned). Router-agents bind a queue's autoLinks only to pods whose annotation matches the hash
 /// of the set they expect, so no router reaches a queue before it exists. (To move to `maas_model::pods`.)
-pub const PROVISIONED_ANNOTATION: &str = "maas.io/provisioned";
+pub use maas_model::pods::PROVISIONED_ANNOTATION;
 
 /// Everything that can go wrong in the controller, with a metric label per variant.
 #[derive(Debug, thiserror::Error)]

@@ -306,18 +306,12 @@ pub fn owner_lookups(desired: &BrokerDesired, actual: &Actual, owned: &Ownership
 /// order. The value of the pod annotation [`crate::PROVISIONED_ANNOTATION`] once the pod holds all of it: a
 /// changed set changes it, the same set (in any order, after any restart) gives the same value.
 pub fn provisioned_hash(desired: &BrokerDesired) -> String {
-    let mut text = String::new();
-    for (name, want) in desired {
-        text.push_str(name);
-        text.push('\t');
-        text.push_str(want.kind.as_str());
-        text.push('\t');
-        text.push_str(want.topic.as_deref().unwrap_or_default());
-        text.push('\n');
-    }
-    let mut hash = maas_source::snapshot::hex_sha256(text.as_bytes());
-    hash.truncate(16);
-    hash
+    // The one definition router-agent compares with (maas_model::pods).
+    maas_model::pods::provisioned_hash(
+        desired
+            .iter()
+            .map(|(name, want)| (name.as_str(), want.kind, want.topic.as_deref())),
+    )
 }
 
 /// The plan that brings a broker from `actual` to `desired`. `owned` says which queues the broker reports as ours

@@ -43,6 +43,7 @@ async fn three() -> (Vec<BrokerEmulator>, Brokers) {
             host: "127.0.0.1".into(),
             port: e.addr().port(),
             draining: false,
+            provisioned: None,
         });
         emus.push(e);
     }
@@ -190,6 +191,7 @@ async fn a_restarted_controller_knows_its_queues_from_the_broker() {
                 host: "127.0.0.1".into(),
                 port: e.addr().port(),
                 draining: false,
+                provisioned: None,
             }],
         )]),
     };

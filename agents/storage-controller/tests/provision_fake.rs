@@ -23,6 +23,7 @@ fn brokers(pods: &[(&str, &str)]) -> Brokers {
                 host: "127.0.0.1".into(),
                 port: 5672,
                 draining: false,
+                provisioned: None,
             });
     }
     b

@@ -222,6 +222,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port: 5672,
             draining,
+            provisioned: None,
         }
     }
 
