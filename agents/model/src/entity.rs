@@ -174,7 +174,14 @@ pub struct EntityOptions {
     pub broker_password_file: Option<String>,
     /// `sslProfile` of broker connectors, when the brokers use TLS.
     pub broker_ssl_profile: Option<String>,
+    /// Route `$subctrl` (subscription-service's API, docs/architecture.md §5): the router gets the address
+    /// `maas-address/$subctrl` {prefix `$subctrl`, distribution balanced}. Not an address of the user's set (`$`
+    /// is reserved there), so it is an option of the router.
+    pub subctrl: bool,
 }
+
+/// The address subscription-service's `$subctrl` API is reached at.
+pub const SUBCTRL_ADDRESS: &str = "$subctrl";
 
 /// Name of the connector to a broker pod: `maas-broker-<pod>`.
 pub fn connector_name(pod: &str) -> String {
@@ -201,6 +208,7 @@ impl std::fmt::Debug for EntityOptions {
             .field("broker_username", &self.broker_username)
             .field("broker_password_file", &self.broker_password_file)
             .field("broker_ssl_profile", &self.broker_ssl_profile)
+            .field("subctrl", &self.subctrl)
             .finish()
     }
 }
@@ -527,12 +535,32 @@ pub fn for_each_desired_entity(
     opts: &EntityOptions,
     mut f: impl FnMut(Entity),
 ) {
+    for e in option_entities(opts) {
+        f(e);
+    }
     for e in connector_entities(addresses, flavors, brokers, opts) {
         f(e);
     }
     for a in addresses.iter() {
         for_each_entity_of_address(a, flavors, brokers, &mut f);
     }
+}
+
+/// Entities the options alone ask for (not tied to an address): `maas-address/$subctrl` with
+/// [`EntityOptions::subctrl`].
+pub fn option_entities(opts: &EntityOptions) -> Vec<Entity> {
+    if !opts.subctrl {
+        return Vec::new();
+    }
+    vec![Entity {
+        entity_type: EntityType::Address,
+        name: address_entity_name(SUBCTRL_ADDRESS),
+        attributes: attrs([
+            ("prefix", json!(SUBCTRL_ADDRESS)),
+            ("distribution", json!("balanced")),
+            ("waypoint", json!(false)),
+        ]),
+    }]
 }
 
 /// The connectors to the broker pods of every cluster some address uses.
@@ -931,12 +959,38 @@ mod tests {
     }
 
     #[test]
+    fn subctrl_is_routed_when_asked() {
+        let a = addresses(&[("chat", AddressKind::Anycast, None)]);
+        let b = brokers(&[]);
+        let plain = desired_entities(&a, &flavors(), &b, &EntityOptions::default());
+        assert!(
+            plain
+                .get(EntityType::Address, "maas-address/$subctrl")
+                .is_none()
+        );
+        let opts = EntityOptions {
+            subctrl: true,
+            ..Default::default()
+        };
+        let set = desired_entities(&a, &flavors(), &b, &opts);
+        let e = set
+            .get(EntityType::Address, "maas-address/$subctrl")
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(&e.attributes).unwrap(),
+            json!({"prefix": "$subctrl", "distribution": "balanced", "waypoint": false})
+        );
+        assert_eq!(set.len(), 2);
+    }
+
+    #[test]
     fn connector_options_and_redaction() {
         let opts = EntityOptions {
             broker_sasl_mechanisms: Some("PLAIN".into()),
             broker_username: Some("admin".into()),
             broker_password_file: Some("/etc/maas/broker/password".into()),
             broker_ssl_profile: Some("broker-tls".into()),
+            subctrl: false,
         };
         let a = addresses(&[("q", AddressKind::Queue, Some("vanilla"))]);
         let b = brokers(&[("q", vec![pod("q-0", 5674, false)])]);

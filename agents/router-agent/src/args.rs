@@ -63,6 +63,12 @@ pub struct SourceArgs {
     /// `sslProfile` (defined in the router's static configuration) for connectors to broker pods using TLS.
     #[arg(long, env = "BROKER_SSL_PROFILE")]
     pub broker_ssl_profile: Option<String>,
+
+    /// Route `$subctrl`, the subscription-service's API (subscribe/unsubscribe/list/close by message): the router
+    /// gets the address `maas-address/$subctrl` (balanced). Set it when subscription-service runs with
+    /// --router-url.
+    #[arg(long, env = "SUBCTRL", default_value_t = false)]
+    pub subctrl: bool,
 }
 
 /// This router in the router network (mesh). Without `--pod-name` the agent makes no mesh connectors.

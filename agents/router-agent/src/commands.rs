@@ -71,6 +71,7 @@ pub fn entity_options(src: &SourceArgs) -> Result<EntityOptions, String> {
         broker_username: src.broker_username.clone(),
         broker_password_file: src.broker_password_file.clone(),
         broker_ssl_profile: src.broker_ssl_profile.clone(),
+        subctrl: src.subctrl,
     })
 }
 

@@ -123,6 +123,7 @@ impl DesiredInputs {
             self.mesh
                 .iter()
                 .cloned()
+                .chain(maas_model::entity::option_entities(&self.options))
                 .chain(connectors)
                 .filter(move |e| wanted(&keys, e))
                 .chain(per_address),
@@ -138,7 +139,14 @@ impl DesiredInputs {
         }
         let mut addresses = BTreeMap::new();
         let mut connectors = false;
+        let options = maas_model::entity::option_entities(&self.options);
         for (t, name) in keys {
+            if options
+                .iter()
+                .any(|e| e.entity_type == *t && e.name == *name)
+            {
+                continue;
+            }
             let address = match t {
                 EntityType::Connector => {
                     connectors = true;
@@ -162,6 +170,7 @@ impl DesiredInputs {
                 out.push(e);
             }
         };
+        options.into_iter().for_each(&mut keep);
         if connectors {
             self.mesh.iter().cloned().for_each(&mut keep);
             maas_model::connector_entities(
@@ -520,7 +529,11 @@ mod tests {
         DesiredInputs {
             config: Arc::new(config),
             brokers,
-            options: EntityOptions::default(),
+            // Also the option-made `maas-address/$subctrl`.
+            options: EntityOptions {
+                subctrl: true,
+                ..Default::default()
+            },
             mesh: maas_model::mesh_entities(&MeshInputs {
                 own: Some("r-1".into()),
                 routers: vec![RouterPod {

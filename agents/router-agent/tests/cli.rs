@@ -265,3 +265,37 @@ async fn run_serves_health_ready_metrics_logs_json_and_stops_on_sigterm() {
         "{first}"
     );
 }
+
+/// `--subctrl` routes subscription-service's `$subctrl` API: the router gets `maas-address/$subctrl`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subctrl_flag_routes_the_subscription_api() {
+    let emu = emulator(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    writer(dir.path())
+        .write(&files(&[("json", r#"{"chat": {}}"#)]))
+        .unwrap();
+    let args = vec![
+        "run".to_string(),
+        "--once".into(),
+        "--subctrl".into(),
+        "--router-url".into(),
+        emu.url(),
+        "--addresses-dir".into(),
+        dir.path().to_str().unwrap().into(),
+    ];
+    let out = tokio::task::spawn_blocking(move || Command::new(BIN).args(&args).output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let subctrl = emu
+        .entities("org.apache.qpid.dispatch.router.config.address")
+        .into_iter()
+        .find(|r| r["name"] == serde_json::json!("maas-address/$subctrl"))
+        .expect("maas-address/$subctrl on the router");
+    assert_eq!(subctrl["prefix"], serde_json::json!("$subctrl"));
+    assert_eq!(subctrl["distribution"], serde_json::json!("balanced"));
+}
