@@ -115,6 +115,69 @@ pub enum SaslOptions {
     External,
 }
 
+/// How a management client logs in to a broker, from a binary's `--broker-*` flags (storage-controller and
+/// subscription-service take the same ones).
+#[derive(Debug, Clone, Default)]
+pub struct BrokerLogin<'a> {
+    /// `--broker-sasl-mechanisms`: PLAIN (default with a user name), ANONYMOUS, or EXTERNAL (TLS client
+    /// certificate; needs `cert_file`).
+    pub mechanism: Option<&'a str>,
+    /// `--broker-username`.
+    pub username: Option<&'a str>,
+    /// `--broker-password-file` (read here; never logged).
+    pub password_file: Option<&'a std::path::Path>,
+    /// `--broker-ca-file`: TLS to the brokers with this CA.
+    pub ca_file: Option<&'a std::path::Path>,
+    /// `--broker-cert-file` (client certificate).
+    pub cert_file: Option<&'a std::path::Path>,
+    /// `--broker-key-file`.
+    pub key_file: Option<&'a std::path::Path>,
+}
+
+impl BrokerLogin<'_> {
+    /// Sets `opts`' SASL and TLS from the flags; one line naming the flags at fault otherwise.
+    pub fn apply(&self, opts: &mut ConnectOptions) -> Result<(), String> {
+        let mechanism = self.mechanism.map(str::to_ascii_uppercase);
+        opts.sasl = match (self.username, self.password_file, mechanism.as_deref()) {
+            (_, _, Some("ANONYMOUS")) => SaslOptions::Anonymous,
+            (_, _, Some("EXTERNAL")) => {
+                if self.cert_file.is_none() || self.key_file.is_none() || self.ca_file.is_none() {
+                    return Err("--broker-sasl-mechanisms EXTERNAL needs --broker-ca-file, --broker-cert-file \
+                                and --broker-key-file"
+                        .into());
+                }
+                SaslOptions::External
+            }
+            (Some(user), Some(pw), None | Some("PLAIN")) => SaslOptions::Plain {
+                username: user.to_string(),
+                password: Secret::from_file(pw)
+                    .map_err(|e| format!("--broker-password-file {}: {e}", pw.display()))?,
+            },
+            (_, _, Some(m)) if m != "PLAIN" => {
+                return Err(format!(
+                    "--broker-sasl-mechanisms {m}: only PLAIN, ANONYMOUS and EXTERNAL are supported"
+                ));
+            }
+            (_, _, Some(_)) => {
+                return Err(
+                    "--broker-sasl-mechanisms PLAIN needs --broker-username and --broker-password-file"
+                        .into(),
+                );
+            }
+            _ => SaslOptions::Anonymous,
+        };
+        if let Some(ca) = self.ca_file {
+            opts.tls = Some(TlsOptions {
+                ca_file: Some(ca.to_path_buf()),
+                cert_file: self.cert_file.map(std::path::Path::to_path_buf),
+                key_file: self.key_file.map(std::path::Path::to_path_buf),
+                server_name: None,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// TLS settings (rustls). The server certificate is checked against `ca_file`, which is required:
 /// there is no implicit system trust store.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use maas_amqp::artemis::ClientConfig;
-use maas_amqp::options::{Backoff, ConnectOptions, SaslOptions, Secret, TlsOptions};
+use maas_amqp::options::{Backoff, ConnectOptions};
 use maas_ops::{Health, HttpServer};
 use maas_source::{ConfigState, FileConfig, WatchOptions};
 use tokio::sync::watch;
@@ -57,41 +57,15 @@ fn fail(msg: &str) -> ExitCode {
 /// Connection settings for broker management from the flags (host/port are per pod).
 pub fn broker_connect_template(b: &BrokerConnArgs) -> Result<ConnectOptions> {
     let mut opts = ConnectOptions::new("127.0.0.1", maas_amqp::options::AMQP_PORT);
-    let mechanisms = b
-        .broker_sasl_mechanisms
-        .as_deref()
-        .map(str::to_ascii_uppercase);
-    opts.sasl = match (
-        &b.broker_username,
-        &b.broker_password_file,
-        mechanisms.as_deref(),
-    ) {
-        (_, _, Some("ANONYMOUS")) => SaslOptions::Anonymous,
-        (Some(user), Some(pw), None | Some("PLAIN")) => SaslOptions::Plain {
-            username: user.clone(),
-            password: Secret::from_file(pw).map_err(|e| {
-                Error::Config(format!("--broker-password-file {}: {e}", pw.display()))
-            })?,
-        },
-        (_, _, Some(m)) if m != "PLAIN" => {
-            return Err(Error::Config(format!(
-                "--broker-sasl-mechanisms {m}: only PLAIN and ANONYMOUS are supported"
-            )));
-        }
-        (_, _, Some(_)) => {
-            return Err(Error::Config(
-                "--broker-sasl-mechanisms PLAIN needs --broker-username and --broker-password-file"
-                    .into(),
-            ));
-        }
-        _ => SaslOptions::Anonymous,
-    };
-    if let Some(ca) = &b.broker_ca_file {
-        opts.tls = Some(TlsOptions {
-            ca_file: Some(ca.clone()),
-            ..TlsOptions::default()
-        });
+    maas_amqp::options::BrokerLogin {
+        mechanism: b.broker_sasl_mechanisms.as_deref(),
+        username: b.broker_username.as_deref(),
+        password_file: b.broker_password_file.as_deref(),
+        ca_file: b.broker_ca_file.as_deref(),
+        ..Default::default()
     }
+    .apply(&mut opts)
+    .map_err(Error::Config)?;
     Ok(opts)
 }
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use maas_amqp::artemis::ClientConfig;
-use maas_amqp::options::{Backoff, ConnectOptions, SaslOptions, Secret, TlsOptions};
+use maas_amqp::options::{Backoff, ConnectOptions, SaslOptions, Secret};
 use maas_ops::{Health, HttpServer};
 use maas_source::{ConfigState, FileConfig, WatchOptions};
 use tokio::sync::watch;
@@ -48,52 +48,16 @@ pub async fn main_with(cli: Cli, shutdown: impl Future<Output = ()> + Send + 'st
 pub fn broker_connect_template(b: &BrokerConnArgs) -> Result<ConnectOptions> {
     let mut opts = ConnectOptions::new("127.0.0.1", maas_amqp::options::AMQP_PORT);
     opts.container_id = format!("maas-subscription-service-{}", std::process::id());
-    let mechanisms = b
-        .broker_sasl_mechanisms
-        .as_deref()
-        .map(str::to_ascii_uppercase);
-    opts.sasl = match (
-        &b.broker_username,
-        &b.broker_password_file,
-        mechanisms.as_deref(),
-    ) {
-        (_, _, Some("ANONYMOUS")) => SaslOptions::Anonymous,
-        (_, _, Some("EXTERNAL")) => {
-            if b.broker_cert_file.is_none() {
-                return Err(Error::Config(
-                    "--broker-sasl-mechanisms EXTERNAL needs --broker-ca-file, --broker-cert-file and --broker-key-file"
-                        .into(),
-                ));
-            }
-            SaslOptions::External
-        }
-        (Some(user), Some(pw), None | Some("PLAIN")) => SaslOptions::Plain {
-            username: user.clone(),
-            password: Secret::from_file(pw).map_err(|e| {
-                Error::Config(format!("--broker-password-file {}: {e}", pw.display()))
-            })?,
-        },
-        (_, _, Some(m)) if m != "PLAIN" => {
-            return Err(Error::Config(format!(
-                "--broker-sasl-mechanisms {m}: only PLAIN, ANONYMOUS and EXTERNAL are supported"
-            )));
-        }
-        (_, _, Some(_)) => {
-            return Err(Error::Config(
-                "--broker-sasl-mechanisms PLAIN needs --broker-username and --broker-password-file"
-                    .into(),
-            ));
-        }
-        _ => SaslOptions::Anonymous,
-    };
-    if let Some(ca) = &b.broker_ca_file {
-        opts.tls = Some(TlsOptions {
-            ca_file: Some(ca.clone()),
-            cert_file: b.broker_cert_file.clone(),
-            key_file: b.broker_key_file.clone(),
-            server_name: None,
-        });
+    maas_amqp::options::BrokerLogin {
+        mechanism: b.broker_sasl_mechanisms.as_deref(),
+        username: b.broker_username.as_deref(),
+        password_file: b.broker_password_file.as_deref(),
+        ca_file: b.broker_ca_file.as_deref(),
+        cert_file: b.broker_cert_file.as_deref(),
+        key_file: b.broker_key_file.as_deref(),
     }
+    .apply(&mut opts)
+    .map_err(Error::Config)?;
     Ok(opts)
 }
 
