@@ -21,6 +21,7 @@ pub mod kube;
 pub mod kubelet;
 pub mod last_good;
 pub mod snapshot;
+pub mod sources;
 pub mod subscription;
 pub mod watch;
 
@@ -29,5 +30,6 @@ pub use config::{ConfigState, FileConfig, load_file_config, spawn_file_config};
 pub use error::{Result, SourceError};
 pub use last_good::{LastGood, Offer};
 pub use snapshot::{DirSnapshot, FileSnapshot, read_dir_snapshot, read_file_snapshot};
+pub use sources::{AddressSource, BrokerSource, spawn_address_source};
 pub use subscription::{ConfigSubscription, spawn_config_subscription};
 pub use watch::{WatchOptions, watch_dir, watch_file};

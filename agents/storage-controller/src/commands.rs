@@ -9,7 +9,7 @@ use std::sync::Arc;
 use maas_amqp::artemis::ClientConfig;
 use maas_amqp::options::{Backoff, ConnectOptions};
 use maas_ops::{Health, HttpServer};
-use maas_source::{ConfigState, FileConfig, WatchOptions};
+use maas_source::{ConfigState, WatchOptions};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -18,7 +18,7 @@ use crate::args::{BrokerConnArgs, Cli, Command, RenderArgs, RunArgs};
 use crate::artemis::ArtemisConnector;
 use crate::broker::Provisioner;
 use crate::clusters::{ClusterOptions, desired_clusters, manifests};
-use crate::controller::{BrokerSource, LoopConfig, Outcome, run_loop};
+use crate::controller::{LoopConfig, Outcome, run_loop};
 use crate::kube::KubeCtx;
 use crate::metrics::Metrics;
 use crate::{Error, Result};
@@ -127,52 +127,36 @@ async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode> {
         None
     };
 
-    let config_rx: watch::Receiver<Arc<ConfigState>> = if let Some(dir) = &args.addresses_dir {
-        if !dir.is_dir() {
-            return Err(Error::Config(format!(
-                "--addresses-dir {}: not a directory",
-                dir.display()
-            )));
-        }
-        maas_source::spawn_file_config(FileConfig {
-            addresses_dir: dir.clone(),
+    let source = if let Some(dir) = &args.addresses_dir {
+        maas_source::AddressSource::Dir {
+            dir: dir.clone(),
             flavors_file: args.flavors_file.clone(),
-            watch: watch_opts,
-        })
-        .map_err(|e| Error::Config(e.to_string()))?
+        }
     } else if let Some(url) = &args.config_service_url {
-        let connect = ConnectOptions::from_url(url)
-            .map_err(|e| Error::Config(format!("--config-service-url {url:?}: {e}")))?;
-        maas_source::spawn_config_subscription(
-            maas_source::ConfigSubscription {
-                connect,
-                backoff: Backoff::default(),
-                pods_selector: None,
-            },
-            shutdown.clone(),
+        maas_source::AddressSource::ConfigService(
+            ConnectOptions::from_url(url)
+                .map_err(|e| Error::Config(format!("--config-service-url {url:?}: {e}")))?,
         )
-        .0
     } else if let Some(client) = &client {
-        maas_source::spawn_kube_config(
-            client.clone(),
-            maas_source::KubeConfigOptions::new(args.namespace.clone(), "maas-storage-controller"),
-        )
+        maas_source::AddressSource::Kube {
+            client: client.clone(),
+            namespace: args.namespace.clone(),
+            reporter: "maas-storage-controller".into(),
+        }
     } else {
         return Err(Error::Config("no address source".into()));
     };
+    let config_rx: watch::Receiver<Arc<ConfigState>> =
+        maas_source::spawn_address_source(source, watch_opts, shutdown.clone())
+            .map_err(Error::Config)?;
 
-    let brokers = match (&args.brokers_file, &client) {
-        (Some(path), _) => BrokerSource::File {
-            path: path.display().to_string(),
-            rx: maas_source::watch_file(path.clone(), watch_opts)
-                .map_err(|e| Error::Config(format!("--brokers-file: {e}")))?,
-        },
-        (None, Some(client)) => BrokerSource::Pods(maas_source::spawn_kube_pods(
-            client.clone(),
-            args.namespace.clone(),
-        )),
-        (None, None) => return Err(Error::Config("no broker source".into())),
-    };
+    let brokers = maas_source::BrokerSource::spawn(
+        args.brokers_file.as_deref(),
+        client.as_ref(),
+        &args.namespace,
+        watch_opts,
+    )
+    .map_err(Error::Config)?;
 
     let kube_ctx = match &client {
         Some(client) => Some(

@@ -32,7 +32,7 @@ use maas_amqp::options::Backoff;
 use maas_model::pods::{CLUSTER_LABEL, DRAINING_ANNOTATION};
 use maas_model::{BrokerPod, Brokers, Config, PodInfo, brokers_from_pods, parse_brokers};
 use maas_ops::Health;
-use maas_source::{ConfigState, FileSnapshot, PodsState};
+use maas_source::ConfigState;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument, warn};
@@ -345,16 +345,8 @@ async fn reconcile_desired<C: Connector>(
     Ok(())
 }
 
-/// Where broker pods come from.
-pub enum BrokerSource {
-    /// `--brokers-file`: provisioning only, the file re-read on change.
-    File {
-        path: String,
-        rx: watch::Receiver<Arc<FileSnapshot>>,
-    },
-    /// Pods from the Kubernetes API (or config-service `podsense`).
-    Pods(watch::Receiver<Arc<PodsState>>),
-}
+/// Where the broker pods come from (shared with the other binaries).
+pub use maas_source::BrokerSource;
 
 /// How the loop behaves.
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use maas_amqp::artemis::ClientConfig;
 use maas_amqp::options::{Backoff, ConnectOptions, SaslOptions, Secret};
 use maas_ops::{Health, HttpServer};
-use maas_source::{ConfigState, FileConfig, WatchOptions};
+use maas_source::{ConfigState, WatchOptions};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -17,7 +17,7 @@ use crate::args::{BrokerConnArgs, Cli, Command, RouterConnArgs, RunArgs};
 use crate::broker::BrokerPool;
 use crate::metrics::Metrics;
 use crate::mover::MoveConfig;
-use crate::service::{BrokerSource, LoopConfig, Outcome, run_loop};
+use crate::service::{LoopConfig, Outcome, run_loop};
 use crate::store::FileStore;
 use crate::subctrl_link::SubctrlConfig;
 use crate::{Error, Result};
@@ -172,49 +172,36 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode>
         None
     };
 
-    let config_rx: watch::Receiver<Arc<ConfigState>> = if let Some(dir) = &args.addresses_dir {
-        maas_source::spawn_file_config(FileConfig {
-            addresses_dir: dir.clone(),
+    let source = if let Some(dir) = &args.addresses_dir {
+        maas_source::AddressSource::Dir {
+            dir: dir.clone(),
             flavors_file: args.flavors_file.clone(),
-            watch: watch_opts,
-        })
-        .map_err(|e| Error::Config(e.to_string()))?
+        }
     } else if let Some(url) = &args.config_service_url {
-        let connect = ConnectOptions::from_url(url)
-            .map_err(|e| Error::Config(format!("--config-service-url: {e}")))?;
-        maas_source::spawn_config_subscription(
-            maas_source::ConfigSubscription {
-                connect,
-                backoff: Backoff::default(),
-                pods_selector: None,
-            },
-            shutdown.clone(),
+        maas_source::AddressSource::ConfigService(
+            ConnectOptions::from_url(url)
+                .map_err(|e| Error::Config(format!("--config-service-url {url:?}: {e}")))?,
         )
-        .0
     } else if let Some(client) = &client {
-        maas_source::spawn_kube_config(
-            client.clone(),
-            maas_source::KubeConfigOptions::new(
-                args.namespace.clone(),
-                "maas-subscription-service",
-            ),
-        )
+        maas_source::AddressSource::Kube {
+            client: client.clone(),
+            namespace: args.namespace.clone(),
+            reporter: "maas-subscription-service".into(),
+        }
     } else {
         return Err(Error::Config("no address source".into()));
     };
+    let config_rx: watch::Receiver<Arc<ConfigState>> =
+        maas_source::spawn_address_source(source, watch_opts, shutdown.clone())
+            .map_err(Error::Config)?;
 
-    let brokers = match (&args.brokers_file, &client) {
-        (Some(path), _) => BrokerSource::File {
-            path: path.display().to_string(),
-            rx: maas_source::watch_file(path.clone(), watch_opts)
-                .map_err(|e| Error::Config(format!("--brokers-file: {e}")))?,
-        },
-        (None, Some(client)) => BrokerSource::Pods(maas_source::spawn_kube_pods(
-            client.clone(),
-            args.namespace.clone(),
-        )),
-        (None, None) => return Err(Error::Config("no broker source".into())),
-    };
+    let brokers = maas_source::BrokerSource::spawn(
+        args.brokers_file.as_deref(),
+        client.as_ref(),
+        &args.namespace,
+        watch_opts,
+    )
+    .map_err(Error::Config)?;
 
     let http = HttpServer::bind(args.http_addr, health.clone(), registry)
         .await

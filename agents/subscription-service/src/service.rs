@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures_util::{StreamExt, stream};
 use maas_model::{Brokers, Config, brokers_from_pods, parse_brokers};
 use maas_ops::Health;
-use maas_source::{ConfigState, FileSnapshot, PodsState};
+use maas_source::ConfigState;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -30,25 +30,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Management requests in flight per pod while listing.
 const LIST_WINDOW: usize = 32;
 
-/// Where broker pods come from.
-pub enum BrokerSource {
-    /// `--brokers-file`, re-read on change (the last good content stays in force).
-    File {
-        path: String,
-        rx: watch::Receiver<Arc<FileSnapshot>>,
-    },
-    /// Pods from the Kubernetes API.
-    Pods(watch::Receiver<Arc<PodsState>>),
-}
-
-impl BrokerSource {
-    async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
-        match self {
-            BrokerSource::File { rx, .. } => rx.changed().await,
-            BrokerSource::Pods(rx) => rx.changed().await,
-        }
-    }
-}
+/// Where the broker pods come from (shared with the other binaries).
+pub use maas_source::BrokerSource;
 
 /// How the loop behaves.
 #[derive(Debug, Clone, Copy)]
