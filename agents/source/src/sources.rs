@@ -33,6 +33,41 @@ pub enum AddressSource {
     },
 }
 
+impl AddressSource {
+    /// The source the flags name: `--addresses-dir` (with `--flavors-file`), else `--config-service-url`, else
+    /// the API when a client is given (`--kube`); one line naming the flag at fault otherwise.
+    pub fn from_flags(
+        addresses_dir: Option<&Path>,
+        flavors_file: Option<&Path>,
+        config_service_url: Option<&str>,
+        client: Option<&Client>,
+        namespace: &str,
+        reporter: &str,
+    ) -> Result<AddressSource, String> {
+        if let Some(dir) = addresses_dir {
+            Ok(AddressSource::Dir {
+                dir: dir.to_path_buf(),
+                flavors_file: flavors_file.map(Path::to_path_buf),
+            })
+        } else if let Some(url) = config_service_url {
+            ConnectOptions::from_url(url)
+                .map(AddressSource::ConfigService)
+                .map_err(|e| format!("--config-service-url {url:?}: {e}"))
+        } else if let Some(client) = client {
+            Ok(AddressSource::Kube {
+                client: client.clone(),
+                namespace: namespace.to_string(),
+                reporter: reporter.to_string(),
+            })
+        } else {
+            Err(
+                "no address source: give --addresses-dir DIR, --config-service-url URL or --kube"
+                    .into(),
+            )
+        }
+    }
+}
+
 /// Starts watching the address configuration; one line naming the flag at fault otherwise.
 pub fn spawn_address_source(
     src: AddressSource,

@@ -127,25 +127,15 @@ async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode> {
         None
     };
 
-    let source = if let Some(dir) = &args.addresses_dir {
-        maas_source::AddressSource::Dir {
-            dir: dir.clone(),
-            flavors_file: args.flavors_file.clone(),
-        }
-    } else if let Some(url) = &args.config_service_url {
-        maas_source::AddressSource::ConfigService(
-            ConnectOptions::from_url(url)
-                .map_err(|e| Error::Config(format!("--config-service-url {url:?}: {e}")))?,
-        )
-    } else if let Some(client) = &client {
-        maas_source::AddressSource::Kube {
-            client: client.clone(),
-            namespace: args.namespace.clone(),
-            reporter: "maas-storage-controller".into(),
-        }
-    } else {
-        return Err(Error::Config("no address source".into()));
-    };
+    let source = maas_source::AddressSource::from_flags(
+        args.addresses_dir.as_deref(),
+        args.flavors_file.as_deref(),
+        args.config_service_url.as_deref(),
+        client.as_ref(),
+        &args.namespace,
+        "maas-storage-controller",
+    )
+    .map_err(Error::Config)?;
     let config_rx: watch::Receiver<Arc<ConfigState>> =
         maas_source::spawn_address_source(source, watch_opts, shutdown.clone())
             .map_err(Error::Config)?;
