@@ -74,7 +74,7 @@ pub struct Entity {
 
 impl Entity {
     /// Attribute names whose values are secrets: never logged, never printed by `plan`.
-    pub const SECRET_ATTRIBUTES: &'static [&'static str] = &["saslPassword"];
+    pub const SECRET_ATTRIBUTES: &'static [&'static str] = &["saslPassword"]; // maas sends file:<path>
 
     /// A copy fit for logs and `plan` output: secret attributes replaced by `"***"`.
     pub fn redacted(&self) -> Entity {
@@ -272,7 +272,7 @@ pub fn connector_entity(pod: &BrokerPod, opts: &EntityOptions) -> Entity {
         ("saslMechanisms", &opts.broker_sasl_mechanisms),
         ("saslUsername", &opts.broker_username),
         (
-            "saslPassword",
+            "saslPassword", // file:<path> only: the router reads the file
             &opts
                 .broker_password_file
                 .as_ref()
@@ -1009,11 +1009,11 @@ mod tests {
             set.redacted()
                 .get(EntityType::Connector, "maas-broker-q-0")
                 .unwrap()
-                .attributes["saslPassword"],
+                .attributes["saslPassword"], // file:<path> redacted too
             json!("***")
         );
         assert_eq!(
-            c.attributes["saslPassword"],
+            c.attributes["saslPassword"], // file:<path>
             json!("file:/etc/maas/broker/password")
         );
     }

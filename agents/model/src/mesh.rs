@@ -162,7 +162,7 @@ fn connector(r: &RouterPod, role: &str, port: u16, opts: &MeshOptions) -> Entity
         ("sslProfile", &opts.ssl_profile),
         ("saslMechanisms", &opts.sasl_mechanisms),
         ("saslUsername", &opts.sasl_username),
-        ("saslPassword", &password),
+        ("saslPassword", &password), // file:<path> only
     ] {
         if let Some(v) = value {
             attributes.insert(name.to_string(), json!(v));

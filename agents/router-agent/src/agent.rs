@@ -94,7 +94,7 @@ pub fn query_attributes(t: EntityType) -> &'static [&'static str] {
             "port",
             "saslMechanisms",
             "saslUsername",
-            "saslPassword",
+            "saslPassword", // read back to compare: maas only sends file:<path>
             "sslProfile",
         ],
     }
