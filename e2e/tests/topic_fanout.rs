@@ -130,6 +130,7 @@ async fn every_subscriber_gets_every_message_of_a_topic_on_a_three_pod_cluster()
             port: b.addr().port(),
             draining: false,
             provisioned: None,
+            ready: true,
         })
         .collect();
 

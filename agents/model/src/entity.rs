@@ -637,9 +637,12 @@ pub fn for_each_entity_of_address(
                 pods
             };
             for pod in pods {
-                // A queue's links only to pods that hold it (storage-controller said so); a draining pod keeps its
-                // `in` link whatever its annotation says (it is not re-annotated while it drains).
-                if a.kind == AddressKind::Queue && pod.provisioned.is_some() && !pod.draining {
+                // A queue's links only to Ready pods that hold it (storage-controller said so); a draining pod keeps
+                // its `in` link whatever its annotation says (it is not re-annotated while it drains). A topic's
+                // pod keeps its links while it is not Ready (they wait for it: readiness does not move a topic).
+                if a.kind == AddressKind::Queue
+                    && (!pod.ready || (pod.provisioned.is_some() && !pod.draining))
+                {
                     continue;
                 }
                 let connection = connector_name(&pod.name);
@@ -767,6 +770,7 @@ mod tests {
             port,
             draining,
             provisioned: None,
+            ready: true,
         }
     }
 

@@ -34,6 +34,19 @@ pub struct BrokerPod {
     /// to a queue that does not exist yet makes Artemis auto-create it with the wrong semantics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provisioned: Option<String>,
+    /// The pod is Ready (always, for a brokers file). A pod that is not keeps its topics ([`topic_pod`] ignores
+    /// readiness: a restarting pod must not move them) and its connector, but queues get no link to it and nothing
+    /// is provisioned or moved on it until it is Ready again.
+    #[serde(default = "ready_by_default", skip_serializing_if = "is_ready")]
+    pub ready: bool,
+}
+
+fn ready_by_default() -> bool {
+    true
+}
+
+fn is_ready(ready: &bool) -> bool {
+    *ready
 }
 
 /// Broker pods by cluster name; the `--brokers-file` format:
@@ -328,6 +341,7 @@ fn parse_pod(pod: &Value) -> Result<BrokerPod, Vec<String>> {
             port,
             draining,
             provisioned: None,
+            ready: true,
         }),
         _ => Err(problems),
     }
@@ -533,6 +547,7 @@ mod topic_placement_tests {
                 port: 5672,
                 draining: false,
                 provisioned: None,
+                ready: true,
             })
             .collect()
     }

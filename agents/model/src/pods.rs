@@ -54,8 +54,8 @@ pub fn selector_matches(
 pub fn brokers_from_pods(pods: &[PodInfo]) -> Brokers {
     let mut clusters: BTreeMap<String, Vec<BrokerPod>> = BTreeMap::new();
     for p in pods {
+        // Not-ready pods stay listed (ready false): readiness must not move a topic.
         if p.labels.get(COMPONENT_LABEL).map(String::as_str) != Some(BROKER_COMPONENT)
-            || !p.ready
             || p.host.is_empty()
         {
             continue;
@@ -90,6 +90,7 @@ pub fn brokers_from_pods(pods: &[PodInfo]) -> Brokers {
                         .cloned()
                         .unwrap_or_default(),
                 ),
+                ready: p.ready,
             });
     }
     for pods in clusters.values_mut() {
@@ -208,7 +209,7 @@ mod tests {
     }
 
     #[test]
-    fn broker_pods_grouped_by_cluster_only_ready_ones() {
+    fn broker_pods_grouped_by_cluster_with_their_readiness() {
         let mut draining = pod("q-1", Some("q"), true);
         draining
             .annotations
@@ -222,12 +223,14 @@ mod tests {
         let b = brokers_from_pods(&pods);
         assert_eq!(b.clusters.len(), 1);
         let q = &b.clusters["q"];
-        assert_eq!(q.len(), 2);
+        // A pod that is not Ready stays listed (it keeps its topics), marked.
+        assert_eq!(q.len(), 3);
         assert_eq!(
-            (q[0].name.as_str(), q[0].port, q[0].draining),
-            ("q-0", 5672, false)
+            (q[0].name.as_str(), q[0].port, q[0].draining, q[0].ready),
+            ("q-0", 5672, false, true)
         );
         assert!(q[1].draining);
+        assert!(!q[2].ready);
     }
 
     #[test]
@@ -327,5 +330,88 @@ mod provisioning_tests {
             &EntityOptions::default(),
         );
         assert_eq!(set.of_type(EntityType::AutoLink).count(), 4);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod readiness_tests {
+    use super::*;
+    use crate::{EntityOptions, EntityType, desired_entities};
+
+    /// A broker pod that is not Ready (restarting) keeps its topics and its connector; only the queues' links to it
+    /// wait. Readiness does not move a topic (docs/architecture.md §4).
+    #[test]
+    fn a_restarting_pod_keeps_its_topics() {
+        let files: BTreeMap<String, String> = [
+            (
+                "json".to_string(),
+                r#"{"orders": {"store_and_forward": true, "flavor": "s"},
+                    "news": {"store_and_forward": true, "multicast": true, "flavor": "s"}}"#
+                    .to_string(),
+            ),
+            (
+                "flavor.json".to_string(),
+                r#"{"s": {"type": "queue", "shared": true}}"#.to_string(),
+            ),
+        ]
+        .into();
+        let config = crate::parse_config("cm", &files, None).unwrap();
+        let pod = |name: &str, ready: bool| PodInfo {
+            name: name.into(),
+            host: "10.0.0.1".into(),
+            phase: "Running".into(),
+            ready,
+            ports: [("broker".to_string(), [("amqp".to_string(), 5672)].into())].into(),
+            labels: [
+                (COMPONENT_LABEL.to_string(), BROKER_COMPONENT.to_string()),
+                (CLUSTER_LABEL.to_string(), "s".to_string()),
+            ]
+            .into(),
+            annotations: [(PROVISIONED_ANNOTATION.to_string(), "x".to_string())].into(),
+        };
+        let set = |pods: &[PodInfo]| {
+            let mut b = brokers_from_pods(pods);
+            resolve_provisioning(&mut b);
+            desired_entities(
+                &config.addresses,
+                &config.flavors,
+                &b,
+                &EntityOptions::default(),
+            )
+        };
+        let all_ready = set(&[pod("s-0", true), pod("s-1", true)]);
+        let home = all_ready
+            .of_type(EntityType::LinkRoute)
+            .next()
+            .unwrap()
+            .attributes["connection"]
+            .clone();
+        let home_pod = home
+            .as_str()
+            .unwrap()
+            .strip_prefix("maas-broker-")
+            .unwrap()
+            .to_string();
+        let restarting: Vec<PodInfo> = ["s-0", "s-1"]
+            .iter()
+            .map(|n| pod(n, *n != home_pod))
+            .collect();
+        let during = set(&restarting);
+        // The topic's links stay on the restarting pod; its connector stays; the queue's links to it wait.
+        let routes: Vec<_> = during.of_type(EntityType::LinkRoute).collect();
+        assert_eq!(routes.len(), 2);
+        assert!(routes.iter().all(|e| e.attributes["connection"] == home));
+        assert_eq!(during.of_type(EntityType::Connector).count(), 2);
+        assert_eq!(
+            during.of_type(EntityType::AutoLink).count(),
+            2,
+            "only the ready pod's"
+        );
+        assert!(
+            during
+                .of_type(EntityType::AutoLink)
+                .all(|e| !e.name.contains(&format!("/{home_pod}/")))
+        );
     }
 }

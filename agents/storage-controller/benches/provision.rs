@@ -119,6 +119,7 @@ fn brokers(emus: &[BrokerEmulator]) -> Brokers {
             port: e.addr().port(),
             draining: false,
             provisioned: None,
+            ready: true,
         })
         .collect();
     Brokers {

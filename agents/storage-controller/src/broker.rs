@@ -445,7 +445,9 @@ impl<C: Connector> Provisioner<C> {
         let mut hashes: BTreeMap<String, String> = BTreeMap::new();
         for (cluster, pods) in &brokers.clusters {
             let d = desired.get(cluster);
-            for p in pods {
+            // Only Ready pods are provisioned; placement (subscription queues on their topic's pod) counts every
+            // pod, so a restarting pod keeps its topics.
+            for p in pods.iter().filter(|p| p.ready) {
                 // Subscription queues only on their topic's pod.
                 let for_pod = crate::provision::for_pod(d.unwrap_or(&empty), &p.name, pods);
                 if d.is_some() {

@@ -44,6 +44,7 @@ async fn three() -> (Vec<BrokerEmulator>, Brokers) {
             port: e.addr().port(),
             draining: false,
             provisioned: None,
+            ready: true,
         });
         emus.push(e);
     }
@@ -192,6 +193,7 @@ async fn a_restarted_controller_knows_its_queues_from_the_broker() {
                 port: e.addr().port(),
                 draining: false,
                 provisioned: None,
+                ready: true,
             }],
         )]),
     };

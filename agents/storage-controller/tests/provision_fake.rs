@@ -24,6 +24,7 @@ fn brokers(pods: &[(&str, &str)]) -> Brokers {
                 port: 5672,
                 draining: false,
                 provisioned: None,
+                ready: true,
             });
     }
     b

@@ -84,7 +84,8 @@ pub fn topics(config: &Config, brokers: &Brokers) -> Vec<TopicPods> {
 pub fn listings(topics: &[TopicPods]) -> BTreeMap<String, (BrokerPod, BTreeSet<String>)> {
     let mut out: BTreeMap<String, (BrokerPod, BTreeSet<String>)> = BTreeMap::new();
     for t in topics {
-        for p in &t.pods {
+        // A pod that is not Ready cannot be asked (and keeps what it holds until it is back).
+        for p in t.pods.iter().filter(|p| p.ready) {
             out.entry(p.name.clone())
                 .or_insert_with(|| (p.clone(), BTreeSet::new()))
                 .1
@@ -182,6 +183,14 @@ pub fn plan(topics: &[TopicPods], observed: &Observed) -> Plan {
                     Some(h) if h.name == p.name => {
                         out.in_place.insert((t.topic.clone(), q.name.clone()));
                     }
+                    // The topic's pod is restarting: its subscriptions wait for it (readiness does not move a
+                    // topic), nothing moves now.
+                    Some(h) if !h.ready => {
+                        out.unknown
+                            .entry(t.topic.clone())
+                            .or_default()
+                            .push(h.name.clone());
+                    }
                     Some(h) => out.moves.push(Move {
                         topic: t.topic.clone(),
                         queue: q.name.clone(),
@@ -223,6 +232,7 @@ mod tests {
             port: 5672,
             draining,
             provisioned: None,
+            ready: true,
         }
     }
 

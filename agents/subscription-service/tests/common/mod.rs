@@ -58,6 +58,7 @@ pub fn home_of_news(b0: &BrokerEmulator, b1: &BrokerEmulator) -> &'static str {
         port: b.addr().port(),
         draining: false,
         provisioned: None,
+        ready: true,
     };
     let pods = [pod("b-0", b0), pod("b-1", b1)];
     if maas_model::topic_pod(TOPIC, &pods).unwrap().name == "b-0" {
