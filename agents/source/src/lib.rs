@@ -30,6 +30,8 @@ pub use config::{ConfigState, FileConfig, load_file_config, spawn_file_config};
 pub use error::{Result, SourceError};
 pub use last_good::{LastGood, Offer};
 pub use snapshot::{DirSnapshot, FileSnapshot, read_dir_snapshot, read_file_snapshot};
-pub use sources::{AddressSource, BrokerSource, spawn_address_source};
+pub use sources::{
+    AddressSource, BrokerSource, SourceFlags, Sources, spawn_address_source, spawn_sources,
+};
 pub use subscription::{ConfigSubscription, spawn_config_subscription};
 pub use watch::{WatchOptions, watch_dir, watch_file};

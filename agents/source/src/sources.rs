@@ -151,3 +151,61 @@ impl BrokerSource {
         }
     }
 }
+
+/// The source flags every controller binary takes (storage-controller, subscription-service).
+#[derive(Debug, Clone, Copy)]
+pub struct SourceFlags<'a> {
+    /// `--kube`: use the Kubernetes API (in-cluster configuration or KUBECONFIG).
+    pub kube: bool,
+    pub addresses_dir: Option<&'a Path>,
+    pub flavors_file: Option<&'a Path>,
+    pub config_service_url: Option<&'a str>,
+    pub brokers_file: Option<&'a Path>,
+    pub namespace: &'a str,
+    /// The binary's name in Events.
+    pub reporter: &'a str,
+}
+
+/// What [`spawn_sources`] started.
+pub struct Sources {
+    /// The API client, with `--kube`.
+    pub client: Option<Client>,
+    pub config: watch::Receiver<Arc<ConfigState>>,
+    pub brokers: BrokerSource,
+}
+
+/// Connects to the API (with `--kube`) and starts watching the address configuration and the broker pods the
+/// flags name; one line naming the flag at fault otherwise.
+pub async fn spawn_sources(
+    flags: SourceFlags<'_>,
+    watch_opts: WatchOptions,
+    shutdown: CancellationToken,
+) -> Result<Sources, String> {
+    let client = if flags.kube {
+        Some(Client::try_default().await.map_err(|e| {
+            format!("--kube: no usable Kubernetes configuration (in-cluster or KUBECONFIG): {e}")
+        })?)
+    } else {
+        None
+    };
+    let source = AddressSource::from_flags(
+        flags.addresses_dir,
+        flags.flavors_file,
+        flags.config_service_url,
+        client.as_ref(),
+        flags.namespace,
+        flags.reporter,
+    )?;
+    let config = spawn_address_source(source, watch_opts, shutdown)?;
+    let brokers = BrokerSource::spawn(
+        flags.brokers_file,
+        client.as_ref(),
+        flags.namespace,
+        watch_opts,
+    )?;
+    Ok(Sources {
+        client,
+        config,
+        brokers,
+    })
+}

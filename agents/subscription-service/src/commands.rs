@@ -3,13 +3,11 @@
 
 use std::future::Future;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use maas_amqp::artemis::ClientConfig;
 use maas_amqp::options::{Backoff, ConnectOptions, SaslOptions, Secret};
 use maas_ops::{Health, HttpServer};
-use maas_source::{ConfigState, WatchOptions};
-use tokio::sync::watch;
+use maas_source::WatchOptions;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -162,35 +160,24 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode>
         resync: std::time::Duration::from_secs(30),
     };
 
-    let client = if args.kube {
-        Some(::kube::Client::try_default().await.map_err(|e| {
-            Error::Config(format!(
-                "--kube: no usable Kubernetes configuration (in-cluster or KUBECONFIG): {e}"
-            ))
-        })?)
-    } else {
-        None
-    };
-
-    let source = maas_source::AddressSource::from_flags(
-        args.addresses_dir.as_deref(),
-        args.flavors_file.as_deref(),
-        args.config_service_url.as_deref(),
-        client.as_ref(),
-        &args.namespace,
-        "maas-subscription-service",
-    )
-    .map_err(Error::Config)?;
-    let config_rx: watch::Receiver<Arc<ConfigState>> =
-        maas_source::spawn_address_source(source, watch_opts, shutdown.clone())
-            .map_err(Error::Config)?;
-
-    let brokers = maas_source::BrokerSource::spawn(
-        args.brokers_file.as_deref(),
-        client.as_ref(),
-        &args.namespace,
+    let maas_source::Sources {
+        client: _,
+        config: config_rx,
+        brokers,
+    } = maas_source::spawn_sources(
+        maas_source::SourceFlags {
+            kube: args.kube,
+            addresses_dir: args.addresses_dir.as_deref(),
+            flavors_file: args.flavors_file.as_deref(),
+            config_service_url: args.config_service_url.as_deref(),
+            brokers_file: args.brokers_file.as_deref(),
+            namespace: &args.namespace,
+            reporter: "maas-subscription-service",
+        },
         watch_opts,
+        shutdown.clone(),
     )
+    .await
     .map_err(Error::Config)?;
 
     let http = HttpServer::bind(args.http_addr, health.clone(), registry)
