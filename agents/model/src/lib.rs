@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod delta;
 pub mod entity;
 pub mod error;
 pub mod flavor;
