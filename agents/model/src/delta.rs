@@ -293,6 +293,7 @@ impl Serialize for UpsertedOut<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
