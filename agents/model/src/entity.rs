@@ -398,8 +398,14 @@ impl DigestSet {
     /// A stable hash (hex SHA-256, 32 chars) of the set: SHA-256 over one line
     /// `<full type name>\0<name>\0<digest as 16 hex digits>\n` per entity in (type, name) order.
     pub fn generation_hash(&self) -> String {
+        self.generation_hash_where(|_, _| true)
+    }
+
+    /// [`Self::generation_hash`] over the entities `keep` accepts only (router-agent's marker leaves the mesh
+    /// connectors out, so a router pod joining or leaving never rewrites it).
+    pub fn generation_hash_where(&self, keep: impl Fn(EntityType, &str) -> bool) -> String {
         let mut h = Sha256::new();
-        for (t, name, d) in self.iter() {
+        for (t, name, d) in self.iter().filter(|(t, name, _)| keep(*t, name)) {
             h.update(t.full_name().as_bytes());
             h.update([0]);
             h.update(name.as_bytes());

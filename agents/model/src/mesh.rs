@@ -102,7 +102,15 @@ pub struct MeshInputs {
 
 /// Name of the connector to router pod `pod`: `maas-router-<pod>`.
 pub fn router_connector_name(pod: &str) -> String {
-    format!("maas-router-{pod}")
+    format!("{ROUTER_CONNECTOR_PREFIX}{pod}")
+}
+
+/// Name prefix of the mesh connectors (inter-router and edge).
+pub const ROUTER_CONNECTOR_PREFIX: &str = "maas-router-";
+
+/// True for a mesh connector (`maas-router-<pod>`): the entities a router pod joining or leaving changes.
+pub fn is_mesh_entity(t: crate::EntityType, name: &str) -> bool {
+    t == crate::EntityType::Connector && name.starts_with(ROUTER_CONNECTOR_PREFIX)
 }
 
 /// The interior pod an edge router attaches to (rendezvous over the pods that have an edge listener).

@@ -28,7 +28,7 @@ use tracing::{debug, info, instrument, warn};
 
 use crate::desired::Desired;
 use crate::metrics::Metrics;
-use crate::plan::{Known, MARKER_NAME, Plan, diff, marker_entity, marker_hash};
+use crate::plan::{Known, MARKER_NAME, Plan, diff, marker_entity, marker_hash, plan_is_mesh_only};
 
 /// Rows per QUERY page (what the router's own tools ask for).
 pub const PAGE_SIZE: u64 = 500;
@@ -107,8 +107,18 @@ pub async fn read_router(
     metrics: &Metrics,
     paced: bool,
 ) -> Result<Vec<(EntityType, Map<String, Value>)>, MgmtError> {
+    read_types(client, metrics, &EntityType::ALL, paced).await
+}
+
+/// [`read_router`] for some entity types only.
+pub async fn read_types(
+    client: &RouterClient,
+    metrics: &Metrics,
+    types: &[EntityType],
+    paced: bool,
+) -> Result<Vec<(EntityType, Map<String, Value>)>, MgmtError> {
     let mut rows_out = Vec::new();
-    for t in EntityType::ALL {
+    for &t in types {
         let attrs = query_attributes(t);
         let mut offset: u32 = 0;
         loop {
@@ -405,11 +415,18 @@ pub async fn reconcile_once(
                 result_label(&marker),
             );
             let marker = marker.map_err(ReconcileError::from_mgmt)?;
-            if marker.as_ref().and_then(marker_hash).as_deref() == Some(desired.hash.as_str()) {
+            if marker.as_ref().and_then(marker_hash).as_deref() == Some(desired.marker.as_str()) {
+                // The marker proves every entity but the mesh connectors (left out of it so that a router pod
+                // joining or leaving never rewrites it): read those, a handful of connector rows.
+                let mut k = Known::from_desired(&desired.digests, &desired.marker);
+                let rows = read_types(client, metrics, &[EntityType::Connector], false)
+                    .await
+                    .map_err(ReconcileError::from_mgmt)?;
+                k.verify_mesh(&rows, &desired.inputs.mesh);
                 info!(
-                    "router already holds the desired generation (marker matches): nothing to do"
+                    "router already holds the desired generation (marker matches, mesh connectors read)"
                 );
-                Known::from_desired(&desired.digests, &desired.hash)
+                k
             } else {
                 let rows = read_router(client, metrics, false)
                     .await
@@ -452,10 +469,44 @@ async fn apply(
     } else {
         (plan.deletes.len(), plan.creates.len())
     };
-    if n_deletes + n_creates == 0 && known.marker.as_deref() == Some(desired.hash.as_str()) {
+    let marked = known.marker.as_deref() == Some(desired.marker.as_str());
+    if n_deletes + n_creates == 0 && marked {
         return Ok(Applied { writes: 0 });
     }
     let mut writes = 0;
+    if marked && !everything && plan_is_mesh_only(&plan) {
+        // Only mesh connectors change (a router pod joined or left): the marker, which leaves them out, stays.
+        let replaced = plan
+            .deletes
+            .iter()
+            .filter(|k| plan.creates.contains(k))
+            .cloned()
+            .collect();
+        let keys: std::collections::BTreeSet<(EntityType, String)> =
+            plan.creates.iter().cloned().collect();
+        let creates = desired.inputs.entities(Some(keys));
+        execute(
+            client,
+            &plan.deletes,
+            creates,
+            &replaced,
+            &desired.digests,
+            known,
+            metrics,
+            window,
+        )
+        .await?;
+        *known = Known::from_desired(&desired.digests, &desired.marker);
+        info!(
+            deletes = n_deletes,
+            creates = n_creates,
+            "mesh connectors updated; router holds generation {}",
+            desired.generation
+        );
+        return Ok(Applied {
+            writes: n_deletes + n_creates,
+        });
+    }
     debug!(deletes = n_deletes, creates = n_creates, "applying");
     if known.marker.is_some() {
         // The marker goes first: from now on the router no longer claims any generation.
@@ -496,7 +547,7 @@ async fn apply(
         window,
     )
     .await?;
-    let marker = marker_entity(&desired.hash);
+    let marker = marker_entity(&desired.marker);
     let r = client
         .create(
             marker.entity_type.full_name(),
@@ -509,7 +560,7 @@ async fn apply(
     match r {
         // Every operation was verified: the router holds exactly the desired set. Share it instead of keeping a
         // copy of what we learned.
-        Ok(_) => *known = Known::from_desired(&desired.digests, &desired.hash),
+        Ok(_) => *known = Known::from_desired(&desired.digests, &desired.marker),
         Err(e) => return Err(ReconcileError::from_mgmt(e)),
     }
     info!(
@@ -549,7 +600,7 @@ pub async fn verify(
             what.len()
         ));
     }
-    if known.marker.as_deref() != Some(desired.hash.as_str()) {
+    if known.marker.as_deref() != Some(desired.marker.as_str()) {
         return Err("router does not carry the marker of the desired generation".into());
     }
     Ok(())
@@ -724,7 +775,7 @@ pub async fn run_agent(
                             Ok(rows) => {
                                 let k = Known::from_reported(&rows, |f| desired.inputs.for_each(f));
                                 let drifted = !diff(&desired.digests, &k).is_empty()
-                                    || k.marker.as_deref() != Some(desired.hash.as_str());
+                                    || k.marker.as_deref() != Some(desired.marker.as_str());
                                 if drifted {
                                     warn!("drift check: the router's maas- entities differ from what was applied; repairing");
                                     metrics.drift_repairs.inc();

@@ -37,8 +37,12 @@ pub struct FileSources {
 pub struct Desired {
     /// Bumps whenever the desired entity set changes.
     pub generation: u64,
-    /// `EntitySet::generation_hash` of `entities` (carried by the router's marker entity once applied).
+    /// `EntitySet::generation_hash` of every desired entity: a new value is a new generation.
     pub hash: String,
+    /// The same hash without the mesh connectors ([`maas_model::mesh::is_mesh_entity`]): what the router's marker
+    /// entity carries once applied. A router pod joining or leaving changes only mesh connectors, so it never
+    /// rewrites the marker (an address entity).
+    pub marker: String,
     /// The desired entities in compact form (type, name -> digest).
     pub digests: Arc<DigestSet>,
     /// What the entities are generated from, to produce the few that must be created.
@@ -464,6 +468,7 @@ impl DesiredState {
         };
         let digests = inputs.digests();
         let hash = digests.generation_hash();
+        let marker = digests.generation_hash_where(|t, n| !maas_model::mesh::is_mesh_entity(t, n));
         if hash != self.last_hash {
             self.generation += 1;
             self.last_hash = hash.clone();
@@ -490,6 +495,7 @@ impl DesiredState {
         Desired {
             generation: self.generation,
             hash,
+            marker,
             digests: Arc::new(digests),
             inputs: Arc::new(inputs),
             addresses_by_kind,

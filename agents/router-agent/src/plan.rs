@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use maas_model::entity::NAME_PREFIX;
+use maas_model::mesh::is_mesh_entity;
 use maas_model::{DigestSet, Entity, EntityType, entity_digest};
 use serde_json::{Map, Value};
 
@@ -240,6 +241,30 @@ impl Known {
         self.len() == 0
     }
 
+    /// Correct what the marker cannot prove: the mesh connectors. `rows` are the router's connector rows (a
+    /// connector QUERY), `mesh` the desired mesh connectors. A desired one that is missing or differs is recorded
+    /// so; a `maas-router-` connector that is not desired is recorded as wrong (to be deleted).
+    pub fn verify_mesh(&mut self, rows: &[(EntityType, Map<String, Value>)], mesh: &[Entity]) {
+        let mut reported: BTreeMap<&str, &Map<String, Value>> = BTreeMap::new();
+        for (t, row) in rows {
+            if let Some(name) = row.get("name").and_then(Value::as_str)
+                && is_mesh_entity(*t, name)
+            {
+                reported.insert(name, row);
+            }
+        }
+        for e in mesh {
+            match reported.remove(e.name.as_str()) {
+                None => self.deleted(e.entity_type, &e.name),
+                Some(row) if !e.matches_reported(row) => self.mark_wrong(e.entity_type, &e.name),
+                Some(_) => {}
+            }
+        }
+        for name in reported.into_keys() {
+            self.mark_wrong(EntityType::Connector, name);
+        }
+    }
+
     /// True when nothing differs from the shared set `desired` (cheap: no walk when it is the same `Arc`).
     pub fn holds_exactly(&self, desired: &Arc<DigestSet>) -> bool {
         if Arc::ptr_eq(&self.base, desired) {
@@ -266,6 +291,14 @@ impl Plan {
     pub fn len(&self) -> usize {
         self.deletes.len() + self.creates.len()
     }
+}
+
+/// True when every operation of `plan` is on a mesh connector (a router pod joined or left).
+pub fn plan_is_mesh_only(plan: &Plan) -> bool {
+    plan.deletes
+        .iter()
+        .chain(&plan.creates)
+        .all(|(t, n)| is_mesh_entity(*t, n))
 }
 
 /// Diff desired against known. Only changed entities cause operations.
@@ -362,6 +395,65 @@ mod tests {
         m.insert("identity".into(), Value::from("17"));
         m.insert("waypoint".into(), Value::from(false));
         m
+    }
+
+    fn mesh_connector(pod: &str, host: &str) -> Entity {
+        let mut attributes = BTreeMap::new();
+        attributes.insert("role".to_string(), Value::from("inter-router"));
+        attributes.insert("host".to_string(), Value::from(host));
+        attributes.insert("port".to_string(), Value::from("55672"));
+        Entity {
+            entity_type: EntityType::Connector,
+            name: maas_model::router_connector_name(pod),
+            attributes,
+        }
+    }
+
+    #[test]
+    fn a_marker_proved_router_with_other_mesh_connectors_needs_only_connector_operations() {
+        let a = addr("maas-address/a", "a", "balanced");
+        let keep = mesh_connector("r-0", "10.0.0.1");
+        let moved = mesh_connector("r-1", "10.0.0.2");
+        let new = mesh_connector("r-2", "10.0.0.3");
+        let d = set(&[a.clone(), keep.clone(), moved.clone(), new.clone()]);
+        let digests = Arc::new(d.digests());
+        let mut known = Known::from_desired(&digests, "marker");
+        // The router holds r-0 as desired, r-1 at an old host, a connector to a pod that left, not r-2 — and a
+        // broker connector, which the marker proves and which must not be touched.
+        let rows = vec![
+            (EntityType::Connector, row(&keep)),
+            (
+                EntityType::Connector,
+                row(&mesh_connector("r-1", "10.9.9.9")),
+            ),
+            (
+                EntityType::Connector,
+                row(&mesh_connector("gone", "10.0.0.4")),
+            ),
+            (EntityType::Connector, {
+                let mut r = row(&keep);
+                r.insert("name".into(), Value::from("maas-broker-b-0"));
+                r
+            }),
+        ];
+        known.verify_mesh(&rows, &[keep, moved.clone(), new.clone()]);
+        let plan = diff(&digests, &known);
+        let gone = maas_model::router_connector_name("gone");
+        assert_eq!(
+            plan.deletes,
+            vec![
+                (EntityType::Connector, gone),
+                (EntityType::Connector, moved.name.clone())
+            ]
+        );
+        assert_eq!(plan.creates, keys(&[moved, new]));
+        assert!(plan_is_mesh_only(&plan));
+        assert_eq!(known.marker.as_deref(), Some("marker"));
+        let with_address = Plan {
+            deletes: vec![],
+            creates: keys(&[a]),
+        };
+        assert!(!plan_is_mesh_only(&with_address));
     }
 
     #[test]

@@ -108,7 +108,7 @@ impl Pod {
             .collect()
     }
 
-    /// name -> identity of the router's address entities other than the generation marker: an entity that was
+    /// name -> identity of the router's address entities, the generation marker included: an entity that was
     /// deleted and created again has a new identity.
     fn address_identities(&self) -> BTreeMap<String, String> {
         self.emu
@@ -117,7 +117,7 @@ impl Pod {
             .filter_map(|r| {
                 let name = r.get("name")?.as_str()?.to_string();
                 let id = r.get("identity")?.as_str()?.to_string();
-                (name != router_agent::plan::MARKER_NAME).then_some((name, id))
+                Some((name, id))
             })
             .collect()
     }
@@ -274,6 +274,11 @@ async fn routers_form_one_mesh_and_pods_joining_or_leaving_change_only_their_con
         0,
         "router-2 is not touched at all"
     );
+    assert_eq!(
+        r4.emu.counters().writes(),
+        1,
+        "router-4: its one new connector and nothing else (the generation marker stays)"
+    );
     let after: Vec<_> = [&r0, &r2, &r4]
         .iter()
         .map(|p| p.address_identities())
@@ -305,6 +310,11 @@ async fn routers_form_one_mesh_and_pods_joining_or_leaving_change_only_their_con
         (0, 1, 1)
     );
     assert_eq!(r0.emu.counters().writes(), 0);
+    assert_eq!(
+        (r3.emu.counters().writes(), r4.emu.counters().writes()),
+        (1, 1),
+        "router-3 and router-4: one connector DELETE each, no address entity, no marker"
+    );
     for p in [&r0, &r3, &r4] {
         assert_eq!(p.nodes().await.len(), 3, "{}", p.name);
     }
@@ -315,6 +325,33 @@ async fn routers_form_one_mesh_and_pods_joining_or_leaving_change_only_their_con
     r4.spawn_agent(&addresses, &routers);
     all_converged(&[&r4]).await;
     assert_eq!(r4.emu.counters().writes(), 0, "agent restart: zero writes");
+
+    // A mesh connector deleted by hand while the agent is down: the marker still matches (it leaves the mesh out),
+    // so the restarted agent reads the connectors and recreates only that one.
+    r4.stop_agent();
+    let before = r4.address_identities();
+    assert!(r4.emu.delete_by_hand(CONNECTOR, "maas-router-router-0"));
+    r4.emu.reset_counters();
+    r4.spawn_agent(&addresses, &routers);
+    let ok = wait_until(Duration::from_secs(20), || {
+        r4.mesh_connectors().contains_key("maas-router-router-0")
+    })
+    .await;
+    assert!(
+        ok,
+        "the restarted agent recreates the missing mesh connector"
+    );
+    all_converged(&[&r4]).await;
+    assert_eq!(
+        r4.emu.counters().writes(),
+        1,
+        "one connector CREATE, nothing else"
+    );
+    assert_eq!(
+        r4.address_identities(),
+        before,
+        "no address entity rewritten"
+    );
 
     // A restarted router (state lost) gets everything back, its mesh connectors included.
     r4.emu.restart().await;
