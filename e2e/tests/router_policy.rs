@@ -2,15 +2,21 @@
 //! seen working on a real qdrouterd 1.19.0 (docs/reference/qdrouterd-1.19.0/python-agent-and-mesh.txt §5), while
 //! its first port, the agent's listener, serves `$management` as before. Checked with the agent's own client
 //! (`maas_amqp::router::RouterClient`) and with a proton-c client (python3-qpid-proton), like the recording.
+//!
+//! The shipped client listener also authenticates (`authenticatePeer: true`, `saslMechanisms: PLAIN`, users from a
+//! sasldb; manifests/README.md "Client authentication"): with users, the emulator's client listener refuses
+//! anonymous, unknown and wrong logins at SASL, and an authenticated client is still refused `$management`
+//! (e2e/GUESSES.md #52).
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use maas_amqp::options::ConnectOptions;
-use maas_amqp::router::{ClientConfig, RouterClient};
+use maas_amqp::options::{ConnectOptions, SaslOptions, Secret};
+use maas_amqp::router::{ClientConfig, MgmtError, RouterClient};
+use maas_amqp::server::Users;
 use maas_e2e::router::policy::{
-    GroupPolicy, LINK_DISALLOWED, UNAUTHORIZED_ACCESS, allowed, clients_targets,
+    GroupPolicy, LINK_DISALLOWED, UNAUTHORIZED_ACCESS, allowed, clients_targets, plain_login_ok,
 };
 use maas_e2e::router::{CONNECTOR, ClientListener, EmulatorConfig, RouterEmulator};
 use serde_json::{Map, Value as Json};
@@ -42,10 +48,14 @@ from proton import Endpoint, Message
 from proton.utils import BlockingConnection, LinkDetached, SyncRequestResponse
 
 url = sys.argv[1]
+# Optional login (user, password): SASL PLAIN, as on the shipped (authenticating) client listener.
+AUTH = {}
+if len(sys.argv) > 3:
+    AUTH = {"user": sys.argv[2], "password": sys.argv[3], "allowed_mechs": "PLAIN", "allow_insecure_mechs": True}
 
 def refused(f):
     # One connection per attempt: a refused link's late events cannot disturb the next attempt.
-    conn = BlockingConnection(url, timeout=10)
+    conn = BlockingConnection(url, timeout=10, **AUTH)
     try:
         f(conn)
         out = {"refused": False}
@@ -70,7 +80,7 @@ def anonymous(c):
 
 out["anonymous_sender"] = refused(anonymous)
 out["request_response"] = refused(lambda c: SyncRequestResponse(c, "$management"))
-conn = BlockingConnection(url, timeout=10)
+conn = BlockingConnection(url, timeout=10, **AUTH)
 snd = conn.create_sender("orders")
 snd.send(Message(body="o-1"))
 out["orders_sent"] = True
@@ -84,9 +94,19 @@ print(json.dumps(out))
 "#;
 
 async fn proton_probe(url: String) -> Json {
+    proton_probe_as(url, None).await
+}
+
+/// [`proton_probe`] logged in with SASL PLAIN as (user, password).
+async fn proton_probe_as(url: String, login: Option<(String, String)>) -> Json {
     tokio::task::spawn_blocking(move || {
+        let mut args = vec!["60".to_string(), "/usr/bin/python3".into(), "-c".into()];
+        args.extend([PROTON_PROBE.to_string(), url]);
+        if let Some((user, password)) = login {
+            args.extend([user, password]);
+        }
         let out = Command::new("timeout")
-            .args(["60", "/usr/bin/python3", "-c", PROTON_PROBE, &url])
+            .args(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .output()
@@ -105,26 +125,10 @@ async fn the_client_listener_refuses_management_and_the_agent_port_serves_it() {
     assert_ne!(emu.client_addr().unwrap(), emu.addr());
     assert!(emu.client_addr().unwrap().ip().is_loopback());
 
-    // The agent's client on the client listener: refused, with the recorded condition in the error. The real
-    // router answers the attach with an EMPTY target before the closing detach (e2e/GUESSES.md #26c), which fe2o3
-    // takes as attached: the error then comes with the first request instead of from connect, and the client is
-    // closed. Either way the agent cannot manage the router through this port, and says why.
-    let err = match RouterClient::connect(&options(&client_url), ClientConfig::default()).await {
-        Err(e) => e.to_string(),
-        Ok(c) => {
-            let r = c.query(CONNECTOR, &["name"]).await;
-            assert!(c.is_closed(), "client still open after {r:?}");
-            format!("{:?}", r.unwrap_err())
-        }
-    };
-    assert!(
-        err.contains(LINK_DISALLOWED),
-        "error does not name the policy denial: {err}"
-    );
-    assert!(
-        err.contains("UnauthorizedAccess") || err.contains(UNAUTHORIZED_ACCESS),
-        "error does not name unauthorized-access: {err}"
-    );
+    // The agent's client on the client listener: refused by connect itself, with the recorded condition in the
+    // error. The router answers the attach with an EMPTY target before the closing detach (e2e/GUESSES.md #26c),
+    // which fe2o3 takes as attached; RouterClient::connect notices the missing target and waits for the detach.
+    assert_management_refused_at_connect(&options(&client_url)).await;
 
     // The agent on its own listener: QUERY connector -> 200, [] (recorded).
     let agent = RouterClient::connect(&options(&emu.url()), ClientConfig::default())
@@ -188,6 +192,172 @@ async fn the_client_listener_refuses_management_and_the_agent_port_serves_it() {
     .await
     .unwrap();
     emu.stop().await;
+}
+
+/// `RouterClient::connect` on a listener whose policy refuses `$management` fails (fast: not after the request
+/// timeout) with a connect error naming the refusal.
+async fn assert_management_refused_at_connect(opts: &ConnectOptions) {
+    let started = std::time::Instant::now();
+    let err = RouterClient::connect(opts, ClientConfig::default())
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "refusal took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(err, MgmtError::Connect(_)) && err.is_connection_error(),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(LINK_DISALLOWED),
+        "error does not name the policy denial: {text}"
+    );
+    assert!(
+        text.contains("UnauthorizedAccess") || text.contains(UNAUTHORIZED_ACCESS),
+        "error does not name unauthorized-access: {text}"
+    );
+    assert!(text.contains("$management"), "{text}");
+}
+
+const USER: &str = "alice@maas";
+const PASSWORD: &str = "s3cret-Pa55";
+
+fn users() -> Users {
+    let mut u = Users::default();
+    u.insert(USER, PASSWORD);
+    u
+}
+
+fn login(url: &str, username: &str, password: &str) -> ConnectOptions {
+    let mut o = options(url);
+    o.sasl = SaslOptions::Plain {
+        username: username.to_string(),
+        password: Secret::new(password),
+    };
+    o
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authenticating_client_listener_admits_only_known_users_and_still_refuses_management() {
+    let emu = RouterEmulator::start_with_client_listener(
+        EmulatorConfig {
+            cost_model: false,
+            ..Default::default()
+        },
+        ClientListener {
+            users: Some(users()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let client_url = emu.client_url().unwrap();
+
+    // Refused at SASL: anonymous, no SASL layer at all, a wrong password, an unknown user, the user without its
+    // realm. The error is a connect error (the SASL outcome), never the policy's link denial, and it never
+    // carries the password.
+    let mut no_sasl = options(&client_url);
+    no_sasl.sasl = SaslOptions::None;
+    for (what, opts) in [
+        ("anonymous", options(&client_url)),
+        ("no SASL", no_sasl),
+        ("wrong password", login(&client_url, USER, "wrong-password")),
+        ("unknown user", login(&client_url, "mallory@maas", PASSWORD)),
+        ("no realm", login(&client_url, "alice", PASSWORD)),
+    ] {
+        let err = RouterClient::connect(&opts, ClientConfig::default())
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert!(matches!(err, MgmtError::Connect(_)), "{what}: {err:?}");
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains(LINK_DISALLOWED), "{what}: got in: {text}");
+        assert!(!text.contains(PASSWORD), "{what}: password in {text}");
+    }
+
+    // Authenticated: still no $management (the vhost policy applies to every user, allowUnknownUser puts them
+    // all into $default), refused at connect.
+    assert_management_refused_at_connect(&login(&client_url, USER, PASSWORD)).await;
+
+    // The agent's own listener is unaffected: QUERY connector -> 200, [].
+    let agent = RouterClient::connect(&options(&emu.url()), ClientConfig::default())
+        .await
+        .unwrap();
+    assert!(agent.query(CONNECTOR, &["name"]).await.unwrap().is_empty());
+
+    // A proton-c client logged in as the user: the same refusals and the same messaging as without login.
+    let seen = proton_probe_as(
+        client_url.clone(),
+        Some((USER.to_string(), PASSWORD.to_string())),
+    )
+    .await;
+    for link in ["management_sender", "underscore_sender", "request_response"] {
+        assert_eq!(
+            seen[link]["condition"].as_str(),
+            Some(UNAUTHORIZED_ACCESS),
+            "{link}: {seen}"
+        );
+        assert_eq!(
+            seen[link]["description"].as_str(),
+            Some(LINK_DISALLOWED),
+            "{link}: {seen}"
+        );
+    }
+    assert_eq!(seen["orders_sent"], Json::Bool(true), "{seen}");
+    assert!(
+        seen["dynamic_address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("amqp:/_topo/0/")),
+        "{seen}"
+    );
+    // And without login proton is refused at SASL (the probe fails before printing).
+    let refused = tokio::task::spawn_blocking({
+        let url = client_url.clone();
+        move || {
+            Command::new("timeout")
+                .args(["60", "/usr/bin/python3", "-c", PROTON_PROBE, &url])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!refused.status.success(), "anonymous proton client got in");
+
+    agent.close().await;
+    emu.stop().await;
+}
+
+#[test]
+fn plain_logins_are_checked_whole_with_the_realm() {
+    let u = users();
+    assert!(plain_login_ok(&u, b"\0alice@maas\0s3cret-Pa55"));
+    assert!(plain_login_ok(&u, b"alice@maas\0alice@maas\0s3cret-Pa55"));
+    for bad in [
+        &b"\0alice@maas\0wrong"[..],
+        b"\0alice\0s3cret-Pa55",
+        b"\0ALICE@maas\0s3cret-Pa55",
+        b"bob@maas\0alice@maas\0s3cret-Pa55",
+        b"\0alice@maas\0s3cret-Pa55\0extra",
+        b"alice@maas s3cret-Pa55",
+        b"",
+    ] {
+        assert!(
+            !plain_login_ok(&u, bad),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    assert!(!plain_login_ok(
+        &Users::default(),
+        b"\0alice@maas\0s3cret-Pa55"
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -365,12 +365,13 @@ impl RequestClient {
             let mut session = Session::begin(&mut connection)
                 .await
                 .map_err(|e| format!("begin session: {e}"))?;
-            let sender = Sender::builder()
+            let mut sender = Sender::builder()
                 .name(format!("{}-{node}", opts.container_id))
                 .target(node)
                 .attach(&mut session)
                 .await
                 .map_err(|e| format!("attach sender to {node}: {e}"))?;
+            refused_link(&mut sender, node).await?;
             let credit = u32::try_from(cfg.window).unwrap_or(u32::MAX);
             let receiver = Receiver::builder()
                 .name(format!("{}-replies", opts.container_id))
@@ -859,6 +860,39 @@ fn parse_reply(message: Message<Body<Value>>) -> Result<ParsedReply, String> {
         ))),
     };
     Ok((id, reply))
+}
+
+/// How long [`refused_link`] waits for the detach that follows a refusing attach.
+const REFUSAL_DETACH_WAIT: Duration = Duration::from_secs(2);
+
+/// Fails when the peer refused the sender it just attached: a peer that refuses a link answers the attach with no
+/// target address, then detaches with the reason (qdrouterd's vhost policy on a client listener: `link disallowed
+/// by local policy`, e2e/GUESSES.md #26c). fe2o3 takes such an attach as success, so without this check the
+/// refusal would only show with the first request. The detach's condition and description go into the error.
+async fn refused_link(sender: &mut Sender, node: &str) -> Result<(), String> {
+    let answered = sender
+        .target()
+        .as_ref()
+        .and_then(|t| t.address.as_deref())
+        .is_some_and(|a| !a.is_empty());
+    if answered {
+        return Ok(());
+    }
+    let why = match tokio::time::timeout(REFUSAL_DETACH_WAIT, sender.on_detach()).await {
+        Ok(
+            fe2o3_amqp::link::DetachError::RemoteClosedWithError(e)
+            | fe2o3_amqp::link::DetachError::RemoteDetachedWithError(e),
+        ) => format!(
+            "{:?}: {}",
+            e.condition,
+            e.description.as_deref().unwrap_or("(no description)")
+        ),
+        Ok(other) => other.to_string(),
+        Err(_) => format!("no detach within {REFUSAL_DETACH_WAIT:?}"),
+    };
+    Err(format!(
+        "the peer refused the link to {node} (its attach names no target): {why}"
+    ))
 }
 
 #[cfg(test)]

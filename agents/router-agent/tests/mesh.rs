@@ -359,7 +359,18 @@ async fn routers_form_one_mesh_and_pods_joining_or_leaving_change_only_their_con
     assert!(ok, "mesh connectors replayed");
     all_converged(&[&r4]).await;
     assert_full_mesh(&[&r0, &r3, &r4]);
-    assert_eq!(r4.address_identities().len(), 3, "addresses replayed too");
+    // 3 address entities and the generation marker, written last.
+    let ok = wait_until(Duration::from_secs(20), || {
+        r4.address_identities()
+            .contains_key(router_agent::plan::MARKER_NAME)
+    })
+    .await;
+    assert!(ok, "the generation marker is written again");
+    assert_eq!(
+        r4.address_identities().len(),
+        4,
+        "addresses replayed too, with the marker"
+    );
 
     for p in [&mut r0, &mut r3, &mut r4] {
         p.stop_agent();

@@ -181,6 +181,7 @@ fn main() -> ExitCode {
                     namespace: "bench".into(),
                     broker_secret: storage_controller::clusters::DEFAULT_BROKER_SECRET.into(),
                     owner: None,
+                    ..ClusterOptions::default()
                 },
                 metrics,
             )

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::clusters::BrokerRunAsUser;
+
 /// storage-controller: makes the broker clusters (StatefulSets of stock ActiveMQ Artemis) that queue and topic
 /// addresses need, and the addresses/queues on every broker, over the Kubernetes API and Artemis management.
 #[derive(Debug, Parser)]
@@ -91,6 +93,11 @@ pub struct RunArgs {
     #[arg(long, env = "BROKER_SECRET", default_value = crate::clusters::DEFAULT_BROKER_SECRET)]
     pub broker_secret: String,
 
+    /// User id the broker pods run as (their runAsUser and fsGroup), or `auto` to set neither and let the
+    /// platform assign both (OpenShift's restricted-v2 SCC refuses a fixed id outside the namespace's range).
+    #[arg(long, env = "BROKER_RUN_AS_USER", default_value = "185", value_parser = parse_run_as_user)]
+    pub broker_run_as_user: BrokerRunAsUser,
+
     /// ConfigMap to name as owner of every StatefulSet and Service. Off by default: deleting an owner lets the
     /// garbage collector remove brokers WITHOUT draining them.
     #[arg(long, env = "OWNER_CONFIGMAP")]
@@ -146,11 +153,21 @@ pub struct RenderArgs {
     /// Secret (keys `username`, `password`) given to the brokers as AMQ_USER / AMQ_PASSWORD (brokers require login).
     #[arg(long, env = "BROKER_SECRET", default_value = crate::clusters::DEFAULT_BROKER_SECRET)]
     pub broker_secret: String,
+
+    /// User id the broker pods run as (their runAsUser and fsGroup), or `auto` to set neither.
+    #[arg(long, env = "BROKER_RUN_AS_USER", default_value = "185", value_parser = parse_run_as_user)]
+    pub broker_run_as_user: BrokerRunAsUser,
 }
 
 pub use maas_ops::parse_duration;
 
+/// `--broker-run-as-user`: `auto` or a user id from 1 (see [`BrokerRunAsUser`]).
+pub fn parse_run_as_user(s: &str) -> Result<BrokerRunAsUser, String> {
+    s.parse()
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
@@ -158,5 +175,44 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn broker_run_as_user_defaults_to_the_image_user_and_takes_auto() {
+        let run = |extra: &[&str]| {
+            let mut argv = vec!["storage-controller", "run"];
+            argv.extend_from_slice(extra);
+            match Cli::try_parse_from(argv).map(|c| c.command) {
+                Ok(Command::Run(a)) => Ok(a.broker_run_as_user),
+                Ok(_) => Err("not run".to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        assert_eq!(run(&[]), Ok(BrokerRunAsUser::Fixed(185)));
+        assert_eq!(
+            run(&["--broker-run-as-user", "auto"]),
+            Ok(BrokerRunAsUser::Auto)
+        );
+        assert_eq!(
+            run(&["--broker-run-as-user=1001"]),
+            Ok(BrokerRunAsUser::Fixed(1001))
+        );
+        let err = run(&["--broker-run-as-user", "0"]).unwrap_err();
+        assert!(err.contains("auto"), "{err}");
+        match Cli::try_parse_from([
+            "storage-controller",
+            "render",
+            "--addresses-dir",
+            "a",
+            "--out",
+            "o",
+            "--broker-run-as-user",
+            "auto",
+        ])
+        .map(|c| c.command)
+        {
+            Ok(Command::Render(r)) => assert_eq!(r.broker_run_as_user, BrokerRunAsUser::Auto),
+            other => panic!("{other:?}"),
+        }
     }
 }

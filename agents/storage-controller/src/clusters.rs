@@ -23,7 +23,9 @@
 //! (AMQ_USER/AMQ_PASSWORD from the broker Secret, `AMQ_REQUIRE_LOGIN=true`, and `--require-login` in
 //! AMQ_EXTRA_ARGS, which is what the stock image's launch script honours: it always passes `--allow-anonymous`,
 //! and `artemis create` lets `--require-login` win); non-root with `fsGroup` 185 (the claim is writable), seccomp
-//! `RuntimeDefault`, no privilege escalation, every capability dropped, no service account token; tcpSocket
+//! `RuntimeDefault`, no privilege escalation, every capability dropped, no service account token (with
+//! [`BrokerRunAsUser::Auto`], for OpenShift's restricted-v2 SCC, neither `runAsUser` nor `fsGroup` is set: the
+//! platform assigns both from the namespace's range, manifests/README.md "OpenShift"); tcpSocket
 //! startup, liveness and readiness probes on the AMQP port (readiness cannot mean "provisioned": the controller
 //! provisions only ready pods; "provisioned" is the pod annotation [`crate::PROVISIONED_ANNOTATION`]).
 //!
@@ -69,6 +71,52 @@ pub const DATA_DIR: &str = "/opt/amq/data";
 pub const DEFAULT_BROKER_SECRET: &str = "maas-broker-credentials";
 /// The user (and fsGroup) of the stock Artemis image (`run: user: 185` of activemq-artemis-broker).
 pub const BROKER_UID: i64 = 185;
+
+/// Which user the broker pods run as (`--broker-run-as-user`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerRunAsUser {
+    /// `runAsUser` and `fsGroup` are this id (default [`BROKER_UID`], the stock image's user; the claim is
+    /// writable by it).
+    Fixed(i64),
+    /// Neither `runAsUser` nor `fsGroup` is set (`runAsNonRoot` stays): the platform assigns them. OpenShift's
+    /// restricted-v2 SCC refuses a pod whose fixed UID is outside the namespace's range and, for a pod that sets
+    /// none, assigns a UID and an fsGroup from that range (so the claim stays writable).
+    Auto,
+}
+
+impl Default for BrokerRunAsUser {
+    fn default() -> Self {
+        BrokerRunAsUser::Fixed(BROKER_UID)
+    }
+}
+
+impl std::fmt::Display for BrokerRunAsUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BrokerRunAsUser::Fixed(uid) => write!(f, "{uid}"),
+            BrokerRunAsUser::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+impl std::str::FromStr for BrokerRunAsUser {
+    type Err = String;
+
+    /// `auto`, or a user id from 1 to 2147483647 (0 would be root, which `runAsNonRoot` refuses).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(BrokerRunAsUser::Auto);
+        }
+        match s.parse::<i64>() {
+            Ok(uid) if (1..=i64::from(i32::MAX)).contains(&uid) => Ok(BrokerRunAsUser::Fixed(uid)),
+            _ => Err(format!(
+                "expected `auto` or a user id from 1 to {}, not {s:?}",
+                i32::MAX
+            )),
+        }
+    }
+}
 /// Longest StatefulSet name: the pods' `controller-revision-hash` label is `<name>-<10 characters>` (<= 63).
 pub const MAX_OBJECT_NAME_LEN: usize = 52;
 /// Hex characters of the hash suffix of a derived object name.
@@ -153,6 +201,8 @@ pub struct ClusterOptions {
     /// Owner of every object (e.g. the address ConfigMap), when known. Off by default: garbage collection of an
     /// owner deletes brokers WITHOUT draining them.
     pub owner: Option<Owner>,
+    /// The broker pods' `runAsUser`/`fsGroup` ([`BrokerRunAsUser::Fixed`] of [`BROKER_UID`] by default).
+    pub broker_run_as_user: BrokerRunAsUser,
 }
 
 impl Default for ClusterOptions {
@@ -161,6 +211,7 @@ impl Default for ClusterOptions {
             namespace: String::new(),
             broker_secret: DEFAULT_BROKER_SECRET.to_string(),
             owner: None,
+            broker_run_as_user: BrokerRunAsUser::default(),
         }
     }
 }
@@ -360,13 +411,7 @@ pub fn statefulset(cluster: &BrokerCluster, opts: &ClusterOptions, replicas: i32
                     "containers": [container],
                     "terminationGracePeriodSeconds": 60,
                     "automountServiceAccountToken": false,
-                    "securityContext": {
-                        "runAsNonRoot": true,
-                        "runAsUser": BROKER_UID,
-                        "fsGroup": BROKER_UID,
-                        "fsGroupChangePolicy": "OnRootMismatch",
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": pod_security_context(opts.broker_run_as_user),
                 },
             },
             "volumeClaimTemplates": [{
@@ -378,6 +423,21 @@ pub fn statefulset(cluster: &BrokerCluster, opts: &ClusterOptions, replicas: i32
             }],
         },
     }))
+}
+
+/// The broker pods' securityContext: non-root, `RuntimeDefault` seccomp, and with a fixed user its `runAsUser` and
+/// `fsGroup` (the claim writable by it); with [`BrokerRunAsUser::Auto`] neither (the platform assigns both).
+fn pod_security_context(run_as: BrokerRunAsUser) -> Value {
+    let mut sc = json!({
+        "runAsNonRoot": true,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    });
+    if let BrokerRunAsUser::Fixed(uid) = run_as {
+        sc["runAsUser"] = json!(uid);
+        sc["fsGroup"] = json!(uid);
+    }
+    sc
 }
 
 /// The PodDisruptionBudget of `cluster`: at most one broker pod of it voluntarily disrupted (drained node,
@@ -560,6 +620,7 @@ mod tests {
                 name: "addresses".into(),
                 uid: "u-1".into(),
             }),
+            broker_run_as_user: BrokerRunAsUser::default(),
         };
         let sts = statefulset(&clusters["orders"], &opts, 3);
         // It is a valid StatefulSet.
@@ -766,6 +827,70 @@ mod tests {
         assert!(env.to_string().contains(DEFAULT_BROKER_SECRET));
         // The applied replicas are recorded.
         assert_eq!(sts["metadata"]["annotations"][REPLICAS_ANNOTATION], "1");
+    }
+
+    #[test]
+    fn broker_pods_leave_the_user_to_the_platform_with_run_as_user_auto() {
+        assert_eq!("auto".parse::<BrokerRunAsUser>(), Ok(BrokerRunAsUser::Auto));
+        assert_eq!(
+            " AUTO ".parse::<BrokerRunAsUser>(),
+            Ok(BrokerRunAsUser::Auto)
+        );
+        assert_eq!(
+            "1000680000".parse::<BrokerRunAsUser>(),
+            Ok(BrokerRunAsUser::Fixed(1_000_680_000))
+        );
+        for bad in ["0", "-1", "root", "", "2147483648", "185x"] {
+            let err = bad.parse::<BrokerRunAsUser>().unwrap_err();
+            assert!(err.contains("auto"), "{bad}: {err}");
+        }
+        assert_eq!(
+            BrokerRunAsUser::default(),
+            BrokerRunAsUser::Fixed(BROKER_UID)
+        );
+        assert_eq!(BrokerRunAsUser::default().to_string(), "185");
+        assert_eq!(BrokerRunAsUser::Auto.to_string(), "auto");
+
+        let auto = ClusterOptions {
+            broker_run_as_user: BrokerRunAsUser::Auto,
+            ..ClusterOptions::default()
+        };
+        let sts = statefulset(&cluster("orders"), &auto, 1);
+        let psc = &sts["spec"]["template"]["spec"]["securityContext"];
+        assert_eq!(
+            psc,
+            &json!({
+                "runAsNonRoot": true,
+                "fsGroupChangePolicy": "OnRootMismatch",
+                "seccompProfile": {"type": "RuntimeDefault"},
+            }),
+            "no runAsUser, runAsGroup or fsGroup: the SCC assigns them"
+        );
+        let typed: k8s_openapi::api::apps::v1::StatefulSet =
+            serde_json::from_value(sts.clone()).unwrap();
+        let pod = typed.spec.unwrap().template.spec.unwrap();
+        let c = &pod.containers[0];
+        let csc = c.security_context.clone().unwrap();
+        assert_eq!(csc.run_as_user, None);
+        assert_eq!(csc.run_as_non_root, Some(true));
+        assert_eq!(csc.allow_privilege_escalation, Some(false));
+        // Another fixed user is written as given; switching modes changes the body (and its hash): re-applied.
+        let other = ClusterOptions {
+            broker_run_as_user: BrokerRunAsUser::Fixed(1001),
+            ..ClusterOptions::default()
+        };
+        let fixed = statefulset(&cluster("orders"), &other, 1);
+        assert_eq!(
+            fixed["spec"]["template"]["spec"]["securityContext"]["runAsUser"],
+            1001
+        );
+        assert_eq!(
+            fixed["spec"]["template"]["spec"]["securityContext"]["fsGroup"],
+            1001
+        );
+        let default = statefulset(&cluster("orders"), &ClusterOptions::default(), 1);
+        assert!(!up_to_date(&sts, &default) && !up_to_date(&default, &sts));
+        assert!(up_to_date(&sts, &sts));
     }
 
     #[test]

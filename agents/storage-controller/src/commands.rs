@@ -143,6 +143,7 @@ async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode> {
                     namespace: args.namespace.clone(),
                     broker_secret: args.broker_secret.clone(),
                     owner: None,
+                    broker_run_as_user: args.broker_run_as_user,
                 },
                 args.owner_configmap.as_deref(),
                 metrics.clone(),
@@ -206,6 +207,7 @@ pub fn render(args: &RenderArgs) -> Result<usize> {
         namespace: args.namespace.clone(),
         broker_secret: args.broker_secret.clone(),
         owner: None,
+        broker_run_as_user: args.broker_run_as_user,
     };
     write_manifests(&args.out, &manifests(&clusters, &opts))
 }

@@ -180,6 +180,7 @@ async fn start_loop(
             namespace: NS.into(),
             broker_secret: "broker-creds".into(),
             owner: None,
+            ..ClusterOptions::default()
         },
         Some("maas-addresses"),
         metrics.clone(),

@@ -269,6 +269,7 @@ fn opts() -> ClusterOptions {
         namespace: NS.into(),
         broker_secret: "broker-creds".into(),
         owner: None,
+        ..ClusterOptions::default()
     }
 }
 

@@ -70,6 +70,10 @@ pub struct ClientListener {
     pub listen: SocketAddr,
     /// The vhost user group applied to every link attached on this listener.
     pub policy: policy::GroupPolicy,
+    /// `None`: no authentication (`authenticatePeer: false`, any SASL mechanism or none, e2e/GUESSES.md #4).
+    /// `Some`: the shipped listener (`authenticatePeer: true`, `saslMechanisms: PLAIN`): only SASL PLAIN is
+    /// offered, with these users (names with their realm, `alice@maas`); anything else is refused at SASL.
+    pub users: Option<maas_amqp::server::Users>,
 }
 
 impl Default for ClientListener {
@@ -77,6 +81,7 @@ impl Default for ClientListener {
         ClientListener {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             policy: policy::GroupPolicy::clients(),
+            users: None,
         }
     }
 }
@@ -205,12 +210,14 @@ impl RouterEmulator {
             shutdown: shutdown_rx,
             conn_ids: conn_ids.clone(),
             policy: None,
+            users: None,
         };
         let client_accept_task = match (client_listener, client) {
             (Some(l), Some(c)) => {
                 // GUESS (e2e/GUESSES.md #26b): (f) same open frame, SASL and conn-ids as the agent port
                 let client_ctx = server::Ctx {
                     policy: Some(Arc::new(c.policy)),
+                    users: c.users.map(Arc::new),
                     ..ctx.clone()
                 };
                 Some(tokio::spawn(server::accept_loop(l, client_ctx)))

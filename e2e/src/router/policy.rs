@@ -10,6 +10,29 @@
 //! What the emulator derives beyond that from the settings and qdrouterd's `src/policy.c` (read, not run) is a
 //! guess (e2e/GUESSES.md #26b): the prefix/exact matching of the lists, the denial of anonymous senders
 //! (`allowAnonymousSender: false`) and of receivers with neither an address nor a dynamic source. Pure: no I/O.
+//!
+//! The client listener may also authenticate, as the shipped one does (manifests/README.md "Client
+//! authentication": `authenticatePeer: true`, `saslMechanisms: PLAIN`, users from a sasldb): [`plain_login_ok`]
+//! checks a PLAIN login; the vhost policy then applies to the authenticated user exactly as before
+//! (`allowUnknownUser: true` puts every user into the `$default` group, src/policy.c / policy_local.py).
+
+/// The SASL mechanism of an authenticating client listener (`authenticatePeer: true`, `saslMechanisms: PLAIN`).
+pub const PLAIN: &str = "PLAIN";
+
+/// Whether a SASL PLAIN initial response (`authzid NUL authcid NUL password`) names a user of `users` with its
+/// password. The authcid is compared whole, realm included (`alice@maas`): Cyrus SASL keys a sasldb entry by user
+/// and realm, and a name without `@realm` gets the server's host name as realm (manifests/README.md "Client
+/// authentication"). An authzid other than empty or the authcid itself is refused (no proxy authorization).
+// GUESS (e2e/GUESSES.md #52): PLAIN checked like Cyrus' sasldb, names compared with their realm
+pub fn plain_login_ok(users: &maas_amqp::server::Users, initial_response: &[u8]) -> bool {
+    let mut parts = initial_response.split(|b| *b == 0);
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(authzid), Some(user), Some(password), None) => {
+            (authzid.is_empty() || authzid == user) && users.check(user, password)
+        }
+        _ => false,
+    }
+}
 
 /// The error condition of a link refused by policy (recorded).
 pub const UNAUTHORIZED_ACCESS: &str = "amqp:unauthorized-access";

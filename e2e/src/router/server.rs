@@ -56,6 +56,8 @@ pub struct Ctx {
     /// The vhost policy of this listener: `None` on the management (agent) port, the recorded `clients` group on
     /// the client port.
     pub policy: Option<Arc<GroupPolicy>>,
+    /// The users of an authenticating listener (SASL PLAIN only); `None`: any credentials ([`AnyAuth`]).
+    pub users: Option<Arc<maas_amqp::server::Users>>,
 }
 
 /// SASL ANONYMOUS or PLAIN with any credentials (a listener with `authenticatePeer: no`).
@@ -76,6 +78,33 @@ impl SaslAcceptor for AnyAuth {
     fn on_response(&mut self, _response: SaslResponse) -> SaslServerFrame {
         SaslServerFrame::Outcome(SaslOutcome {
             code: SaslCode::Ok,
+            additional_data: None,
+        })
+    }
+}
+
+/// SASL PLAIN only, checked against users (a listener with `authenticatePeer: true`, `saslMechanisms: PLAIN`).
+// GUESS (e2e/GUESSES.md #52): only PLAIN offered; anything else, or a wrong login, gets outcome `auth`
+#[derive(Debug, Clone)]
+struct PlainAuth(Arc<maas_amqp::server::Users>);
+
+impl SaslAcceptor for PlainAuth {
+    fn mechanisms(&self) -> Array<Symbol> {
+        Array::from(vec![Symbol::from(super::policy::PLAIN)])
+    }
+    fn on_init(&mut self, init: SaslInit) -> SaslServerFrame {
+        let ok = init.mechanism.0 == super::policy::PLAIN
+            && init
+                .initial_response
+                .is_some_and(|r| super::policy::plain_login_ok(&self.0, &r));
+        SaslServerFrame::Outcome(SaslOutcome {
+            code: if ok { SaslCode::Ok } else { SaslCode::Auth },
+            additional_data: None,
+        })
+    }
+    fn on_response(&mut self, _response: SaslResponse) -> SaslServerFrame {
+        SaslServerFrame::Outcome(SaslOutcome {
+            code: SaslCode::Auth,
             additional_data: None,
         })
     }
@@ -147,10 +176,22 @@ async fn open(stream: TcpStream, ctx: &Ctx) -> Option<ListenerConnectionHandle> 
     .await
     .ok()
     .flatten()?;
+    // An authenticating listener refuses a client that skips SASL (proton: `pn_transport_require_auth`).
+    // GUESS (e2e/GUESSES.md #52): the connection is dropped without an open frame
+    if ctx.users.is_some() && peeked != 3 {
+        tracing::debug!("client skipped SASL on an authenticating listener: refused");
+        return None;
+    }
     // Replies leave as the real router writes them, correlation-ids included (echo.rs).
     let stream = super::echo::RawIdWriter::new(stream);
     let result = tokio::time::timeout(Duration::from_secs(10), async {
-        if peeked == 3 {
+        if let Some(users) = &ctx.users {
+            router_acceptor!(ctx)
+                .sasl_acceptor(PlainAuth(users.clone()))
+                .build()
+                .accept(stream)
+                .await
+        } else if peeked == 3 {
             router_acceptor!(ctx)
                 .sasl_acceptor(AnyAuth)
                 .build()
