@@ -137,6 +137,27 @@ const GATES: &[Gate] = &[
         without: &["brokers-file"],
     },
     Gate {
+        binary: "subscription-service",
+        function: "annotate_released",
+        reached_when: "releases of draining broker pods are pod annotations when the broker pods come from the Kubernetes API: --kube without --brokers-file (commands.rs run, release.rs)",
+        with: &["kube"],
+        without: &["brokers-file"],
+    },
+    Gate {
+        binary: "subscription-service",
+        function: "load_configmap",
+        reached_when: "$subctrl's subscriptions in the ConfigMap: --router-url with --kube, without --subscriptions-file/--addresses-dir (commands.rs run, configmap_store.rs)",
+        with: &["router-url", "kube"],
+        without: &["subscriptions-file", "addresses-dir"],
+    },
+    Gate {
+        binary: "subscription-service",
+        function: "apply_configmap",
+        reached_when: "$subctrl's subscriptions in the ConfigMap: --router-url with --kube, without --subscriptions-file/--addresses-dir (commands.rs run, configmap_store.rs)",
+        with: &["router-url", "kube"],
+        without: &["subscriptions-file", "addresses-dir"],
+    },
+    Gate {
         binary: "config-service",
         function: "kube_sources",
         reached_when: "only with --kube (lib.rs run)",

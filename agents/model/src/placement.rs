@@ -125,6 +125,104 @@ pub fn topic_pod<'a>(topic: &str, pods: &'a [BrokerPod]) -> Option<&'a BrokerPod
     )
 }
 
+/// The pod a topic's LINKS point at while its pod hands over (docs/architecture.md §5): a rendezvous hash of the
+/// topic name over the cluster's pods that are not (draining AND released). A draining pod keeps the linkRoutes of
+/// its topics (and of their subscriptions) until subscription-service has moved every durable subscription of
+/// those topics to their new pods and RELEASED it (`released`: pod names, from the
+/// [`crate::pods::TOPICS_RELEASED_ANNOTATION`] or a handover file, [`parse_handover`]).
+///
+/// Rendezvous over a superset picks the subset's winner whenever that winner is in the subset, so this is
+/// [`topic_pod`] (the target) for every topic whose target did not change, and for every topic once its old pod is
+/// released; otherwise it is the draining pod the topic still lives on. Used by router-agent with
+/// `--topic-handover`; storage-controller and subscription-service use the target, [`topic_pod`].
+pub fn topic_route_pod<'a>(
+    topic: &str,
+    pods: &'a [BrokerPod],
+    released: &BTreeSet<String>,
+) -> Option<&'a BrokerPod> {
+    rendezvous(
+        topic,
+        pods.iter()
+            .filter(|p| !p.draining || !released.contains(&p.name))
+            .map(|p| (p.name.as_str(), p)),
+    )
+}
+
+/// The broker pods as a topic's links see them during hand-overs: every draining pod that is not `released` counts
+/// as not draining (it keeps its topics, both linkRoutes). [`topic_pod`] over this view is [`topic_route_pod`]
+/// over the real pods. Only for topic and subscription entities: queues keep seeing the pods as they are.
+pub fn topic_route_view(brokers: &Brokers, released: &BTreeSet<String>) -> Brokers {
+    let mut view = brokers.clone();
+    for pods in view.clusters.values_mut() {
+        for p in pods.iter_mut() {
+            if p.draining && !released.contains(&p.name) {
+                p.draining = false;
+            }
+        }
+    }
+    view
+}
+
+/// Parse a handover file: `{"released": ["broker-0", ...]}`, the broker pods subscription-service has released
+/// (written by `subscription-service --handover-file`, read by `router-agent --handover-file`). Empty text (a file
+/// just created) means none. `origin` (the file path) names it in errors.
+pub fn parse_handover(origin: &str, text: &str) -> Result<BTreeSet<String>, Vec<ConfigError>> {
+    let err = |msg: String| vec![ConfigError::new(origin, None, None, msg)];
+    if text.trim().is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| err(format!("invalid JSON in handover file: {e}")))?;
+    let shape = || {
+        format!(
+            "a handover file must be {{\"released\": [\"<pod>\", ...]}}, found {}",
+            json_type_name(&value)
+        )
+    };
+    let Value::Object(map) = &value else {
+        return Err(err(shape()));
+    };
+    match map.get("released") {
+        None | Some(Value::Null) => Ok(BTreeSet::new()),
+        Some(Value::Array(items)) => {
+            let mut out = BTreeSet::new();
+            let mut problems = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                match item {
+                    Value::String(s) if !s.is_empty() => {
+                        out.insert(s.clone());
+                    }
+                    other => problems.push(ConfigError::new(
+                        origin,
+                        None,
+                        None,
+                        format!(
+                            "\"released\"[{i}] must be a pod name, found {}",
+                            json_type_name(other)
+                        ),
+                    )),
+                }
+            }
+            if problems.is_empty() {
+                Ok(out)
+            } else {
+                Err(problems)
+            }
+        }
+        Some(other) => Err(err(format!(
+            "\"released\" must be a list of pod names, found {}",
+            json_type_name(other)
+        ))),
+    }
+}
+
+/// The handover file text for `released` (names in order, one line).
+pub fn render_handover(released: &BTreeSet<String>) -> String {
+    let mut text = serde_json::json!({ "released": released }).to_string();
+    text.push('\n');
+    text
+}
+
 /// Every cluster name the queue/topic addresses of `addresses` use (for the storage controller).
 pub fn clusters_in_use(addresses: &AddressSet, flavors: &FlavorSet) -> BTreeSet<String> {
     addresses
@@ -598,6 +696,80 @@ mod topic_placement_tests {
             .collect();
         assert!(topic_pod("t", &all).is_none());
         assert!(topic_pod("t", &[]).is_none());
+    }
+
+    #[test]
+    fn a_draining_pod_keeps_its_topics_links_until_released() {
+        let all = pods(4);
+        let topics: Vec<String> = (0..400).map(|i| format!("t{i}")).collect();
+        let mut draining = all.clone();
+        draining[1].draining = true;
+        let none = BTreeSet::new();
+        let released = BTreeSet::from(["broker-1".to_string()]);
+        let mut moved = 0;
+        for t in &topics {
+            let before = topic_pod(t, &all).unwrap().name.clone();
+            let target = topic_pod(t, &draining).unwrap().name.clone();
+            // Not released: the links stay where the topic was (the draining pod included).
+            assert_eq!(topic_route_pod(t, &draining, &none).unwrap().name, before);
+            // Released: the links follow the target.
+            assert_eq!(
+                topic_route_pod(t, &draining, &released).unwrap().name,
+                target
+            );
+            // A release of a pod that does not drain changes nothing.
+            assert_eq!(
+                topic_route_pod(t, &all, &released).unwrap().name,
+                before,
+                "released without draining"
+            );
+            // The view: topic_pod over it is topic_route_pod over the real pods.
+            for r in [&none, &released] {
+                let view = topic_route_view(
+                    &Brokers {
+                        clusters: [("c".to_string(), draining.clone())].into(),
+                    },
+                    r,
+                );
+                assert_eq!(
+                    topic_pod(t, view.pods("c")).unwrap().name,
+                    topic_route_pod(t, &draining, r).unwrap().name
+                );
+            }
+            if before != target {
+                moved += 1;
+                assert_eq!(before, "broker-1", "only the draining pod's topics move");
+            }
+        }
+        assert!(moved > 50 && moved < 150, "{moved}");
+        // Every pod draining and released: nowhere to route.
+        let mut gone = all.clone();
+        for p in &mut gone {
+            p.draining = true;
+        }
+        let every: BTreeSet<String> = all.iter().map(|p| p.name.clone()).collect();
+        assert!(topic_route_pod("t0", &gone, &every).is_none());
+        assert!(topic_route_pod("t0", &gone, &none).is_some());
+    }
+
+    #[test]
+    fn handover_file_round_trip_and_errors() {
+        let set = BTreeSet::from(["b-1".to_string(), "a-0".to_string()]);
+        let text = render_handover(&set);
+        assert_eq!(text, "{\"released\":[\"a-0\",\"b-1\"]}\n");
+        assert_eq!(parse_handover("h", &text).unwrap(), set);
+        assert!(parse_handover("h", "").unwrap().is_empty());
+        assert!(parse_handover("h", "{}").unwrap().is_empty());
+        let e = parse_handover("h", "[]").unwrap_err();
+        assert!(
+            e[0].to_string().contains("must be {\"released\""),
+            "{}",
+            e[0]
+        );
+        let e = parse_handover("h", r#"{"released": ["a", 3, ""]}"#).unwrap_err();
+        assert_eq!(e.len(), 2);
+        assert!(parse_handover("h", "{").is_err());
+        assert!(parse_handover("h", r#"{"released": "a"}"#).is_err());
     }
 
     #[test]

@@ -16,6 +16,11 @@ pub const BROKER_COMPONENT: &str = "broker";
 pub const CLUSTER_LABEL: &str = "maas.io/cluster";
 /// Annotation marking a broker pod as draining (only the `in` links stay).
 pub const DRAINING_ANNOTATION: &str = "maas.io/draining";
+/// Annotation subscription-service sets (`"true"`) on a DRAINING broker pod once every durable subscription of the
+/// topics leaving it sits on the topics' new pods: router-agents with `--topic-handover` then move those topics'
+/// linkRoutes off it ([`crate::placement::topic_route_pod`], docs/architecture.md §5). Removed when the pod stops
+/// draining. Forwarded like every `maas.io/` annotation (config-service `podsense`, the pod watch).
+pub const TOPICS_RELEASED_ANNOTATION: &str = "maas.io/topics-released";
 /// Annotation storage-controller sets on a broker pod once it holds everything it should: the
 /// [`provisioned_hash`] of [`pod_holdings`].
 pub const PROVISIONED_ANNOTATION: &str = "maas.io/provisioned";
@@ -97,6 +102,21 @@ pub fn brokers_from_pods(pods: &[PodInfo]) -> Brokers {
         pods.sort();
     }
     Brokers { clusters }
+}
+
+/// The broker pods annotated [`TOPICS_RELEASED_ANNOTATION`]`=true` (whatever their draining state: a pod released
+/// and no longer draining is released by nobody's count, see [`crate::placement::topic_route_pod`]).
+pub fn released_from_pods(pods: &[PodInfo]) -> std::collections::BTreeSet<String> {
+    pods.iter()
+        .filter(|p| p.labels.get(COMPONENT_LABEL).map(String::as_str) == Some(BROKER_COMPONENT))
+        .filter(|p| {
+            p.annotations
+                .get(TOPICS_RELEASED_ANNOTATION)
+                .map(String::as_str)
+                == Some("true")
+        })
+        .map(|p| p.name.clone())
+        .collect()
 }
 
 /// What broker pod `pod` of `cluster` (whose pods are `pods`) should hold: every queue, topic and subscription of
@@ -231,6 +251,30 @@ mod tests {
         );
         assert!(q[1].draining);
         assert!(!q[2].ready);
+    }
+
+    #[test]
+    fn released_pods_are_the_broker_pods_annotated_so() {
+        let mut released = pod("q-1", Some("q"), true);
+        released
+            .annotations
+            .insert(DRAINING_ANNOTATION.into(), "true".into());
+        released
+            .annotations
+            .insert(TOPICS_RELEASED_ANNOTATION.into(), "true".into());
+        let mut other = pod("q-2", Some("q"), true);
+        other
+            .annotations
+            .insert(TOPICS_RELEASED_ANNOTATION.into(), "false".into());
+        let mut not_broker = pod("r-0", None, true);
+        not_broker
+            .labels
+            .insert(COMPONENT_LABEL.into(), "router".into());
+        not_broker
+            .annotations
+            .insert(TOPICS_RELEASED_ANNOTATION.into(), "true".into());
+        let got = released_from_pods(&[pod("q-0", Some("q"), true), released, other, not_broker]);
+        assert_eq!(got.into_iter().collect::<Vec<_>>(), ["q-1"]);
     }
 
     #[test]

@@ -273,6 +273,8 @@ fn main() -> ExitCode {
         .args(["--broker-password-file", pw.to_str().unwrap()])
         .args(["--move-window", &WINDOW.to_string()])
         .args(["--parallel-moves", &PARALLEL.to_string()])
+        // No router-agent here: each old queue is swept right after its copy (the figure is copy + sweep).
+        .args(["--handover-grace", "0s"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

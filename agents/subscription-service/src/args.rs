@@ -81,11 +81,22 @@ pub struct RouterConnArgs {
 
     /// The file `$subctrl` keeps its `subscription` addresses in: typed Address documents (a JSON list), written
     /// atomically (temporary file + rename). It must be read by the rest of maas: in file mode put it in the
-    /// addresses directory (default: `<addresses-dir>/subscriptions.json`). `$subctrl` writes only to this file:
-    /// with --kube or --config-service-url, give a path that reaches the address pipeline (e.g. a directory the
-    /// config-service reads); writing a ConfigMap through the Kubernetes API is not supported yet.
+    /// addresses directory (default: `<addresses-dir>/subscriptions.json`). With --kube and no file (and no
+    /// --addresses-dir), the subscriptions go to the ConfigMap --subscriptions-configmap instead.
     #[arg(long, env = "SUBSCRIPTIONS_FILE", requires = "router_url")]
     pub subscriptions_file: Option<PathBuf>,
+
+    /// With --kube (and neither --subscriptions-file nor --addresses-dir): the ConfigMap `$subctrl` keeps its
+    /// subscriptions in (key `subscriptions.json`, label type=address-config so the address pipeline reads it;
+    /// server-side apply, field manager maas-subscription-service). A request is accepted once the address
+    /// configuration shows the change.
+    #[arg(
+        long,
+        env = "SUBSCRIPTIONS_CONFIGMAP",
+        default_value = "maas-subscriptions",
+        requires = "router_url"
+    )]
+    pub subscriptions_configmap: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -152,6 +163,20 @@ pub struct RunArgs {
     /// A move ends when no message arrived for this long and the old queue's message count is 0.
     #[arg(long, env = "DRAIN_WAIT", default_value = "300ms", value_parser = parse_duration)]
     pub drain_wait: Duration,
+
+    /// File mode: where the draining broker pods this service has RELEASED are written, JSON
+    /// {"released": ["broker-0"]} (atomically: temporary file + rename), for router-agent --topic-handover
+    /// --handover-file. A draining pod is released once every durable subscription of the topics leaving it sits on
+    /// the topics' new pods with its messages; router-agents then move those topics' links off it. With --kube
+    /// the release is the pod annotation maas.io/topics-released=true instead (this file, if given, too).
+    #[arg(long, env = "HANDOVER_FILE")]
+    pub handover_file: Option<PathBuf>,
+
+    /// How long after the links of a topic left a pod (its release, or the pod change) the old subscription queues
+    /// there are swept: what reached them meanwhile moves to the new pod, then they are deleted. Long enough for
+    /// every router-agent to move the links (e.g. 5s, 500ms).
+    #[arg(long, env = "HANDOVER_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub handover_grace: Duration,
 
     /// Debounce of directory events (the kubelet writes a ConfigMap in several steps).
     #[arg(long, env = "DEBOUNCE", default_value = "200ms", value_parser = parse_duration)]

@@ -13,10 +13,13 @@ use tracing::{error, info};
 
 use crate::args::{BrokerConnArgs, Cli, Command, RouterConnArgs, RunArgs};
 use crate::broker::BrokerPool;
+use crate::configmap_store::ConfigMapStore;
+use crate::handover::HandoverBook;
 use crate::metrics::Metrics;
 use crate::mover::MoveConfig;
-use crate::service::{LoopConfig, Outcome, run_loop};
-use crate::store::FileStore;
+use crate::release::{KubePods, Releaser};
+use crate::service::{Handover, LoopConfig, Outcome, run_loop};
+use crate::store::{FileStore, Store};
 use crate::subctrl_link::SubctrlConfig;
 use crate::{Error, Result};
 
@@ -87,6 +90,24 @@ pub fn router_connect(r: &RouterConnArgs, url: &str) -> Result<ConnectOptions> {
     Ok(opts)
 }
 
+/// The `$subctrl` file, checked: its directory exists and what it holds reads.
+fn file_store(file: std::path::PathBuf) -> Result<FileStore> {
+    if file
+        .parent()
+        .is_some_and(|p| !p.as_os_str().is_empty() && !p.is_dir())
+    {
+        return Err(Error::Config(format!(
+            "--subscriptions-file {}: its directory does not exist",
+            file.display()
+        )));
+    }
+    let store = FileStore::new(file);
+    store
+        .load()
+        .map_err(|e| Error::Config(format!("--subscriptions-file {e}")))?;
+    Ok(store)
+}
+
 /// The `run` subcommand: configuration checks, sources, HTTP, `$subctrl`, the loop.
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode> {
     if !args.kube && args.brokers_file.is_none() {
@@ -120,36 +141,19 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode>
     let subctrl = match &args.router.router_url {
         Some(url) => {
             let connect = router_connect(&args.router, url)?;
-            let file = match (&args.router.subscriptions_file, &args.addresses_dir) {
-                (Some(f), _) => f.clone(),
-                (None, Some(dir)) => dir.join("subscriptions.json"),
+            let store = match (&args.router.subscriptions_file, &args.addresses_dir) {
+                (Some(f), _) => Some(file_store(f.clone())?),
+                (None, Some(dir)) => Some(file_store(dir.join("subscriptions.json"))?),
+                // The ConfigMap, once the API client is there (below).
+                (None, None) if args.kube => None,
                 (None, None) => {
                     return Err(Error::Config(
-                        "--router-url without --addresses-dir needs --subscriptions-file FILE (where $subctrl keeps its subscriptions)"
+                        "--router-url without --addresses-dir needs --subscriptions-file FILE or --kube (where $subctrl keeps its subscriptions)"
                             .into(),
                     ));
                 }
             };
-            if file
-                .parent()
-                .is_some_and(|p| !p.as_os_str().is_empty() && !p.is_dir())
-            {
-                return Err(Error::Config(format!(
-                    "--subscriptions-file {}: its directory does not exist",
-                    file.display()
-                )));
-            }
-            let store = FileStore::new(file);
-            store
-                .load()
-                .map_err(|e| Error::Config(format!("--subscriptions-file {e}")))?;
-            Some(SubctrlConfig {
-                connect,
-                store,
-                timeout: args.broker.broker_request_timeout,
-                backoff: Backoff::default(),
-                addresses_dir: args.addresses_dir.clone(),
-            })
+            Some((connect, store))
         }
         None => None,
     };
@@ -160,8 +164,18 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode>
         resync: std::time::Duration::from_secs(30),
     };
 
+    if let Some(file) = &args.handover_file
+        && file
+            .parent()
+            .is_some_and(|p| !p.as_os_str().is_empty() && !p.is_dir())
+    {
+        return Err(Error::Config(format!(
+            "--handover-file {}: its directory does not exist",
+            file.display()
+        )));
+    }
     let maas_source::Sources {
-        client: _,
+        client,
         config: config_rx,
         brokers,
     } = maas_source::spawn_sources(
@@ -186,6 +200,33 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode>
     let http_shutdown = shutdown.clone();
     let http_task = tokio::spawn(http.serve(async move { http_shutdown.cancelled().await }));
 
+    // `$subctrl`'s store: the file, or (--kube without a file) the ConfigMap this service owns.
+    let subctrl = match subctrl {
+        Some((connect, store)) => {
+            let store = match (store, &client) {
+                (Some(file), _) => Store::File(file),
+                (None, Some(client)) => Store::ConfigMap(ConfigMapStore {
+                    client: client.clone(),
+                    namespace: args.namespace.clone(),
+                    name: args.router.subscriptions_configmap.clone(),
+                    timeout: args.broker.broker_request_timeout,
+                }),
+                (None, None) => {
+                    return Err(Error::Config(
+                        "--router-url: no store for $subctrl's subscriptions (give --subscriptions-file FILE)".into(),
+                    ));
+                }
+            };
+            Some(SubctrlConfig {
+                connect,
+                store,
+                timeout: args.broker.broker_request_timeout,
+                backoff: Backoff::default(),
+                addresses_dir: args.addresses_dir.clone(),
+            })
+        }
+        None => None,
+    };
     let subctrl_task = subctrl.map(|cfg| {
         crate::subctrl_link::spawn(cfg, config_rx.clone(), metrics.clone(), shutdown.clone())
     });
@@ -198,10 +239,24 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode>
         },
         metrics.clone(),
     );
+    // Releases go to the broker pods' annotation when the pods come from the API, and to --handover-file.
+    let kube_pods = match (&brokers, client) {
+        (maas_source::BrokerSource::Pods(_), Some(client)) => Some(KubePods {
+            client: client.clone(),
+            namespace: args.namespace.clone(),
+            timeout: args.broker.broker_request_timeout,
+        }),
+        _ => None,
+    };
+    let handover = Handover {
+        book: HandoverBook::new(args.handover_grace),
+        releaser: Releaser::new(args.handover_file.clone(), kube_pods),
+    };
     let outcome = run_loop(
         config_rx,
         brokers,
         pool,
+        handover,
         health,
         metrics,
         LoopConfig {

@@ -5,8 +5,10 @@
 //! subscriber finds its backlog. This service keeps them there:
 //!
 //! address configuration + broker pods ([`maas_source`]) -> per pod, the queues bound to each topic (Artemis
-//! management, [`broker`]) -> [`plan`] (pure: which queue moves from which pod to which) -> [`mover`] (queue on the
-//! new pod, messages at least once, old queue deleted) -> [`metrics`], `/readyz` ([`service`] runs the loop).
+//! management, [`broker`]) -> [`plan`] (pure: which queue moves from which pod to which) -> [`handover`] (pure:
+//! copy now, or sweep once the router-agents moved the links; which draining pods to release) -> [`mover`] (queue
+//! on the new pod, messages at least once, the old queue deleted by the sweep) -> [`release`] (the pod annotation or
+//! the handover file) -> [`metrics`], `/readyz` ([`service`] runs the loop).
 //!
 //! It also serves `$subctrl` ([`subctrl`], pure; [`subctrl_link`], the AMQP side): subscribe/unsubscribe/list/close
 //! requests that become `subscription` addresses in a file it owns ([`store`]), provisioned by the normal pipeline.
@@ -16,9 +18,12 @@
 pub mod args;
 pub mod broker;
 pub mod commands;
+pub mod configmap_store;
+pub mod handover;
 pub mod metrics;
 pub mod mover;
 pub mod plan;
+pub mod release;
 pub mod service;
 pub mod store;
 pub mod subctrl;

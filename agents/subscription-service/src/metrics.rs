@@ -22,14 +22,15 @@ pub struct OpLabels {
 /// Labels of the subscription gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
-    /// in-place, moving, failed, stranded (its topic has no pod that is not draining).
+    /// in-place, moving, failed, stranded (its topic has no pod that is not draining), waiting (copied to its
+    /// topic's pod; the old queue kept until the router-agents moved the links, then swept).
     pub state: String,
 }
 
 /// Labels of moves and `$subctrl` requests.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
-    /// ok, failed, abandoned (shutdown during the move) for moves; accepted, rejected, failed for requests.
+    /// ok, failed, abandoned (shutdown during the move) for moves and sweeps.
     pub result: String,
 }
 
@@ -55,6 +56,9 @@ pub struct Metrics {
     pub passes: Counter,
     pub subctrl_requests: Family<RequestLabels, Counter>,
     pub subctrl_connected: Gauge,
+    pub sweeps: Family<ResultLabels, Counter>,
+    pub releases: Counter,
+    pub released_pods: Gauge,
 }
 
 impl Metrics {
@@ -73,14 +77,36 @@ impl Metrics {
             passes: Counter::default(),
             subctrl_requests: Family::default(),
             subctrl_connected: Gauge::default(),
+            sweeps: Family::default(),
+            releases: Counter::default(),
+            released_pods: Gauge::default(),
         };
         let mut r = Registry::with_prefix("maas_subscription_service");
         r.register(
             "subscriptions",
-            "Durable subscription queues seen in the last pass, by state: in-place (on their topic's pod), moving, failed (a move did not finish), stranded (every pod of the topic's cluster drains)",
+            "Durable subscription queues seen in the last pass, by state: in-place (on their topic's pod), moving, failed (a move did not finish), stranded (every pod of the topic's cluster drains), waiting (copied to the topic's pod; the old queue is kept until the router-agents moved the links, then swept)",
             m.subscriptions.clone(),
         );
-        r.register("moves", "Queue moves, by result", m.moves.clone());
+        r.register(
+            "moves",
+            "Queue moves (copies: queue on the topic's pod, messages moved; the old queue kept), by result",
+            m.moves.clone(),
+        );
+        r.register(
+            "sweeps",
+            "Sweeps of old subscription queues once the links moved (what arrived meanwhile moved, then the old queue deleted), by result",
+            m.sweeps.clone(),
+        );
+        r.register(
+            "releases",
+            "Draining broker pods released (every durable subscription of their topics on the topics' new pods)",
+            m.releases.clone(),
+        );
+        r.register(
+            "released_pods",
+            "Draining broker pods released and still listed",
+            m.released_pods.clone(),
+        );
         r.register(
             "messages_moved",
             "Messages accepted by the new pod and then settled on the old one",
@@ -140,6 +166,15 @@ impl Metrics {
         self.move_duration.observe(took.as_secs_f64());
     }
 
+    /// Count one finished sweep.
+    pub fn sweep_done(&self, result: &str) {
+        self.sweeps
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
     /// Count one `$subctrl` request.
     pub fn request(&self, request: &str, result: &str) {
         self.subctrl_requests
@@ -157,12 +192,14 @@ impl Metrics {
         moving: usize,
         failed: usize,
         stranded: usize,
+        waiting: usize,
     ) {
         for (state, n) in [
             ("in-place", in_place),
             ("moving", moving),
             ("failed", failed),
             ("stranded", stranded),
+            ("waiting", waiting),
         ] {
             self.subscriptions
                 .get_or_create(&StateLabels {

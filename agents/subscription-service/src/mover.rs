@@ -7,10 +7,14 @@
 //!    duplicates); a message is ACCEPTED on P only after H accepted its copy, so a crash, a lost connection or
 //!    SIGTERM in the middle loses nothing: P takes back what it had not settled (duplicates are possible only
 //!    for messages H accepted and P never heard of). Up to `window` messages are in flight, in order;
-//! 3. stop when nothing is in flight and P's `getMessageCount` is 0: asked as soon as as many messages moved as P
-//!    counted before, then (a straggler, or accepts P has not processed yet) after pauses growing from 5 ms to
-//!    `drain_wait` without deliveries;
-//! 4. `destroyQueue q` on P — only after `getMessageCount` said 0 (never while it holds messages).
+//! 3. the sweep (`destroy`) stops when nothing is in flight and P's `getMessageCount` is 0: asked as soon as as
+//!    many messages moved as P counted before, then (a straggler, or accepts P has not processed yet) after pauses
+//!    growing from 5 ms to `drain_wait` without deliveries. The copy stops once as many messages moved as P counted
+//!    when it started (the backlog): the router may still route publishers to P, so P need not reach 0 — what
+//!    arrives later moves on a later pass or in the sweep;
+//! 4. with `destroy` (the sweep of the hand-over, `crate::handover`): `destroyQueue q` on P — only after
+//!    `getMessageCount` said 0 (never while it holds messages). Without it (the copy) the old queue stays: the router
+//!    may still route the topic's publishers to P until the links move.
 //!
 //! Every AMQP step is bounded by `timeout`.
 
@@ -148,11 +152,13 @@ pub struct MoveContext {
     pub metrics: Metrics,
 }
 
-/// Does one move (see the module documentation). `progress` counts moved messages as they go.
+/// Does one move (see the module documentation); with `destroy`, the old queue is deleted once it counts 0.
+/// `progress` counts moved messages as they go.
 pub async fn move_queue(
     m: &Move,
     ctx: &MoveContext,
     cfg: &MoveConfig,
+    destroy: bool,
     progress: &AtomicU64,
     shutdown: &CancellationToken,
 ) -> Result<Moved, MoveError> {
@@ -191,16 +197,27 @@ pub async fn move_queue(
                 count,
             });
         }
-        messages += transfer(m, ctx, cfg, count, progress, shutdown).await?;
+        messages += transfer(m, ctx, cfg, count, destroy, progress, shutdown).await?;
+        if !destroy {
+            // The copy: the backlog counted at the start has moved.
+            break;
+        }
     }
-    ctx.from.destroy_queue(&m.queue).await?;
+    if destroy {
+        ctx.from.destroy_queue(&m.queue).await?;
+    }
     let moved = Moved {
         messages,
         created,
         took: started.elapsed(),
     };
-    info!(queue = %m.queue, topic = %m.topic, from = %m.from.name, to = %m.to.name, messages,
-        took_ms = moved.took.as_millis(), "subscription moved");
+    if destroy {
+        info!(queue = %m.queue, topic = %m.topic, from = %m.from.name, to = %m.to.name, messages,
+            took_ms = moved.took.as_millis(), "old subscription queue swept and deleted");
+    } else if messages > 0 || created {
+        info!(queue = %m.queue, topic = %m.topic, from = %m.from.name, to = %m.to.name, messages,
+            took_ms = moved.took.as_millis(), "subscription copied to its topic's pod (the old queue stays until the links moved)");
+    }
     Ok(moved)
 }
 
@@ -220,13 +237,15 @@ type Pending = Pin<
     >,
 >;
 
-/// Moves messages from P's `T::q` to H's `T::q` until P has none left to deliver; the number moved. `expected`
-/// is P's message count before: once that many moved, P's count is asked at once (not after `drain_wait`).
+/// Moves messages from P's `T::q` to H's `T::q` until P has none left to deliver (`until_empty`), or until
+/// `expected` moved; the number moved. `expected` is P's message count before: once that many moved, P's count is
+/// asked at once (not after `drain_wait`).
 async fn transfer(
     m: &Move,
     ctx: &MoveContext,
     cfg: &MoveConfig,
     expected: u64,
+    until_empty: bool,
     progress: &AtomicU64,
     shutdown: &CancellationToken,
 ) -> Result<u64, MoveError> {
@@ -278,6 +297,9 @@ async fn transfer(
         reason,
     };
     let result: Result<(), MoveError> = loop {
+        if inflight.is_empty() && moved >= expected && !until_empty {
+            break Ok(());
+        }
         if inflight.is_empty() && moved >= expected && checked_at != Some(moved) {
             checked_at = Some(moved);
             match ctx.from.message_count(&m.queue).await {

@@ -6,10 +6,10 @@
 //! (so a publisher already routed to the new pod loses nothing to a missing subscription queue); metrics and
 //! `/readyz`. Errors never stop the loop: what failed is retried on the next pass.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, stream};
 use maas_model::{Brokers, Config, brokers_from_pods, parse_brokers};
@@ -20,9 +20,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::broker::BrokerPool;
+use crate::handover::{HandoverBook, Step};
 use crate::metrics::Metrics;
 use crate::mover::{MoveConfig, MoveContext, MoveError, Moved, move_queue};
 use crate::plan::{self, Move, Observed, Plan};
+use crate::release::Releaser;
+
+/// `--once`: at most this many passes (copies, then the sweeps after the grace).
+const ONCE_PASSES: u32 = 10;
 
 /// How long a pass may take to wind down after SIGTERM before it is dropped.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -63,33 +68,66 @@ pub struct PassReport {
     pub plan: Plan,
     /// Pods that could not be listed: pod -> reason.
     pub unreachable: BTreeMap<String, String>,
-    /// Moves that finished.
+    /// Copies that finished (the messages are on the topic's pod; the old queue stays until its sweep).
     pub moved: Vec<(Move, Moved)>,
+    /// Sweeps that finished (the old queue deleted).
+    pub swept: Vec<(Move, Moved)>,
     /// Moves that did not: the move and why.
     pub failed: Vec<(Move, MoveError)>,
+    /// Old queues kept until the router-agents moved the links, and when they are swept (None: their pod drains
+    /// and is not released yet).
+    pub waiting: Vec<(Move, Option<Instant>)>,
+    /// Draining pods released in this pass.
+    pub released_now: Vec<String>,
+    /// Every released draining pod.
+    pub released: BTreeSet<String>,
+    /// Releases (or their removal) that failed.
+    pub release_errors: Vec<String>,
+    /// When the next old queue is due for its sweep.
+    pub next_sweep: Option<Instant>,
 }
 
 impl PassReport {
-    /// True when, after the pass, every subscription seen sits on its topic's pod.
-    pub fn settled(&self) -> bool {
+    /// True when nothing but the hand-over's waiting holds the pass up.
+    pub fn problem_free(&self) -> bool {
         self.unreachable.is_empty()
             && self.failed.is_empty()
             && self.plan.stranded.is_empty()
             && self.plan.unknown.is_empty()
+            && self.release_errors.is_empty()
     }
 
-    /// `/readyz` text: what is in place, or every problem.
+    /// True when, after the pass, every subscription seen sits on its topic's pod (and nowhere else).
+    pub fn settled(&self) -> bool {
+        self.problem_free() && self.waiting.is_empty()
+    }
+
+    /// `/readyz` text: what is in place, or every problem and what the hand-over waits for.
     pub fn status(&self) -> String {
-        let in_place = self.plan.in_place.len() + self.moved.len();
+        let in_place = self.plan.in_place.len() + self.swept.len();
+        let released = if self.released.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; released {}",
+                self.released.iter().cloned().collect::<Vec<_>>().join(", ")
+            )
+        };
         if self.settled() {
             let mut s = format!("{in_place} durable subscription(s) on their topics' pods");
-            if !self.moved.is_empty() {
-                let n: u64 = self.moved.iter().map(|(_, m)| m.messages).sum();
+            let done = self.moved.len() + self.swept.len();
+            if done > 0 {
+                let n: u64 = self
+                    .moved
+                    .iter()
+                    .chain(&self.swept)
+                    .map(|(_, m)| m.messages)
+                    .sum();
                 s.push_str(&format!(
-                    "; moved {} queue(s) with {n} message(s) in the last pass",
-                    self.moved.len()
+                    "; moved {done} queue(s) with {n} message(s) in the last pass"
                 ));
             }
+            s.push_str(&released);
             return s;
         }
         let mut problems = Vec::new();
@@ -105,8 +143,51 @@ impl PassReport {
                 s.queue, s.topic, s.pod, s.messages
             ));
         }
-        problems.join("; ")
+        problems.extend(self.release_errors.iter().cloned());
+        // The hand-over, per old pod.
+        let mut by_pod: BTreeMap<&str, (bool, usize, Option<Instant>)> = BTreeMap::new();
+        for (m, until) in &self.waiting {
+            let e = by_pod
+                .entry(m.from.name.as_str())
+                .or_insert((m.from.draining, 0, *until));
+            e.1 += 1;
+            e.2 = match (e.2, until) {
+                (Some(a), Some(b)) => Some(a.min(*b)),
+                (a, b) => a.or(*b),
+            };
+        }
+        let now = Instant::now();
+        for (pod, (draining, n, until)) in by_pod {
+            let when = until
+                .map(|t| {
+                    format!(
+                        "swept in {:.1}s",
+                        t.saturating_duration_since(now).as_secs_f64()
+                    )
+                })
+                .unwrap_or_default();
+            problems.push(match (draining, self.released.contains(pod), until) {
+                (true, true, _) => format!(
+                    "released {pod}: {n} old subscription queue(s) kept there until the router-agents moved the links; {when}"
+                ),
+                (true, false, _) => format!(
+                    "{pod} drains: {n} subscription queue(s) copied to their topics' pods; not released yet"
+                ),
+                (false, _, _) => format!(
+                    "{n} old subscription queue(s) on {pod} kept until the router-agents moved the links; {when}"
+                ),
+            });
+        }
+        let mut s = problems.join("; ");
+        s.push_str(&released);
+        s
     }
+}
+
+/// The hand-over's state and where releases go.
+pub struct Handover {
+    pub book: HandoverBook,
+    pub releaser: Releaser,
 }
 
 /// List the queues of every topic on every pod of its cluster.
@@ -165,10 +246,14 @@ async fn observe(
     (observed, unreachable)
 }
 
-/// One pass over `config` and `brokers`.
+/// One pass over `config` and `brokers`. `external`: the draining pods released before this pass by someone this
+/// run did not hear from (the pod annotation, the handover file of an earlier run).
+#[allow(clippy::too_many_arguments)]
 pub async fn pass(
     config: &Config,
     brokers: &Brokers,
+    external: &BTreeSet<String>,
+    handover: &mut Handover,
     pool: &BrokerPool,
     metrics: &Metrics,
     health: &Health,
@@ -184,35 +269,58 @@ pub async fn pass(
         .brokers_unreachable
         .set(i64::try_from(unreachable.len()).unwrap_or(i64::MAX));
     let plan = plan::plan(&topics, &observed);
+    let now = Instant::now();
+    handover.book.begin(brokers, external, &plan, now);
     let mut report = PassReport {
         unreachable,
         ..PassReport::default()
     };
+    // What each move does now: copy, sweep, or wait for the links to go.
+    let mut work: Vec<(usize, bool)> = Vec::new();
+    for (i, m) in plan.moves.iter().enumerate() {
+        match handover.book.step(m, now) {
+            Step::Copy => work.push((i, false)),
+            Step::Sweep => work.push((i, true)),
+            Step::Wait { until } => report.waiting.push((m.clone(), until)),
+        }
+    }
     metrics.set_subscriptions(
         plan.in_place.len(),
-        plan.moves.len(),
+        work.len(),
         0,
         plan.stranded.len(),
+        report.waiting.len(),
     );
     for s in &plan.stranded {
         warn!(queue = %s.queue, topic = %s.topic, pod = %s.pod, messages = s.messages,
             "durable subscription cannot move: every pod of its topic's cluster drains");
     }
-    if !plan.moves.is_empty() {
-        let what: Vec<String> = plan.moves.iter().map(Move::describe).collect();
+    if !work.is_empty() {
+        let what: Vec<String> = work
+            .iter()
+            .map(|(i, sweep)| {
+                let m = &plan.moves[*i];
+                if *sweep {
+                    format!("{} (sweep)", m.describe())
+                } else {
+                    m.describe()
+                }
+            })
+            .collect();
         info!(
-            moves = plan.moves.len(),
+            moves = work.len(),
             "moving durable subscriptions to their topics' pods"
         );
         health.set_not_ready(format!(
             "moving {} subscription queue(s): {}",
-            plan.moves.len(),
+            work.len(),
             what.join(", ")
         ));
         // Every target queue first: publishers already routed to the new pod then lose nothing.
-        let ensured: Vec<(usize, Result<(), MoveError>)> =
-            stream::iter(plan.moves.iter().enumerate())
-                .map(|(i, m)| async move {
+        let ensured: Vec<(usize, Result<(), MoveError>)> = stream::iter(work.iter())
+            .map(|&(i, _)| {
+                let m = &plan.moves[i];
+                async move {
                     let r = match pool.get(&m.to).await {
                         Ok(b) => b
                             .create_subscription(&m.queue, &m.topic, m.user.as_deref())
@@ -222,36 +330,44 @@ pub async fn pass(
                         Err(e) => Err(e.into()),
                     };
                     (i, r)
-                })
-                .buffer_unordered(LIST_WINDOW)
-                .collect()
-                .await;
+                }
+            })
+            .buffer_unordered(LIST_WINDOW)
+            .collect()
+            .await;
         let mut blocked = BTreeMap::new();
         for (i, r) in ensured {
             if let Err(e) = r {
                 blocked.insert(i, e);
             }
         }
-        let results: Vec<(usize, Result<Moved, MoveError>)> =
-            stream::iter(plan.moves.iter().enumerate())
-                .map(|(i, m)| {
-                    let blocked = blocked.get(&i).cloned();
-                    async move {
-                        if let Some(e) = blocked {
-                            return (i, Err(e));
-                        }
-                        (i, run_move(m, pool, metrics, &cfg.moves, shutdown).await)
+        let mut results: Vec<(usize, bool, Result<Moved, MoveError>)> = stream::iter(work.iter())
+            .map(|&(i, sweep)| {
+                let blocked = blocked.get(&i).cloned();
+                let m = &plan.moves[i];
+                async move {
+                    if let Some(e) = blocked {
+                        return (i, sweep, Err(e));
                     }
-                })
-                .buffer_unordered(cfg.parallel.max(1))
-                .collect()
-                .await;
-        let mut results = results;
-        results.sort_by_key(|(i, _)| *i);
-        for (i, r) in results {
+                    (
+                        i,
+                        sweep,
+                        run_move(m, sweep, pool, metrics, &cfg.moves, shutdown).await,
+                    )
+                }
+            })
+            .buffer_unordered(cfg.parallel.max(1))
+            .collect()
+            .await;
+        results.sort_by_key(|(i, _, _)| *i);
+        for (i, sweep, r) in results {
             let m = plan.moves[i].clone();
             match r {
-                Ok(done) => report.moved.push((m, done)),
+                Ok(done) if sweep => report.swept.push((m, done)),
+                Ok(done) => {
+                    handover.book.copied(&m);
+                    report.moved.push((m, done));
+                }
                 Err(e) => {
                     if !matches!(e, MoveError::Abandoned) {
                         warn!(queue = %m.queue, topic = %m.topic, from = %m.from.name, to = %m.to.name, error = %e,
@@ -261,19 +377,76 @@ pub async fn pass(
                 }
             }
         }
-        metrics.set_subscriptions(
-            plan.in_place.len() + report.moved.len(),
-            0,
-            report.failed.len(),
-            plan.stranded.len(),
-        );
     }
+    // Release the draining pods whose subscriptions all sit on their topics' pods now, then tidy up.
+    if !shutdown.is_cancelled() {
+        let candidates = handover.book.releasable(brokers, &observed);
+        if !candidates.is_empty() {
+            let already = handover.book.released();
+            let (done, errors) = handover.releaser.release(&already, &candidates).await;
+            for pod in done {
+                info!(%pod, "broker pod released: every durable subscription of its topics sits on their new pods; \
+                    router-agents may move its topics' links now");
+                handover.book.release(&pod, now);
+                metrics.releases.inc();
+                report.released_now.push(pod);
+            }
+            report.release_errors.extend(errors);
+        }
+        // A release annotation removed by hand while the pod still drains is put back (the router-agents would
+        // otherwise bring the pod's topics back to it).
+        if handover.releaser.annotates() {
+            let missing: Vec<String> = handover
+                .book
+                .released()
+                .into_iter()
+                .filter(|p| !external.contains(p) && !report.released_now.contains(p))
+                .collect();
+            if !missing.is_empty() {
+                let already = handover.book.released();
+                let (_, errors) = handover.releaser.release(&already, &missing).await;
+                report.release_errors.extend(errors);
+            }
+        }
+        let stale: Vec<String> = brokers
+            .clusters
+            .values()
+            .flatten()
+            .filter(|p| !p.draining && external.contains(&p.name))
+            .map(|p| p.name.clone())
+            .collect();
+        let errors = handover
+            .releaser
+            .tidy(&handover.book.released(), &stale)
+            .await;
+        report.release_errors.extend(errors);
+        for e in &report.release_errors {
+            warn!(error = %e, "cannot release a broker pod (or remove its release); retrying on the next pass");
+        }
+    }
+    // The copies of this pass wait for their sweep too.
+    for (m, _) in &report.moved {
+        report.waiting.push((m.clone(), handover.book.sweep_at(m)));
+    }
+    report.released = handover.book.released();
+    report.next_sweep = report.waiting.iter().filter_map(|(_, t)| *t).min();
+    metrics.set_subscriptions(
+        plan.in_place.len() + report.swept.len(),
+        0,
+        report.failed.len(),
+        plan.stranded.len(),
+        report.waiting.len(),
+    );
+    metrics
+        .released_pods
+        .set(i64::try_from(report.released.len()).unwrap_or(i64::MAX));
     report.plan = plan;
     report
 }
 
 async fn run_move(
     m: &Move,
+    sweep: bool,
     pool: &BrokerPool,
     metrics: &Metrics,
     cfg: &MoveConfig,
@@ -291,11 +464,11 @@ async fn run_move(
             metrics: metrics.clone(),
         };
         let progress = AtomicU64::new(0);
-        move_queue(m, &ctx, cfg, &progress, shutdown).await
+        move_queue(m, &ctx, cfg, sweep, &progress, shutdown).await
     }
     .await;
-    match &r {
-        Ok(done) => metrics.move_done("ok", done.took),
+    let result = match &r {
+        Ok(_) => "ok",
         Err(e) => {
             if let MoveError::Broker(b) = e
                 && b.connection
@@ -303,17 +476,26 @@ async fn run_move(
                 pool.lost(&m.from.name);
                 pool.lost(&m.to.name);
             }
-            metrics.move_done(e.label(), started.elapsed());
+            e.label()
         }
+    };
+    if sweep {
+        metrics.sweep_done(result);
+    } else {
+        let took = r.as_ref().map_or_else(|_| started.elapsed(), |d| d.took);
+        metrics.move_done(result, took);
     }
     r
 }
 
-/// Run the loop until shutdown (or once).
+/// Run the loop until shutdown (or once: passes until every subscription sits on its topic's pod and nowhere else,
+/// waiting for the hand-over's sweeps in between).
+#[allow(clippy::too_many_arguments)]
 pub async fn run_loop(
     mut config_rx: watch::Receiver<Arc<ConfigState>>,
     mut brokers: BrokerSource,
     pool: BrokerPool,
+    mut handover: Handover,
     health: Health,
     metrics: Metrics,
     cfg: LoopConfig,
@@ -322,6 +504,14 @@ pub async fn run_loop(
     let mut last_error_events = 0;
     let mut last_brokers: Option<Brokers> = None;
     let mut brokers_error_hash = String::new();
+    // Releases an earlier run wrote to the handover file: adopted on the first pass only (this run writes it).
+    let mut from_file = match handover.releaser.load_file() {
+        Ok(set) => set,
+        Err(e) => {
+            warn!(error = %e, "cannot read the handover file; it is written anew");
+            BTreeSet::new()
+        }
+    };
     // Wait for the first complete configuration (and, from the Kubernetes API, the first pod list).
     loop {
         let config_ready = {
@@ -349,12 +539,22 @@ pub async fn run_loop(
         }
     }
     let mut first = true;
+    let mut next_sweep: Option<Instant> = None;
+    let mut passes = 0u32;
     loop {
         if !first {
+            // The next pass: after the interval, on a change, or when an old queue is due for its sweep.
+            let wait = match next_sweep {
+                Some(t) if cfg.once => t.saturating_duration_since(Instant::now()),
+                Some(t) => t
+                    .saturating_duration_since(Instant::now())
+                    .min(cfg.interval),
+                None => cfg.interval,
+            };
             tokio::select! {
-                _ = tokio::time::sleep(cfg.interval) => {}
-                r = config_rx.changed() => if r.is_err() { return Outcome::Stopped },
-                r = brokers.changed() => if r.is_err() { return Outcome::Stopped },
+                _ = tokio::time::sleep(wait) => {}
+                r = config_rx.changed(), if !cfg.once => if r.is_err() { return Outcome::Stopped },
+                r = brokers.changed(), if !cfg.once => if r.is_err() { return Outcome::Stopped },
                 _ = shutdown.cancelled() => return Outcome::Stopped,
             }
         }
@@ -373,7 +573,7 @@ pub async fn run_loop(
         let Some(config) = state.config.clone() else {
             continue;
         };
-        let current = match &mut brokers {
+        let (current, external) = match &mut brokers {
             BrokerSource::File { path, rx } => {
                 let snap = rx.borrow_and_update().clone();
                 match parse_brokers(path, &snap.content) {
@@ -392,23 +592,34 @@ pub async fn run_loop(
                         }
                     }
                 }
-                last_brokers.clone().unwrap_or_default()
+                (
+                    last_brokers.clone().unwrap_or_default(),
+                    std::mem::take(&mut from_file),
+                )
             }
-            BrokerSource::Pods(rx) => brokers_from_pods(&rx.borrow_and_update().pods),
+            BrokerSource::Pods(rx) => {
+                let pods = rx.borrow_and_update().clone();
+                (
+                    brokers_from_pods(&pods.pods),
+                    maas_model::pods::released_from_pods(&pods.pods),
+                )
+            }
         };
         // At shutdown a pass gets a few seconds to wind down (moves close their links: the old pod takes back
         // what it delivered and was not settled); then it is dropped, which closes its connections all the same.
         let report = tokio::select! {
-            r = pass(&config, &current, &pool, &metrics, &health, &cfg, &shutdown) => r,
+            r = pass(&config, &current, &external, &mut handover, &pool, &metrics, &health, &cfg, &shutdown) => r,
             () = async {
                 shutdown.cancelled().await;
                 tokio::time::sleep(SHUTDOWN_GRACE).await;
             } => return Outcome::Stopped,
         };
         metrics.passes.inc();
+        passes += 1;
         if shutdown.is_cancelled() {
             return Outcome::Stopped;
         }
+        next_sweep = report.next_sweep;
         let status = report.status();
         if report.settled() {
             health.set_ready(status.clone());
@@ -416,11 +627,13 @@ pub async fn run_loop(
             health.set_not_ready(status.clone());
         }
         if cfg.once {
-            return if report.settled() {
-                Outcome::Settled
-            } else {
-                Outcome::NotSettled(status)
-            };
+            if report.settled() {
+                return Outcome::Settled;
+            }
+            // Only the hand-over's sweeps left: wait for them (a pass as soon as the first is due).
+            if !report.problem_free() || next_sweep.is_none() || passes >= ONCE_PASSES {
+                return Outcome::NotSettled(status);
+            }
         }
     }
 }

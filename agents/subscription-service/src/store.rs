@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use maas_model::{Address, AddressKind, FlavorSet};
+use maas_model::{Address, AddressKind, AddressSet, FlavorSet};
 use serde_json::Value;
 
 use crate::subctrl::Book;
@@ -88,6 +88,69 @@ impl FileStore {
             self.io(e)
         })
     }
+}
+
+/// Where `$subctrl` keeps its subscriptions: the file (file mode, or `--subscriptions-file`), or the ConfigMap
+/// this service owns (`--kube`, [`crate::configmap_store`]).
+#[derive(Debug, Clone)]
+pub enum Store {
+    File(FileStore),
+    ConfigMap(crate::configmap_store::ConfigMapStore),
+}
+
+impl Store {
+    /// The subscriptions kept now.
+    pub async fn load(&self) -> Result<Book, StoreError> {
+        match self {
+            Store::File(f) => f.load(),
+            Store::ConfigMap(c) => c.load_configmap().await,
+        }
+    }
+
+    /// Keep `book`.
+    pub async fn save(&self, book: &Book) -> Result<(), StoreError> {
+        match self {
+            Store::File(f) => f.save(book),
+            Store::ConfigMap(c) => c.apply_configmap(book).await,
+        }
+    }
+
+    /// `file <path>` or `ConfigMap <namespace>/<name>`.
+    pub fn describe(&self) -> String {
+        match self {
+            Store::File(f) => format!("file {}", f.path().display()),
+            Store::ConfigMap(c) => c.describe(),
+        }
+    }
+}
+
+/// True when the address configuration `addresses` (what the pipeline made of every address source) shows the
+/// change from `before` to `after`: each subscription added or changed is there on its topic, each one removed is
+/// gone. Subscriptions the change does not touch are not looked at.
+pub fn taken_up(addresses: &AddressSet, before: &Book, after: &Book) -> bool {
+    let names = before.keys().chain(after.keys());
+    names.filter(|n| before.get(*n) != after.get(*n)).all(|n| {
+        match (after.get(n), addresses.get(n)) {
+            (Some(topic), Some(a)) => {
+                a.kind == AddressKind::Subscription && a.topic.as_deref() == Some(topic.as_str())
+            }
+            (Some(_), None) => false,
+            (None, found) => found.is_none_or(|a| a.kind != AddressKind::Subscription),
+        }
+    })
+}
+
+/// Subscriptions of `book` whose topic is no topic of `addresses` (Kubernetes mode: the merged configuration,
+/// where this service's ConfigMap brings no topic of its own).
+pub fn orphans_in(addresses: &AddressSet, book: &Book) -> Vec<String> {
+    book.iter()
+        .filter(|(_, topic)| {
+            addresses
+                .get(topic)
+                .is_none_or(|a| a.kind != AddressKind::Topic)
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
 }
 
 /// The typed documents of `book`, one per line in a JSON list.
@@ -218,6 +281,43 @@ mod tests {
         store.save(&Book::new()).unwrap();
         let config = maas_source::load_file_config(dir.path(), None).unwrap();
         assert!(config.addresses.get("c1").is_none());
+    }
+
+    #[test]
+    fn a_change_is_taken_up_once_the_configuration_shows_it() {
+        let files: BTreeMap<String, String> = [
+            (
+                "json".to_string(),
+                r#"{"news": {"store_and_forward": true, "multicast": true, "flavor": "t"},
+                    "sports": {"store_and_forward": true, "multicast": true, "flavor": "t"},
+                    "c1": {"subscription": true, "topic": "news"}}"#
+                    .to_string(),
+            ),
+            (
+                "flavor.json".to_string(),
+                r#"{"t": {"type": "topic"}}"#.to_string(),
+            ),
+        ]
+        .into();
+        let config = maas_model::parse_config("t", &files, None).unwrap();
+        let a = &config.addresses;
+        let none = Book::new();
+        let c1 = Book::from([("c1".to_string(), "news".to_string())]);
+        let c2 = Book::from([("c2".to_string(), "news".to_string())]);
+        assert!(taken_up(a, &none, &c1), "added and there");
+        assert!(!taken_up(a, &none, &c2), "added, not there yet");
+        assert!(!taken_up(a, &c1, &none), "removed, still there");
+        assert!(taken_up(a, &c2, &none), "removed and gone");
+        let moved = Book::from([("c1".to_string(), "sports".to_string())]);
+        assert!(!taken_up(a, &c1, &moved), "on another topic now");
+        assert!(taken_up(a, &c1, &c1), "no change");
+        // Orphans: subscriptions on topics the configuration no longer has.
+        let book = Book::from([
+            ("c1".to_string(), "news".to_string()),
+            ("x".to_string(), "gone".to_string()),
+            ("y".to_string(), "c1".to_string()),
+        ]);
+        assert_eq!(orphans_in(a, &book), ["x", "y"]);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The `$subctrl` receiver: one connection to `--router-url`, a receiving link on `$subctrl` (the router-agent
 //! makes it a balanced address, so requests reach exactly one consumer and dispositions travel back to the
-//! client), requests handled one at a time ([`crate::subctrl`]), the subscriptions file written atomically BEFORE
-//! a request is accepted; `list` replies sent to the request's reply-to. Reconnects with capped backoff.
+//! client), requests handled one at a time ([`crate::subctrl`]), the subscriptions written BEFORE a request is
+//! accepted (the file atomically; the ConfigMap with a server-side apply, and then the request is accepted only
+//! once the address configuration shows the change: [`crate::store::taken_up`]); `list` replies sent to the
+//! request's reply-to. Reconnects with capped backoff.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
-use crate::store::{FileStore, orphans};
+use crate::store::{Store, orphans, orphans_in, taken_up};
 use crate::subctrl::{
     self, BodyTopics, Book, Condition, LIST_REPLY_SUBJECT, Rejection, SUBCTRL_ADDRESS,
 };
@@ -34,8 +36,8 @@ const CREDIT: u32 = 16;
 pub struct SubctrlConfig {
     /// The router (or any AMQP peer delivering `$subctrl`).
     pub connect: ConnectOptions,
-    /// The subscriptions file.
-    pub store: FileStore,
+    /// Where the subscriptions are kept.
+    pub store: Store,
     /// Bound on every AMQP step.
     pub timeout: Duration,
     /// Reconnect backoff.
@@ -99,12 +101,12 @@ async fn session(
             _ = shutdown.cancelled() => break Ok(()),
             r = config_rx.changed() => {
                 if r.is_err() { break Ok(()) }
-                let flavors = config_rx.borrow().config.as_ref().map(|c| c.flavors.clone());
-                prune(cfg, flavors.as_ref());
+                let state = config_rx.borrow().clone();
+                prune(cfg, &state).await;
             }
             r = receiver.recv::<Body<Value>>() => match r {
                 Ok(delivery) => {
-                    let (reply, settle) = handle(cfg, &config_rx, delivery.message(), metrics);
+                    let (reply, settle) = handle(cfg, &config_rx, delivery.message(), metrics).await;
                     if let Some((to, message)) = reply
                         && let Err(reason) = send_reply(&mut conn, &mut replies, &to, message, cfg.timeout).await
                     {
@@ -208,7 +210,7 @@ fn strings<'a>(items: impl Iterator<Item = &'a Value>) -> Option<Vec<String>> {
 type Reply = (String, Message<Body<Value>>);
 
 /// Handle one request: the reply to send for `list`, and how to settle the request.
-fn handle(
+async fn handle(
     cfg: &SubctrlConfig,
     config_rx: &watch::Receiver<Arc<ConfigState>>,
     message: &Message<Body<Value>>,
@@ -231,22 +233,28 @@ fn handle(
         }
     };
     let name = request.name();
-    let result = (|| -> Result<Option<BTreeMap<String, String>>, Rejection> {
+    let result = async {
         let book = cfg
             .store
             .load()
+            .await
             .map_err(|e| Rejection::new(Condition::InternalError, e.to_string()))?;
         let state = config_rx.borrow().clone();
         let applied = subctrl::apply(&book, &request, state.config.as_ref().map(|c| &c.addresses))?;
         if let Some(next) = &applied.book {
             cfg.store
                 .save(next)
+                .await
                 .map_err(|e| Rejection::new(Condition::InternalError, e.to_string()))?;
-            info!(request = name, subscriptions = next.len(), file = %cfg.store.path().display(),
+            info!(request = name, subscriptions = next.len(), store = %cfg.store.describe(),
                 "$subctrl: subscriptions written");
+            if matches!(cfg.store, Store::ConfigMap(_)) {
+                wait_taken_up(cfg, config_rx.clone(), &book, next).await?;
+            }
         }
-        Ok(applied.list)
-    })();
+        Ok::<_, Rejection>(applied.list)
+    }
+    .await;
     match result {
         Ok(list) => {
             metrics.request(name, "accepted");
@@ -265,6 +273,42 @@ fn handle(
             metrics.request(name, rej.condition.label());
             warn!(request = name, reason = %rej, "$subctrl request refused");
             (None, Err(rej))
+        }
+    }
+}
+
+/// Kubernetes mode: wait (up to the request timeout) until the address configuration this service reads (the same
+/// the router-agents and storage-controller read) shows the change, so that `accepted` means the pipeline took
+/// it; an `amqp:internal-error` saying so otherwise (e.g. the ConfigMap was refused: see its Events).
+async fn wait_taken_up(
+    cfg: &SubctrlConfig,
+    mut config_rx: watch::Receiver<Arc<ConfigState>>,
+    before: &Book,
+    after: &Book,
+) -> Result<(), Rejection> {
+    let deadline = tokio::time::Instant::now() + cfg.timeout;
+    loop {
+        let shown = config_rx
+            .borrow_and_update()
+            .config
+            .as_ref()
+            .is_some_and(|c| taken_up(&c.addresses, before, after));
+        if shown {
+            return Ok(());
+        }
+        match tokio::time::timeout_at(deadline, config_rx.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => {
+                return Err(Rejection::new(
+                    Condition::InternalError,
+                    format!(
+                        "the subscriptions were written to {}, but the address configuration did not take the \
+                         change up within {:?} (see the ConfigMap's Events, e.g. InvalidAddressConfig)",
+                        cfg.store.describe(),
+                        cfg.timeout
+                    ),
+                ));
+            }
         }
     }
 }
@@ -333,32 +377,49 @@ async fn send_reply(
     }
 }
 
-/// File mode: drop the subscriptions whose topic is gone from the rest of the addresses directory (else the
-/// directory stops validating for every maas binary).
-fn prune(cfg: &SubctrlConfig, flavors: Option<&maas_model::FlavorSet>) {
-    let Some(dir) = &cfg.addresses_dir else {
-        return;
+/// Drop the subscriptions whose topic is gone (else, in file mode, the directory stops validating for every maas
+/// binary): file mode, from the rest of the addresses directory; Kubernetes mode, from the synced address
+/// configuration (where this service's ConfigMap brings no topic).
+async fn prune(cfg: &SubctrlConfig, state: &ConfigState) {
+    let gone = match &cfg.store {
+        Store::File(file) => {
+            let Some(dir) = &cfg.addresses_dir else {
+                return;
+            };
+            let Some(key) = file
+                .path()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+            else {
+                return;
+            };
+            if file.path().parent() != Some(dir.as_path()) {
+                return;
+            }
+            let (Ok(book), Ok(snap)) = (file.load(), maas_source::read_dir_snapshot(dir)) else {
+                return;
+            };
+            if book.is_empty() {
+                return;
+            }
+            let flavors = state.config.as_ref().map(|c| &c.flavors);
+            let Some(gone) = orphans(&snap.files, &key, flavors, &book) else {
+                return;
+            };
+            (book, gone)
+        }
+        Store::ConfigMap(_) => {
+            let Some(config) = state.config.as_ref().filter(|_| state.synced) else {
+                return;
+            };
+            let Ok(book) = cfg.store.load().await else {
+                return;
+            };
+            let gone = orphans_in(&config.addresses, &book);
+            (book, gone)
+        }
     };
-    let Some(key) = cfg
-        .store
-        .path()
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-    else {
-        return;
-    };
-    if cfg.store.path().parent() != Some(dir.as_path()) {
-        return;
-    }
-    let (Ok(book), Ok(snap)) = (cfg.store.load(), maas_source::read_dir_snapshot(dir)) else {
-        return;
-    };
-    if book.is_empty() {
-        return;
-    }
-    let Some(gone) = orphans(&snap.files, &key, flavors, &book) else {
-        return;
-    };
+    let (book, gone) = gone;
     if gone.is_empty() {
         return;
     }
@@ -366,7 +427,7 @@ fn prune(cfg: &SubctrlConfig, flavors: Option<&maas_model::FlavorSet>) {
     for n in &gone {
         next.remove(n);
     }
-    match cfg.store.save(&next) {
+    match cfg.store.save(&next).await {
         Ok(()) => {
             warn!(removed = ?gone, "$subctrl: removed subscriptions whose topic no longer exists")
         }

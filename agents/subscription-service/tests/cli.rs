@@ -38,6 +38,9 @@ fn help_names_every_flag_with_its_environment_variable() {
         ("--router-password-file", "ROUTER_PASSWORD_FILE"),
         ("--router-ca-file", "ROUTER_CA_FILE"),
         ("--subscriptions-file", "SUBSCRIPTIONS_FILE"),
+        ("--subscriptions-configmap", "SUBSCRIPTIONS_CONFIGMAP"),
+        ("--handover-file", "HANDOVER_FILE"),
+        ("--handover-grace", "HANDOVER_GRACE"),
         ("--broker-sasl-mechanisms", "BROKER_SASL_MECHANISMS"),
         ("--broker-username", "BROKER_USERNAME"),
         ("--broker-password-file", "BROKER_PASSWORD_FILE"),
@@ -66,7 +69,7 @@ fn help_names_every_flag_with_its_environment_variable() {
         .count();
     let envs = out.matches("[env: ").count();
     assert_eq!(flags, envs, "every flag has an env:\n{out}");
-    assert!(out.contains("writing a ConfigMap through the Kubernetes API is not supported"));
+    assert!(out.contains("maas.io/topics-released"), "{out}");
 }
 
 #[test]

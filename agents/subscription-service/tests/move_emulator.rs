@@ -234,18 +234,42 @@ async fn readyz_and_metrics_report_the_move_and_sigterm_stops_it_quickly() {
     ready("1 durable subscription(s) on their topics' pods").await;
     assert_eq!(http_get(port, "/healthz").unwrap().0, 200);
 
-    // The topic's pod drains: the next pass moves the subscription to the other pod.
+    // The topic's pod drains: the next pass copies the subscription to the other pod and releases the pod; the old
+    // queue stays for the grace (the router may still route there), then is swept.
     brokers_file(&brokers, &b0, &b1, Some(home));
-    let body = ready("moved 1 queue(s) with 20 message(s)").await;
+    let started = Instant::now();
+    let waiting = loop {
+        if let Some((503, body)) = http_get(port, "/readyz")
+            && body.contains(&format!(
+                "released {home}: 1 old subscription queue(s) kept there"
+            ))
+        {
+            break body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the release was not reported"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(waiting.contains("swept in"), "{waiting}");
+    let body = ready(&format!(
+        "1 durable subscription(s) on their topics' pods; moved 1 queue(s) with 0 message(s) in the last pass; released {home}"
+    ))
+    .await;
     assert!(body.starts_with("ready"), "{body}");
     assert_eq!(seqs(other_b, "sub1"), (0..20).collect::<Vec<_>>());
     assert!(!home_b.queues().contains_key("sub1"));
     let (_, metrics) = http_get(port, "/metrics").unwrap();
     for line in [
         "maas_subscription_service_moves_total{result=\"ok\"} 1",
+        "maas_subscription_service_sweeps_total{result=\"ok\"} 1",
         "maas_subscription_service_messages_moved_total 20",
         "maas_subscription_service_subscriptions{state=\"in-place\"} 1",
+        "maas_subscription_service_subscriptions{state=\"waiting\"} 0",
         "maas_subscription_service_move_duration_seconds_count 1",
+        "maas_subscription_service_releases_total 1",
+        "maas_subscription_service_released_pods 1",
         "maas_subscription_service_broker_operations_total{operation=\"destroyQueue\",result=\"ok\"} 1",
     ] {
         assert!(metrics.contains(line), "{line} missing:\n{metrics}");

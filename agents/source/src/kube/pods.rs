@@ -111,3 +111,35 @@ pub fn spawn_kube_pods(client: Client, namespace: String) -> watch::Receiver<Arc
     });
     rx
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use maas_model::pods::{DRAINING_ANNOTATION, TOPICS_RELEASED_ANNOTATION};
+
+    /// The annotations maas reads reach every consumer of the pod list (router-agent, storage-controller,
+    /// subscription-service, config-service `podsense`): draining, provisioned and the topic release.
+    #[test]
+    fn maas_annotations_are_kept_and_others_left_out() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "b-0", "annotations": {
+                DRAINING_ANNOTATION: "true",
+                TOPICS_RELEASED_ANNOTATION: "true",
+                "kubectl.kubernetes.io/last-applied-configuration": "{}"
+            }},
+            "status": {"podIP": "10.0.0.1", "phase": "Running",
+                       "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap();
+        let info = pod_info(&pod);
+        assert_eq!(
+            info.annotations
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            [DRAINING_ANNOTATION, TOPICS_RELEASED_ANNOTATION]
+        );
+        assert!(info.ready);
+    }
+}

@@ -178,7 +178,8 @@ pub fn seqs(b: &BrokerEmulator, queue: &str) -> Vec<u64> {
         .collect()
 }
 
-/// `subscription-service run --brokers-file F --addresses-dir D` with the admin credentials and `extra` flags.
+/// `subscription-service run --brokers-file F --addresses-dir D` with the admin credentials, a hand-over grace of
+/// 300 ms and `extra` flags.
 pub fn command(dir: &Path, brokers: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(BIN);
     c.args(["run", "--brokers-file", brokers.to_str().unwrap()])
@@ -189,6 +190,8 @@ pub fn command(dir: &Path, brokers: &Path, extra: &[&str]) -> Command {
             password_file(dir).to_str().unwrap(),
         ])
         .args(["--http-addr", "127.0.0.1:0"])
+        // No router-agent here: the old queues are swept soon after the release.
+        .args(["--handover-grace", "300ms"])
         .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
