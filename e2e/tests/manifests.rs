@@ -469,6 +469,214 @@ fn check_router_policy(workload: &Doc, conf: &[RouterEntity]) {
     );
 }
 
+/// The Secret (and key) a router container reads `path` from: a Secret volume mounted (whole, read-only, mode
+/// 0440-like, see [`secret_mount_dir`]) at the file's directory, and the Secret in `docs` with that key.
+fn mounted_secret_file<'a>(
+    docs: &'a [Doc],
+    workload: &Doc,
+    container_name: &str,
+    path: &str,
+) -> (&'a Doc, String) {
+    let at = workload.at();
+    let spec = &workload.value["spec"]["template"]["spec"];
+    let c = container(spec, container_name);
+    let (dir, key) = path
+        .rsplit_once('/')
+        .unwrap_or_else(|| panic!("{at}: {path} is no absolute file path"));
+    let secret = seq(&spec["volumes"])
+        .iter()
+        .filter_map(|v| v["secret"]["secretName"].as_str())
+        .find(|name| secret_mount_dir(spec, c, name).as_deref() == Some(dir))
+        .unwrap_or_else(|| {
+            panic!("{at}: no Secret mounted at {dir} in container {container_name}")
+        });
+    let doc = find(docs, "Secret", secret);
+    assert!(
+        !doc.value["data"][key].is_null() || !doc.value["stringData"][key].is_null(),
+        "{}: no key {key} (read as {path} by {at})",
+        doc.at()
+    );
+    (doc, key.to_string())
+}
+
+/// "The client listener authenticates clients" (docs/architecture.md §7, manifests/README.md "Client
+/// authentication"), for an interior or edge router workload: the `amqp` listener requires authentication with
+/// mechanisms that are not ANONYMOUS; PLAIN needs Cyrus SASL's configuration (the router's saslConfigDir /
+/// saslConfigName, a file of the mounted router ConfigMap) naming a sasldb that is a key of a Secret mounted into
+/// the router container only; EXTERNAL (or any sslProfile) needs the sslProfile and its files from a mounted
+/// Secret. Every group of the `clients` vhost (the one authenticated users fall into) still refuses `$management`.
+fn check_client_authentication(docs: &[Doc], workload: &Doc, conf: &[RouterEntity]) {
+    use maas_e2e::router::policy::allowed;
+    let at = workload.at();
+    let spec = &workload.value["spec"]["template"]["spec"];
+    let amqp_port = named_port(spec, "amqp").expect("port named amqp");
+    let client = entities(conf, "listener")
+        .into_iter()
+        .find(|l| attr(l, "port").and_then(|p| p.parse::<u64>().ok()) == Some(amqp_port))
+        .unwrap_or_else(|| panic!("{at}: no client listener"));
+    assert_eq!(
+        attr(client, "authenticatePeer").as_deref(),
+        Some("true"),
+        "{at}: the client listener must authenticate clients"
+    );
+    let mechanisms: Vec<String> = attr(client, "saslMechanisms")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_uppercase)
+        .collect();
+    assert!(
+        !mechanisms.is_empty(),
+        "{at}: the client listener names no SASL mechanism (it would offer all)"
+    );
+    assert!(
+        !mechanisms.iter().any(|m| m == "ANONYMOUS"),
+        "{at}: the client listener accepts ANONYMOUS: {mechanisms:?}"
+    );
+    for m in &mechanisms {
+        assert!(
+            ["PLAIN", "EXTERNAL"].contains(&m.as_str()),
+            "{at}: mechanism {m} is not provided for"
+        );
+    }
+    // The unauthenticated listeners stay where they were: the agent's (loopback) and the mesh ports (the
+    // NetworkPolicy admits only router pods there).
+    for l in entities(conf, "listener") {
+        if attr(l, "authenticatePeer").as_deref() != Some("true") {
+            let loopback = attr(l, "host").as_deref() == Some("127.0.0.1");
+            let mesh = matches!(attr(l, "role").as_deref(), Some("inter-router" | "edge"));
+            assert!(
+                loopback || mesh,
+                "{at}: an unauthenticated listener for clients: {l:?}"
+            );
+        }
+    }
+    if mechanisms.iter().any(|m| m == "PLAIN") {
+        let router = entities(conf, "router")[0];
+        let dir = attr(router, "saslConfigDir")
+            .unwrap_or_else(|| panic!("{at}: PLAIN needs the router's saslConfigDir (Cyrus SASL)"));
+        let name = attr(router, "saslConfigName").unwrap_or_else(|| "qdrouterd".to_string());
+        // The directory is the router-config mount, and the file a key of that ConfigMap.
+        let qdr = container(spec, "router");
+        let mount = seq(&qdr["volumeMounts"])
+            .iter()
+            .find(|m| m["name"].as_str() == Some("router-config"))
+            .unwrap();
+        assert_eq!(
+            mount["mountPath"].as_str().map(|p| p.trim_end_matches('/')),
+            Some(dir.as_str()),
+            "{at}"
+        );
+        let cm = seq(&spec["volumes"])
+            .iter()
+            .find(|v| v["name"].as_str() == Some("router-config"))
+            .and_then(|v| v["configMap"]["name"].as_str())
+            .unwrap();
+        let sasl_conf = find(docs, "ConfigMap", cm).value["data"][format!("{name}.conf").as_str()]
+            .as_str()
+            .unwrap_or_else(|| panic!("{cm}: no {name}.conf for Cyrus SASL"))
+            .to_string();
+        let options: BTreeMap<&str, &str> = sasl_conf
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+            .map(|l| {
+                let (k, v) = l
+                    .split_once(':')
+                    .unwrap_or_else(|| panic!("{cm} {name}.conf: {l}"));
+                (k.trim(), v.trim())
+            })
+            .collect();
+        let mech_list: Vec<&str> = options
+            .get("mech_list")
+            .copied()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        for m in &mechanisms {
+            assert!(
+                mech_list.contains(&m.as_str()),
+                "{cm}: mech_list {mech_list:?} lacks the client listener's {m}"
+            );
+        }
+        // The agent's (and the mesh's) listeners stay ANONYMOUS: the mech_list is the whole router's.
+        assert!(
+            mech_list.contains(&"ANONYMOUS"),
+            "{cm}: the agent's listener needs ANONYMOUS: {mech_list:?}"
+        );
+        assert_eq!(
+            options.get("pwcheck_method").copied(),
+            Some("auxprop"),
+            "{cm}"
+        );
+        assert_eq!(
+            options.get("auxprop_plugin").copied(),
+            Some("sasldb"),
+            "{cm}"
+        );
+        let sasldb = options
+            .get("sasldb_path")
+            .unwrap_or_else(|| panic!("{cm}: no sasldb_path"));
+        let (secret, _) = mounted_secret_file(docs, workload, "router", sasldb);
+        // The user database is the router's alone: the agent does not get it.
+        let agent = container(spec, "router-agent");
+        assert!(
+            secret_mount_dir(spec, agent, secret.name()).is_none(),
+            "{at}: the router-agent mounts {}",
+            secret.name()
+        );
+        // No password of it in the ConfigMap, the router configuration or an env var.
+        assert!(!sasl_conf.contains("password"), "{cm}: {sasl_conf}");
+        for c in seq(&spec["containers"]) {
+            for e in seq(&c["env"]) {
+                assert_ne!(
+                    e["valueFrom"]["secretKeyRef"]["name"].as_str(),
+                    Some(secret.name()),
+                    "{at}"
+                );
+            }
+        }
+    }
+    if let Some(profile) = attr(client, "sslProfile") {
+        let p = entities(conf, "sslProfile")
+            .into_iter()
+            .find(|p| attr(p, "name").as_deref() == Some(profile.as_str()))
+            .unwrap_or_else(|| panic!("{at}: no sslProfile {profile}"));
+        for key in ["certFile", "privateKeyFile", "caCertFile"] {
+            let path =
+                attr(p, key).unwrap_or_else(|| panic!("{at}: sslProfile {profile} has no {key}"));
+            mounted_secret_file(docs, workload, "router", &path);
+        }
+        assert_eq!(attr(client, "requireSsl").as_deref(), Some("true"), "{at}");
+    } else {
+        assert!(
+            !mechanisms.iter().any(|m| m == "EXTERNAL"),
+            "{at}: EXTERNAL without an sslProfile (client certificates)"
+        );
+    }
+    // Authenticated users are unknown users of the policy (no `users` lists): every group of vhost `clients`
+    // refuses $management, so a login changes nothing about it.
+    let clients = entities(conf, "vhost")
+        .into_iter()
+        .find(|v| attr(v, "hostname").as_deref() == Some("clients"))
+        .unwrap();
+    let groups = clients["groups"].as_object().expect("groups");
+    assert!(groups.contains_key("$default"), "{at}");
+    for (name, g) in groups {
+        let g = g.as_object().unwrap();
+        let targets = attr(g, "targets").unwrap_or_default();
+        for denied in ["$management", "_local/$management"] {
+            assert!(
+                !allowed(&targets, denied),
+                "{at}: group {name} may send to {denied}"
+            );
+        }
+        assert_ne!(
+            attr(g, "allowAnonymousSender").as_deref(),
+            Some("true"),
+            "{at}: group {name}"
+        );
+    }
+}
+
 /// A pod of `workload` as config-service's `podsense` would report it once it is ready.
 fn pod_info(workload: &Doc, name: &str, host: &str) -> maas_model::PodInfo {
     let spec = &workload.value["spec"]["template"]["spec"];
@@ -931,6 +1139,7 @@ fn check_router(docs: &[Doc]) {
         "a fixed router id would be shared by every pod"
     );
     check_router_policy(router, &conf);
+    check_client_authentication(docs, router, &conf);
     for (role, port_name) in [
         ("inter-router", maas_model::mesh::INTER_ROUTER_PORT_NAME),
         ("edge", maas_model::mesh::EDGE_PORT_NAME),
@@ -1087,6 +1296,7 @@ fn check_edge(docs: &[Doc]) {
         edge.at()
     );
     check_router_policy(edge, &conf);
+    check_client_authentication(docs, edge, &conf);
     // The same images as the interior routers.
     let ispec = &interior.value["spec"]["template"]["spec"];
     for c in ["router", "router-agent"] {
@@ -1370,13 +1580,84 @@ fn every_container_runs_non_root_with_a_hardened_security_context() {
             );
         }
     }
-    // OpenShift's restricted SCC assigns the UID: the Template must not pin one.
+    // OpenShift's restricted SCC assigns the UID: the Template must not pin one (nor a group).
     for (d, spec) in workloads(&template().1) {
-        assert!(
-            spec["securityContext"]["runAsUser"].is_null(),
-            "{}: runAsUser in the Template",
-            d.at()
-        );
+        for key in ["runAsUser", "runAsGroup", "fsGroup"] {
+            assert!(
+                spec["securityContext"][key].is_null(),
+                "{}: {key} in the Template",
+                d.at()
+            );
+            for c in seq(&spec["containers"]) {
+                assert!(c["securityContext"][key].is_null(), "{}: {key}", d.at());
+            }
+        }
+    }
+}
+
+/// The broker pods storage-controller makes under the Template: OpenShift's restricted-v2 SCC refuses a fixed UID
+/// outside the project's range, so the Template runs the storage-controller with `BROKER_RUN_AS_USER=auto` (a
+/// parameter) and the broker StatefulSets it renders then set no runAsUser/fsGroup (still runAsNonRoot). The base
+/// keeps the stock image's user 185 (the flag's default).
+#[test]
+fn openshift_broker_pods_leave_the_user_to_the_scc() {
+    use storage_controller::clusters::BrokerRunAsUser;
+    let (t, objects) = template();
+    let param = seq(&t["parameters"])
+        .iter()
+        .find(|p| p["name"].as_str() == Some("BROKER_RUN_AS_USER"))
+        .expect("parameter BROKER_RUN_AS_USER");
+    let default = param["value"].as_str().expect("a default");
+    assert_eq!(
+        storage_controller::args::parse_run_as_user(default),
+        Ok(BrokerRunAsUser::Auto)
+    );
+    let sc = find(&objects, "Deployment", "maas-storage-controller");
+    let c = container(&sc.value["spec"]["template"]["spec"], "storage-controller");
+    assert_eq!(
+        env(c).get("BROKER_RUN_AS_USER"),
+        Some(&Some("${BROKER_RUN_AS_USER}".to_string())),
+        "{}",
+        sc.at()
+    );
+    // It is the env var of the run flag --broker-run-as-user.
+    let run = storage_controller::args::Cli::command();
+    let run = run.find_subcommand("run").unwrap();
+    assert!(
+        run.get_arguments()
+            .any(|a| a.get_long() == Some("broker-run-as-user")
+                && a.get_env().and_then(|e| e.to_str()) == Some("BROKER_RUN_AS_USER")),
+        "storage-controller run has no --broker-run-as-user [env: BROKER_RUN_AS_USER]"
+    );
+    // The base leaves it at the default: the image's user.
+    let base = base();
+    let base_sc = find_workload(&base, "maas-storage-controller");
+    let bc = container(
+        &base_sc.value["spec"]["template"]["spec"],
+        "storage-controller",
+    );
+    assert!(!env(bc).contains_key("BROKER_RUN_AS_USER"));
+
+    // What the controller renders either way.
+    let dir = tempfile::tempdir().unwrap();
+    render_brokers_with(dir.path(), &["--broker-run-as-user", default]);
+    let auto = rendered_objects(dir.path());
+    let fixed = rendered_brokers();
+    for (objects, uid) in [(&auto, None), (&fixed, Some(185))] {
+        let sts: Vec<_> = objects
+            .iter()
+            .filter(|o| o["kind"].as_str() == Some("StatefulSet"))
+            .collect();
+        assert!(!sts.is_empty());
+        for o in sts {
+            let psc = &o["spec"]["template"]["spec"]["securityContext"];
+            assert_eq!(psc["runAsNonRoot"].as_bool(), Some(true), "{psc:?}");
+            assert_eq!(psc["runAsUser"].as_u64(), uid, "{psc:?}");
+            assert_eq!(psc["fsGroup"].as_u64(), uid, "{psc:?}");
+            assert!(psc["runAsGroup"].is_null(), "{psc:?}");
+            let c = &o["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+            assert!(c["runAsUser"].is_null(), "{c:?}");
+        }
     }
 }
 
@@ -1713,14 +1994,25 @@ fn openshift_template_holds_the_same_objects_as_the_base() {
                     ] {
                         assert_eq!(bc[key], tc[key], "{} {key}", b.at());
                     }
+                    // The Template's storage-controller also leaves the broker pods' user to the SCC
+                    // (BROKER_RUN_AS_USER, a parameter; the base keeps the default, the image's user 185).
+                    let t_env: Vec<&Value> = seq(&tc["env"])
+                        .iter()
+                        .filter(|e| e["name"].as_str() != Some("BROKER_RUN_AS_USER"))
+                        .collect();
                     assert_eq!(
-                        env(bc).keys().collect::<Vec<_>>(),
-                        env(tc).keys().collect::<Vec<_>>(),
+                        env(bc).keys().map(String::as_str).collect::<Vec<_>>(),
+                        t_env
+                            .iter()
+                            .filter_map(|e| e["name"].as_str())
+                            .collect::<BTreeSet<_>>()
+                            .into_iter()
+                            .collect::<Vec<_>>(),
                         "{} env",
                         b.at()
                     );
                     // Same values, except where the Template takes a parameter (LOG_FORMAT).
-                    for (be, te) in seq(&bc["env"]).iter().zip(seq(&tc["env"])) {
+                    for (be, te) in seq(&bc["env"]).iter().zip(t_env) {
                         if !te["value"].as_str().is_some_and(|v| v.starts_with("${")) {
                             assert_eq!(be, te, "{} env", b.at());
                         }
@@ -2058,6 +2350,11 @@ fn kubectl_kustomize(dir: &str) -> Option<Vec<Value>> {
 /// `storage-controller render` of examples/addresses into `out`, as the deployed controller would apply it (the
 /// broker Secret named by the base's storage-controller Deployment): the broker objects made at run time.
 fn render_brokers(out: &Path) {
+    render_brokers_with(out, &[]);
+}
+
+/// [`render_brokers`] with more `render` flags.
+fn render_brokers_with(out: &Path, extra: &[&str]) {
     let base = base();
     let sc = find(&base, "Deployment", "maas-storage-controller");
     let c = container(&sc.value["spec"]["template"]["spec"], "storage-controller");
@@ -2078,6 +2375,7 @@ fn render_brokers(out: &Path) {
         "--broker-secret".into(),
         secret,
     ];
+    let args = args.into_iter().chain(extra.iter().map(|a| a.to_string()));
     let cli = <storage_controller::args::Cli as clap::Parser>::try_parse_from(args).unwrap();
     let storage_controller::args::Command::Render(args) = cli.command else {
         unreachable!("parsed as render")
@@ -2090,7 +2388,12 @@ fn render_brokers(out: &Path) {
 fn rendered_brokers() -> Vec<Value> {
     let dir = tempfile::tempdir().unwrap();
     render_brokers(dir.path());
-    let mut files: Vec<PathBuf> = fs::read_dir(dir.path())
+    rendered_objects(dir.path())
+}
+
+/// The objects of the YAML files in `dir` (a `storage-controller render` output).
+fn rendered_objects(dir: &Path) -> Vec<Value> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
@@ -2156,17 +2459,26 @@ fn every_rendered_object_is_valid_for_the_kubernetes_api() {
         fs::write(&path, text).unwrap();
         inputs.push(format!("{k}={}", path.display()));
     }
-    // The broker objects storage-controller applies at run time.
+    // The broker objects storage-controller applies at run time: as the base runs it, and as the Template does
+    // (broker pods without runAsUser/fsGroup).
     let render = dir.path().join("render");
     render_brokers(&render);
+    let render_auto = dir.path().join("render-auto");
+    render_brokers_with(&render_auto, &["--broker-run-as-user", "auto"]);
     let mut rendered: Vec<PathBuf> = fs::read_dir(&render)
         .unwrap()
+        .chain(fs::read_dir(&render_auto).unwrap())
         .map(|e| e.unwrap().path())
         .collect();
     rendered.sort();
     for f in &rendered {
         inputs.push(format!(
-            "storage-controller render {}={}",
+            "storage-controller render {}{}={}",
+            if f.starts_with(&render_auto) {
+                "(auto) "
+            } else {
+                ""
+            },
             f.file_name().unwrap().to_string_lossy(),
             f.display()
         ));
@@ -2789,4 +3101,44 @@ fn no_file_cites_paths_outside_the_repository() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The topic hand-over (docs/architecture.md §5) is on where subscription-service can release pods: the interior
+/// router-agents keep a draining broker pod's topics (TOPIC_HANDOVER) and take the broker pods (with their
+/// `maas.io/topics-released` annotation) from config-service `podsense`; subscription-service takes the broker pods
+/// from the Kubernetes API (releases are pod annotations, so its Role may patch pods).
+#[test]
+fn the_topic_handover_is_on_where_subscription_service_releases_pods() {
+    for docs in [base(), template().1] {
+        let router = find(&docs, "StatefulSet", "maas-router");
+        let agent = container(&router.value["spec"]["template"]["spec"], "router-agent");
+        let e = env(agent);
+        assert_eq!(
+            e.get("TOPIC_HANDOVER"),
+            Some(&Some("true".to_string())),
+            "{}",
+            router.at()
+        );
+        assert!(
+            e.contains_key("CONFIG_SERVICE_URL") && !e.contains_key("BROKERS_FILE"),
+            "{}: broker pods (and their release annotation) from podsense",
+            router.at()
+        );
+        let service = find(&docs, "Deployment", "maas-subscription-service");
+        let c = container(
+            &service.value["spec"]["template"]["spec"],
+            "subscription-service",
+        );
+        let args = seq_strs(&c["args"]);
+        assert!(
+            args.contains(&"--kube") && !args.contains(&"--brokers-file"),
+            "{}: broker pods from the API: {args:?}",
+            service.at()
+        );
+        let role = find(&docs, "Role", "maas-subscription-service");
+        let patches_pods = seq(&role.value["rules"]).iter().any(|r| {
+            seq_strs(&r["resources"]).contains(&"pods") && seq_strs(&r["verbs"]).contains(&"patch")
+        });
+        assert!(patches_pods, "{}: pods patch", role.at());
+    }
 }

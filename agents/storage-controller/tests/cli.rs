@@ -51,6 +51,7 @@ fn help_names_every_flag_with_its_environment_variable() {
         "--broker-password-file",
         "--broker-sasl-mechanisms",
         "--broker-ca-file",
+        "--broker-run-as-user",
         "--http-addr",
     ] {
         assert!(out.contains(flag), "{flag} missing from --help:\n{out}");
@@ -59,6 +60,10 @@ fn help_names_every_flag_with_its_environment_variable() {
     let (code, out, _) = run(&["render", "--help"]);
     assert_eq!(code, 0);
     assert!(out.contains("--out") && out.contains("[env: OUT=]"));
+    assert!(
+        out.contains("--broker-run-as-user") && out.contains("[env: BROKER_RUN_AS_USER="),
+        "{out}"
+    );
 }
 
 #[test]
