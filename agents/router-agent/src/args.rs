@@ -116,6 +116,26 @@ pub struct MeshArgs {
     pub mesh_sasl_password_file: Option<String>,
 }
 
+/// The topic hand-over with subscription-service (docs/architecture.md §5).
+#[derive(Debug, Clone, Args)]
+pub struct HandoverArgs {
+    /// A draining broker pod keeps the linkRoutes of its topics (and of their subscriptions) until
+    /// subscription-service has moved every durable subscription of those topics, with their messages, to the
+    /// topics' new pods and RELEASED the pod (annotation maas.io/topics-released=true on the pod, or
+    /// --handover-file), or until the pod is gone from the pod list. Without it a topic's links leave its pod as
+    /// soon as the pod drains, before its subscriptions have moved. Only with subscription-service running:
+    /// nothing else releases a pod, so a draining pod would keep its topics until it is removed.
+    #[arg(long, env = "TOPIC_HANDOVER", default_value_t = false)]
+    pub topic_handover: bool,
+
+    /// File mode: the broker pods subscription-service has released, JSON {"released": ["broker-0"]}, as
+    /// `subscription-service --handover-file` writes it; re-read when it changes (created empty when missing).
+    /// With --brokers-file, --topic-handover needs it (without it no release can reach the agent and the hand-over
+    /// stays off, with a warning).
+    #[arg(long, env = "HANDOVER_FILE", requires = "topic_handover")]
+    pub handover_file: Option<PathBuf>,
+}
+
 /// `--router-mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RouterModeArg {
@@ -211,6 +231,9 @@ pub struct RunArgs {
     #[command(flatten)]
     pub mesh: MeshArgs,
 
+    #[command(flatten)]
+    pub handover: HandoverArgs,
+
     /// Subscribe to a config-service (amqp://host:port) for addresses and flavors instead of a directory; broker
     /// pods come from its `podsense` source unless --brokers-file is given. Reconnects with backoff.
     #[arg(long, env = "CONFIG_SERVICE_URL", conflicts_with_all = ["addresses_dir", "kube"])]
@@ -235,6 +258,14 @@ pub struct RunArgs {
     /// CA certificate (PEM) to verify the config-service's TLS certificate (with an amqps:// URL).
     #[arg(long, env = "CONFIG_SERVICE_CA_FILE")]
     pub config_service_ca_file: Option<PathBuf>,
+
+    /// Subscribe to the config-service's addresses in incremental mode (true, the default) or take a full snapshot
+    /// per change (false). Incremental: a full snapshot on connect, then only the addresses that changed; the
+    /// agent applies each change to the set it holds and generates only the touched addresses' entities, instead
+    /// of parsing the whole set again (less memory and CPU per change with large sets). A config-service without
+    /// incremental mode just keeps sending full snapshots, so false is only needed to compare the two.
+    #[arg(long, env = "CONFIG_DELTA", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub config_delta: bool,
 
     /// Watch address ConfigMaps (label type=address-config), the `flavor` ConfigMap and broker pods through the
     /// Kubernetes API (in-cluster config or KUBECONFIG) instead of a directory.
@@ -324,6 +355,26 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn config_delta_is_on_by_default_and_can_be_turned_off() {
+        let delta = |extra: &[&str]| {
+            let mut argv = vec![
+                "router-agent",
+                "run",
+                "--config-service-url",
+                "amqp://127.0.0.1:5672",
+            ];
+            argv.extend_from_slice(extra);
+            match Cli::try_parse_from(argv).unwrap().command {
+                Command::Run(run) => run.config_delta,
+                _ => unreachable!(),
+            }
+        };
+        assert!(delta(&[]));
+        assert!(delta(&["--config-delta", "true"]));
+        assert!(!delta(&["--config-delta", "false"]));
     }
 
     /// The router connection options `router-agent show` would use with these extra arguments.

@@ -19,7 +19,8 @@ use crate::args::{
     ShowArgs, SourceArgs, ValidateArgs,
 };
 use crate::desired::{
-    BrokersInput, FileSources, Inputs, RoutersInput, load_once, spawn_desired, spawn_file_sources,
+    BrokersInput, FileSources, Handover, Inputs, RoutersInput, load_once, spawn_desired_with,
+    spawn_file_sources_with,
 };
 use crate::metrics::Metrics;
 
@@ -229,25 +230,36 @@ async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode, Str
             ),
             (selector, false) => selector,
         };
-        let (config_rx, pods_rx) = maas_source::spawn_config_subscription(
-            maas_source::ConfigSubscription {
-                connect,
-                backoff: Backoff::default(),
-                pods_selector,
-            },
-            shutdown.clone(),
-        );
+        let subscription = maas_source::ConfigSubscription {
+            connect,
+            backoff: Backoff::default(),
+            pods_selector,
+        };
+        // Incremental mode (--config-delta, the default): a full snapshot, then only what changed.
+        let (config_rx, pods_rx) = if args.config_delta {
+            maas_source::sources::spawn_incremental_config_subscription(
+                subscription,
+                shutdown.clone(),
+            )
+        } else {
+            maas_source::spawn_config_subscription(subscription, shutdown.clone())
+        };
         let brokers = match (brokers_file, &pods_rx) {
             (Some(b), _) => b,
             (None, Some(rx)) => BrokersInput::Pods(rx.clone()),
             (None, None) => BrokersInput::None,
         };
+        let handover = Handover::from_args(
+            &args.handover,
+            matches!(brokers, BrokersInput::File { .. }),
+            watch,
+        )?;
         let routers = match (routers_file, pods_rx) {
             (Some(r), _) => r,
             (None, Some(rx)) if want_routers => RoutersInput::Pods(rx),
             _ => RoutersInput::None,
         };
-        spawn_desired(
+        spawn_desired_with(
             config_rx,
             Inputs {
                 brokers,
@@ -255,6 +267,7 @@ async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode, Str
                 entity_options,
                 mesh,
             },
+            handover,
             metrics.clone(),
         )
     } else if args.kube {
@@ -275,12 +288,17 @@ async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode, Str
             (None, Some(rx)) => BrokersInput::Pods(rx.clone()),
             (None, None) => BrokersInput::None,
         };
+        let handover = Handover::from_args(
+            &args.handover,
+            matches!(brokers, BrokersInput::File { .. }),
+            watch,
+        )?;
         let routers = match (routers_file, pods) {
             (Some(r), _) => r,
             (None, Some(rx)) if mesh.own.is_some() => RoutersInput::Pods(rx),
             _ => RoutersInput::None,
         };
-        spawn_desired(
+        spawn_desired_with(
             config_rx,
             Inputs {
                 brokers,
@@ -288,6 +306,7 @@ async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode, Str
                 entity_options,
                 mesh,
             },
+            handover,
             metrics.clone(),
         )
     } else {
@@ -303,7 +322,9 @@ async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode, Str
                 dir.display()
             ));
         }
-        spawn_file_sources(
+        let handover =
+            Handover::from_args(&args.handover, args.source.brokers_file.is_some(), watch)?;
+        spawn_file_sources_with(
             FileSources {
                 addresses_dir: dir,
                 flavors_file: args.source.flavors_file.clone(),
@@ -313,6 +334,7 @@ async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode, Str
                 mesh,
                 watch,
             },
+            handover,
             metrics.clone(),
         )
         .map_err(|e| e.to_string())?

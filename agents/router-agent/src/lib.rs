@@ -9,6 +9,7 @@ pub mod agent;
 pub mod args;
 pub mod commands;
 pub mod desired;
+pub mod incremental;
 pub mod metrics;
 pub mod plan;
 
