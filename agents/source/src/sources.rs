@@ -233,8 +233,27 @@ pub fn spawn_incremental_config_subscription(
     watch::Receiver<Arc<ConfigState>>,
     Option<watch::Receiver<Arc<PodsState>>>,
 ) {
+    spawn_config_subscription_in(sub, true, shutdown)
+}
+
+/// A config-service subscription, `v1/addresses` in incremental mode or not (full snapshots only: what
+/// [`crate::spawn_config_subscription`] asks for). Either way the messages go through [`IncrementalConfig`], which
+/// takes a message without a `follows` property as a full snapshot.
+pub(crate) fn spawn_config_subscription_in(
+    sub: ConfigSubscription,
+    incremental: bool,
+    shutdown: CancellationToken,
+) -> (
+    watch::Receiver<Arc<ConfigState>>,
+    Option<watch::Receiver<Arc<PodsState>>>,
+) {
+    let addresses = Subscription::new(ADDRESSES_SOURCE);
     let mut subscriptions = vec![
-        Subscription::new(ADDRESSES_SOURCE).incremental(),
+        if incremental {
+            addresses.incremental()
+        } else {
+            addresses.into()
+        },
         Subscription::new(FLAVORS_SOURCE).into(),
     ];
     if let Some(selector) = &sub.pods_selector {
@@ -420,7 +439,7 @@ impl IncrementalConfig {
                     let mut next = Config::clone(&self.current);
                     delta.apply(&mut next.addresses);
                     self.current = Arc::new(next);
-                    self.generation += 1;
+                    self.bump();
                 }
                 Step::Continue
             }
@@ -453,7 +472,7 @@ impl IncrementalConfig {
                 addresses: self.current.addresses.clone(),
                 flavors: f.as_ref().clone(),
             });
-            self.generation += 1;
+            self.bump();
         }
     }
 
@@ -483,12 +502,20 @@ impl IncrementalConfig {
             flavors: self.current.flavors.clone(),
         });
         self.addresses_good = true;
-        self.generation += 1;
+        self.bump();
         if first {
             info!(
                 addresses = self.current.addresses.len(),
                 "address configuration loaded from the config service (incremental mode)"
             );
+        }
+    }
+
+    /// A new configuration is in force: the generation counts configurations published with both an address set
+    /// and a flavor set (the first one is generation 1, as with full snapshots).
+    fn bump(&mut self) {
+        if self.addresses_good && self.flavors.good().is_some() {
+            self.generation += 1;
         }
     }
 
