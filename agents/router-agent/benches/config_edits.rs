@@ -10,7 +10,6 @@
 //!
 //! Run with `scripts/bench edits` (it builds the config-service binary next to this bench first).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,63 +17,17 @@ use std::time::{Duration, Instant};
 use maas_e2e::router::{EmulatorConfig, RouterEmulator};
 use maas_e2e::support::{free_port, http_get, rss_kb};
 use maas_source::kubelet::KubeletWriter;
-use serde_json::{Value, json};
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_router-agent");
 const EDITS: usize = 50;
-
-/// The address set after `edits` edits: anycast-0 .. anycast-(edits-1) are broadcast.
-fn address_set(edits: usize) -> BTreeMap<String, String> {
-    let mut m = serde_json::Map::new();
-    let mut put = |name: String, sf: bool, mc: bool, flavor: Option<&str>| {
-        let mut v = json!({"store_and_forward": sf, "multicast": mc});
-        if let Some(f) = flavor {
-            v["flavor"] = Value::from(f);
-        }
-        m.insert(name, v);
-    };
-    for i in 0..4000 {
-        put(format!("anycast-{i}"), false, i < edits, None);
-    }
-    for i in 0..2000 {
-        put(format!("broadcast-{i}"), false, true, None);
-    }
-    for i in 0..3000 {
-        put(format!("queue-{i}"), true, false, Some("shared"));
-    }
-    for i in 0..1000 {
-        put(format!("topic-{i}"), true, true, Some("shared"));
-    }
-    let mut files = BTreeMap::new();
-    files.insert("json".to_string(), Value::Object(m).to_string());
-    files.insert(
-        "flavor.json".to_string(),
-        json!({"shared": {"type": "queue", "shared": true, "templateName": "queue-persisted"}})
-            .to_string(),
-    );
-    files
-}
-
-fn brokers_json() -> String {
-    json!({"shared": [
-        {"name": "broker-0", "host": "127.0.0.1", "port": 5674},
-        {"name": "broker-1", "host": "127.0.0.1", "port": 5675}
-    ]})
-    .to_string()
-}
 
 /// The config-service binary `scripts/bench edits` builds next to this bench (target/release).
 fn config_service_bin() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let bin = exe.parent()?.parent()?.join("config-service");
     bin.exists().then_some(bin)
-}
-
-fn stop(mut child: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
 }
 
 fn ready_generation(port: u16) -> Option<u64> {
@@ -163,14 +116,6 @@ fn mb(kb: u64) -> f64 {
     kb as f64 / 1024.0
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
 fn main() {
     maas_amqp::options::install_crypto_provider();
     let Some(config_service) = config_service_bin() else {
@@ -192,9 +137,11 @@ async fn bench(config_service: PathBuf) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("addresses");
     let brokers = tmp.path().join("brokers.json");
-    std::fs::write(&brokers, brokers_json()).expect("brokers file");
+    std::fs::write(&brokers, common::brokers_json()).expect("brokers file");
     let writer = KubeletWriter::new(&dir).expect("writer");
-    writer.write(&address_set(0)).expect("write addresses");
+    writer
+        .write(&common::address_set(|_| false))
+        .expect("write addresses");
 
     let amqp = free_port();
     let cs_http = free_port();
@@ -254,7 +201,7 @@ async fn bench(config_service: PathBuf) {
     // 50 one-address edits; each is applied by both agents before the next one is written.
     for k in 1..=EDITS {
         let started = Instant::now();
-        writer.write(&address_set(k)).expect("edit");
+        writer.write(&common::address_set(|i| i < k)).expect("edit");
         let took = wait_all_ready(&agents, 1 + k as u64, started, Duration::from_secs(60));
         for (a, t) in agents.iter_mut().zip(took) {
             a.latencies.push(t);
@@ -275,8 +222,8 @@ async fn bench(config_service: PathBuf) {
             mb(*rss0),
             mb(rss),
             mb(peak),
-            percentile(&a.latencies, 0.5).as_secs_f64() * 1e3,
-            percentile(&a.latencies, 0.99).as_secs_f64() * 1e3,
+            common::percentile(&a.latencies, 0.5).as_secs_f64() * 1e3,
+            common::percentile(&a.latencies, 0.99).as_secs_f64() * 1e3,
         );
         after.push((rss, peak));
     }
@@ -298,9 +245,9 @@ async fn bench(config_service: PathBuf) {
         mb(cs_peak)
     );
     for a in agents {
-        stop(a.child);
+        common::stop(a.child);
     }
-    stop(cs);
+    common::stop(cs);
     full_router.stop().await;
     delta_router.stop().await;
 }

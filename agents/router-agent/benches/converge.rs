@@ -12,7 +12,6 @@
 //!
 //! Run with `scripts/bench` (or `cargo bench -p router-agent --bench converge`).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,48 +25,9 @@ use maas_model::{EntityOptions, EntitySet};
 use maas_source::kubelet::KubeletWriter;
 use serde_json::{Value, json};
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_router-agent");
-
-fn address_set(edit: Option<usize>) -> BTreeMap<String, String> {
-    let mut m = serde_json::Map::new();
-    let mut put = |name: String, sf: bool, mc: bool, flavor: Option<&str>| {
-        let mut v = json!({"store_and_forward": sf, "multicast": mc});
-        if let Some(f) = flavor {
-            v["flavor"] = Value::from(f);
-        }
-        m.insert(name, v);
-    };
-    for i in 0..4000 {
-        // Edit k turns anycast address k into a broadcast one.
-        let mc = edit.is_some_and(|k| k == i);
-        put(format!("anycast-{i}"), false, mc, None);
-    }
-    for i in 0..2000 {
-        put(format!("broadcast-{i}"), false, true, None);
-    }
-    for i in 0..3000 {
-        put(format!("queue-{i}"), true, false, Some("shared"));
-    }
-    for i in 0..1000 {
-        put(format!("topic-{i}"), true, true, Some("shared"));
-    }
-    let mut files = BTreeMap::new();
-    files.insert("json".to_string(), Value::Object(m).to_string());
-    files.insert(
-        "flavor.json".to_string(),
-        json!({"shared": {"type": "queue", "shared": true, "templateName": "queue-persisted"}})
-            .to_string(),
-    );
-    files
-}
-
-fn brokers_json() -> String {
-    json!({"shared": [
-        {"name": "broker-0", "host": "127.0.0.1", "port": 5674},
-        {"name": "broker-1", "host": "127.0.0.1", "port": 5675}
-    ]})
-    .to_string()
-}
 
 fn wait_ready_generation(port: u16, generation: u64, timeout: Duration) -> Duration {
     let started = Instant::now();
@@ -98,13 +58,6 @@ fn spawn_agent(url: &str, dir: &Path, brokers: &Path, port: u16) -> Child {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn router-agent")
-}
-
-fn stop_agent(mut child: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
 }
 
 /// The minimal pipelined client as its own process (`mgmt-load`, built by `scripts/bench` next to this bench), like
@@ -174,11 +127,6 @@ fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "MISSED" }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
 fn main() {
     maas_amqp::options::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -197,9 +145,11 @@ async fn bench() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("addresses");
     let brokers = tmp.path().join("brokers.json");
-    std::fs::write(&brokers, brokers_json()).expect("brokers file");
+    std::fs::write(&brokers, common::brokers_json()).expect("brokers file");
     let writer = KubeletWriter::new(&dir).expect("writer");
-    writer.write(&address_set(None)).expect("write addresses");
+    writer
+        .write(&common::address_set(|_| false))
+        .expect("write addresses");
 
     let (config, brokers_set) = router_agent::desired::load_once(&dir, None, Some(&brokers))
         .expect("valid bench configuration");
@@ -225,7 +175,7 @@ async fn bench() {
     let mut agent = None;
     for round in 0..3 {
         if let Some(previous) = agent.take() {
-            stop_agent(previous);
+            common::stop(previous);
         }
         emu.restart().await;
         let raw = match raw_create_process(&url, &entities_file, desired.len()) {
@@ -295,7 +245,7 @@ async fn bench() {
     );
 
     // (c) agent restart, configuration unchanged.
-    stop_agent(agent);
+    common::stop(agent);
     emu.reset_counters();
     let started = Instant::now();
     let agent = spawn_agent(&url, &dir, &brokers, port);
@@ -316,12 +266,17 @@ async fn bench() {
     let mut lat = Vec::new();
     for k in 0..50u64 {
         let started = Instant::now();
-        writer.write(&address_set(Some(k as usize))).expect("edit");
+        writer
+            .write(&common::address_set(|i| i == k as usize))
+            .expect("edit");
         let _ = wait_ready_generation(port, 2 + k, Duration::from_secs(30));
         lat.push(started.elapsed());
     }
     lat.sort();
-    let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+    let (p50, p99) = (
+        common::percentile(&lat, 0.5),
+        common::percentile(&lat, 0.99),
+    );
     println!(
         "(d) one edit -> applied, 50 edits with 10,000 addresses held: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (target p99 <= 500 ms: {})",
         p50.as_secs_f64() * 1e3,
@@ -337,6 +292,6 @@ async fn bench() {
         rss as f64 / 1024.0,
         verdict(rss <= 30 * 1024)
     );
-    stop_agent(agent);
+    common::stop(agent);
     emu.stop().await;
 }

@@ -474,41 +474,10 @@ async fn apply(
         return Ok(Applied { writes: 0 });
     }
     let mut writes = 0;
-    if marked && !everything && plan_is_mesh_only(&plan) {
-        // Only mesh connectors change (a router pod joined or left): the marker, which leaves them out, stays.
-        let replaced = plan
-            .deletes
-            .iter()
-            .filter(|k| plan.creates.contains(k))
-            .cloned()
-            .collect();
-        let keys: std::collections::BTreeSet<(EntityType, String)> =
-            plan.creates.iter().cloned().collect();
-        let creates = desired.inputs.entities(Some(keys));
-        execute(
-            client,
-            &plan.deletes,
-            creates,
-            &replaced,
-            &desired.digests,
-            known,
-            metrics,
-            window,
-        )
-        .await?;
-        *known = Known::from_desired(&desired.digests, &desired.marker);
-        info!(
-            deletes = n_deletes,
-            creates = n_creates,
-            "mesh connectors updated; router holds generation {}",
-            desired.generation
-        );
-        return Ok(Applied {
-            writes: n_deletes + n_creates,
-        });
-    }
+    // Only mesh connectors change (a router pod joined or left): the marker, which leaves them out, stays.
+    let mesh_only = marked && !everything && plan_is_mesh_only(&plan);
     debug!(deletes = n_deletes, creates = n_creates, "applying");
-    if known.marker.is_some() {
+    if known.marker.is_some() && !mesh_only {
         // The marker goes first: from now on the router no longer claims any generation.
         let r = client
             .delete(EntityType::Address.full_name(), MARKER_NAME)
@@ -547,6 +516,16 @@ async fn apply(
         window,
     )
     .await?;
+    if mesh_only {
+        *known = Known::from_desired(&desired.digests, &desired.marker);
+        info!(
+            deletes = n_deletes,
+            creates = n_creates,
+            "mesh connectors updated; router holds generation {}",
+            desired.generation
+        );
+        return Ok(Applied { writes });
+    }
     let marker = marker_entity(&desired.marker);
     let r = client
         .create(
