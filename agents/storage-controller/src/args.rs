@@ -127,6 +127,16 @@ pub struct RunArgs {
     #[arg(long, env = "DRAIN_GRACE", default_value = "5s", value_parser = parse_duration)]
     pub drain_grace: Duration,
 
+    /// Topic hand-over with subscription-service (docs/architecture.md §5). Kubernetes mode: a pod going away from a
+    /// cluster that carries topics is removed only once subscription-service has handed its topics over and
+    /// released it (pod annotation `maas.io/topics-released=true`), then the drain grace (from the release too) and
+    /// 0 messages as always. And a subscription queue on a pod other than its topic's is left to
+    /// subscription-service (it moves and deletes it after the hand-over) instead of destroyed once empty. Turn on
+    /// only where subscription-service runs: otherwise nothing releases a pod and such a drain waits forever (shown
+    /// in /readyz and maas_storage_controller_drains_waiting{reason="topic-release"}).
+    #[arg(long, env = "AWAIT_TOPIC_RELEASE", default_value_t = false)]
+    pub await_topic_release: bool,
+
     /// Debounce of directory events (the kubelet writes a ConfigMap in several steps).
     #[arg(long, env = "DEBOUNCE", default_value = "200ms", value_parser = parse_duration)]
     pub debounce: Duration,
@@ -189,6 +199,16 @@ mod tests {
             }
         };
         assert_eq!(run(&[]), Ok(BrokerRunAsUser::Fixed(185)));
+        match Cli::try_parse_from(["storage-controller", "run"]).map(|c| c.command) {
+            Ok(Command::Run(a)) => assert!(!a.await_topic_release, "off by default"),
+            other => panic!("{other:?}"),
+        }
+        match Cli::try_parse_from(["storage-controller", "run", "--await-topic-release"])
+            .map(|c| c.command)
+        {
+            Ok(Command::Run(a)) => assert!(a.await_topic_release),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
             run(&["--broker-run-as-user", "auto"]),
             Ok(BrokerRunAsUser::Auto)

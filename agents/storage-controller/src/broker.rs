@@ -119,10 +119,11 @@ enum RemovalOutcome {
 }
 
 /// Run one broker's pass: read, plan, remove (queues only when empty), create. `owned` is updated with what the
-/// broker holds afterwards.
+/// broker holds afterwards. Queues named in `keep` are never removed ([`crate::provision::handed_over`]).
 pub async fn provision_pod<B: BrokerMgmt>(
     broker: &B,
     desired: &BrokerDesired,
+    keep: &BTreeSet<String>,
     owned: &mut Ownership,
     metrics: &Metrics,
     window: usize,
@@ -172,7 +173,7 @@ pub async fn provision_pod<B: BrokerMgmt>(
     if let Some(e) = lookup_error {
         return Err(e);
     }
-    let Plan { removals, creates } = plan(desired, &actual, owned);
+    let Plan { removals, creates } = plan(desired, &actual, owned).keeping(keep);
 
     // Removals, grouped by name (destroyQueue then deleteAddress of the same name).
     let mut groups: BTreeMap<String, Vec<Op>> = BTreeMap::new();
@@ -418,6 +419,9 @@ pub struct Provisioner<C: Connector> {
     /// Requests in flight per broker.
     window: usize,
     pods: BTreeMap<String, PodState<C::Broker>>,
+    /// Leave subscription queues that are not on their topic's pod to subscription-service
+    /// ([`crate::provision::handed_over`]; `--await-topic-release`).
+    handover: bool,
 }
 
 impl<C: Connector> Provisioner<C> {
@@ -428,7 +432,16 @@ impl<C: Connector> Provisioner<C> {
             metrics,
             window,
             pods: BTreeMap::new(),
+            handover: false,
         }
+    }
+
+    /// With `on`, a subscription queue on a pod other than its topic's is left to subscription-service (which
+    /// moves it and deletes it after the hand-over) instead of destroyed here once empty (`--await-topic-release`,
+    /// docs/architecture.md §5). Off by default.
+    pub fn with_topic_handover(mut self, on: bool) -> Self {
+        self.handover = on;
+        self
     }
 
     /// Provision every pod of every cluster in `brokers` with the addresses `desired` gives its cluster (a cluster
@@ -440,7 +453,8 @@ impl<C: Connector> Provisioner<C> {
         brokers: &Brokers,
     ) -> PassReport {
         let empty = BrokerDesired::new();
-        let mut listed: BTreeMap<String, (&BrokerPod, BrokerDesired)> = BTreeMap::new();
+        let mut listed: BTreeMap<String, (&BrokerPod, BrokerDesired, BTreeSet<String>)> =
+            BTreeMap::new();
         // Pods of a desired cluster -> the hash of what they should hold.
         let mut hashes: BTreeMap<String, String> = BTreeMap::new();
         for (cluster, pods) in &brokers.clusters {
@@ -453,11 +467,15 @@ impl<C: Connector> Provisioner<C> {
                 if d.is_some() {
                     hashes.insert(p.name.clone(), provisioned_hash(&for_pod));
                 }
-                listed.insert(p.name.clone(), (p, for_pod));
+                let keep = match d {
+                    Some(d) if self.handover => crate::provision::handed_over(d, &for_pod),
+                    _ => BTreeSet::new(),
+                };
+                listed.insert(p.name.clone(), (p, for_pod, keep));
             }
         }
         self.pods.retain(|name, _| listed.contains_key(name));
-        for (name, (pod, _)) in &listed {
+        for (name, (pod, _, _)) in &listed {
             let state = self.pods.entry(name.clone()).or_insert_with(|| PodState {
                 pod: (*pod).clone(),
                 conn: None,
@@ -471,13 +489,14 @@ impl<C: Connector> Provisioner<C> {
         let connector = &self.connector;
         let metrics = &self.metrics;
         let window = self.window;
+        let none = BTreeSet::new();
         let results: Vec<(String, Result<PodReport, BrokerError>)> =
             futures_util::future::join_all(self.pods.iter_mut().map(|(name, state)| {
-                let d = listed.get(name).map(|(_, d)| d).unwrap_or(&empty);
+                let (d, keep) = listed.get(name).map_or((&empty, &none), |(_, d, k)| (d, k));
                 async move {
                     (
                         name.clone(),
-                        provision_one(connector, state, d, metrics, window).await,
+                        provision_one(connector, state, d, keep, metrics, window).await,
                     )
                 }
             }))
@@ -590,6 +609,7 @@ async fn provision_one<C: Connector>(
     connector: &C,
     state: &mut PodState<C::Broker>,
     desired: &BrokerDesired,
+    keep: &BTreeSet<String>,
     metrics: &Metrics,
     window: usize,
 ) -> Result<PodReport, BrokerError> {
@@ -602,7 +622,7 @@ async fn provision_one<C: Connector>(
             connection: true,
         });
     };
-    let r = provision_pod(c, desired, owned, metrics, window).await;
+    let r = provision_pod(c, desired, keep, owned, metrics, window).await;
     if matches!(&r, Err(e) if e.connection) {
         *conn = None;
     }

@@ -40,7 +40,7 @@
 use std::collections::BTreeMap;
 
 use maas_model::pods::{BROKER_COMPONENT, CLUSTER_LABEL, COMPONENT_LABEL};
-use maas_model::{Config, Flavor, cluster_for, dns1123_label};
+use maas_model::{AddressKind, Config, Flavor, cluster_for, dns1123_label};
 use serde_json::{Map, Value, json};
 
 /// Field manager of every server-side apply, and the `managed-by` label value.
@@ -171,6 +171,9 @@ pub struct BrokerCluster {
     pub shared: bool,
     /// The addresses placed on it, in order.
     pub addresses: Vec<String>,
+    /// The topics among them, in order (a drain of one of its pods may wait for subscription-service to hand
+    /// them over: `--await-topic-release`, docs/architecture.md §5).
+    pub topics: Vec<String>,
     /// Broker image.
     pub image: String,
     /// Broker pods.
@@ -184,6 +187,14 @@ pub struct BrokerCluster {
 }
 
 impl BrokerCluster {
+    /// Place `address` on the cluster.
+    fn push(&mut self, address: &maas_model::Address) {
+        self.addresses.push(address.address.clone());
+        if address.kind == AddressKind::Topic {
+            self.topics.push(address.address.clone());
+        }
+    }
+
     /// The name of the cluster's StatefulSet, Service and PodDisruptionBudget ([`object_name`]).
     pub fn object_name(&self) -> String {
         object_name(&self.name)
@@ -243,12 +254,12 @@ pub fn desired_clusters(config: &Config) -> (BTreeMap<String, BrokerCluster>, Ve
                     address.address, c.flavor, c.flavor
                 ));
             }
-            c.addresses.push(address.address.clone());
+            c.push(address);
             continue;
         }
         let flavor = config.flavors.get(&flavor_name);
         let mut c = from_flavor(&name, &flavor_name, flavor);
-        c.addresses.push(address.address.clone());
+        c.push(address);
         clusters.insert(name, c);
     }
     (clusters, problems)
@@ -273,6 +284,7 @@ fn from_flavor(name: &str, flavor_name: &str, flavor: Option<&Flavor>) -> Broker
         flavor: flavor_name.to_string(),
         shared: flavor.is_some_and(|f| f.shared),
         addresses: Vec::new(),
+        topics: Vec::new(),
         image: text("image").unwrap_or_else(|| DEFAULT_IMAGE.to_string()),
         replicas,
         storage_class: text("storageClass"),
@@ -537,7 +549,7 @@ pub fn manifests(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use maas_model::{Address, AddressKind, AddressSet, FlavorSet};
+    use maas_model::{Address, AddressSet, FlavorSet};
     use std::collections::BTreeSet;
 
     fn flavor(name: &str, shared: bool, extra: Value) -> Flavor {
@@ -601,6 +613,8 @@ mod tests {
         let shared = &clusters["small-shared"];
         assert!(shared.shared);
         assert_eq!(shared.addresses, vec!["alerts", "news"]);
+        assert_eq!(shared.topics, vec!["news"], "the topics it carries");
+        assert!(clusters["orders"].topics.is_empty());
         assert_eq!(shared.storage_size, "5Gi", "from STORAGE_CAPACITY");
         assert_eq!(shared.image, DEFAULT_IMAGE);
         let p = &clusters[&plain];
@@ -689,6 +703,7 @@ mod tests {
             flavor: String::new(),
             shared: false,
             addresses: vec![name.into()],
+            topics: Vec::new(),
             image: DEFAULT_IMAGE.into(),
             replicas: 1,
             storage_class: None,

@@ -136,8 +136,9 @@ async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode> {
     .map_err(Error::Config)?;
 
     let kube_ctx = match &client {
-        Some(client) => Some(
-            kube_context(
+        Some(client) => Some(KubeCtx {
+            await_topic_release: args.await_topic_release,
+            ..kube_context(
                 client.clone(),
                 ClusterOptions {
                     namespace: args.namespace.clone(),
@@ -148,8 +149,8 @@ async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode> {
                 args.owner_configmap.as_deref(),
                 metrics.clone(),
             )
-            .await?,
-        ),
+            .await?
+        }),
         None => None,
     };
 
@@ -159,7 +160,8 @@ async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode> {
     let http_shutdown = shutdown.clone();
     let http_task = tokio::spawn(http.serve(async move { http_shutdown.cancelled().await }));
 
-    let prov = Provisioner::new(connector, metrics, args.broker.broker_window as usize);
+    let prov = Provisioner::new(connector, metrics, args.broker.broker_window as usize)
+        .with_topic_handover(args.await_topic_release);
     let outcome = run_loop(
         config_rx,
         brokers,

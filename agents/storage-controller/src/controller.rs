@@ -29,7 +29,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use maas_amqp::options::Backoff;
-use maas_model::pods::{CLUSTER_LABEL, DRAINING_ANNOTATION};
+use maas_model::placement::topic_route_pod;
+use maas_model::pods::{
+    CLUSTER_LABEL, DRAINING_ANNOTATION, TOPICS_RELEASED_ANNOTATION, released_from_pods,
+};
 use maas_model::{BrokerPod, Brokers, Config, PodInfo, brokers_from_pods, parse_brokers};
 use maas_ops::Health;
 use maas_source::ConfigState;
@@ -62,6 +65,133 @@ pub struct ClusterReport {
     pub failed: BTreeMap<String, String>,
     /// Clusters whose scale-down or removal waits for the pod list to be synced.
     pub deferred: Vec<String>,
+    /// Pods being drained -> what their drain waits for (a pod that counts as drained has none).
+    pub waits: BTreeMap<String, DrainWait>,
+}
+
+/// What the drain of one broker pod going away waits for. A pod counts as drained when there is nothing left to
+/// wait for: listed, marked, (with `--await-topic-release` on a cluster carrying topics) released by
+/// subscription-service, 0 messages, and the drain grace passed since the mark (and the release) was first seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DrainWait {
+    /// Not in the pod list: its claim may hold messages.
+    NotListed,
+    /// The draining mark was set in this pass (the pod list does not show it yet).
+    Marking,
+    /// Not ready: its messages cannot be counted (and subscription-service releases only Ready pods).
+    NotReady,
+    /// `--await-topic-release`: subscription-service has not released the pod yet
+    /// ([`maas_model::pods::TOPICS_RELEASED_ANNOTATION`]). `topics`: those of its cluster whose links still point at
+    /// it (it hands them over); `of`: how many topics its cluster carries.
+    Release { topics: Vec<String>, of: usize },
+    /// Empty, but within the drain grace since the mark (or the release) was first seen: the router-agents may
+    /// still route to it.
+    Grace,
+    /// Messages still on it.
+    Messages(u64),
+    /// Its messages could not be counted (the broker did not answer).
+    Unreachable,
+}
+
+impl DrainWait {
+    /// Every `reason` label of `maas_storage_controller_drains_waiting`, in the order [`DrainWait::label`] uses.
+    pub const LABELS: [&'static str; 7] = [
+        "not-listed",
+        "marking",
+        "not-ready",
+        "topic-release",
+        "grace",
+        "messages",
+        "unreachable",
+    ];
+
+    /// The `reason` label of this wait.
+    pub fn label(&self) -> &'static str {
+        let i = match self {
+            DrainWait::NotListed => 0,
+            DrainWait::Marking => 1,
+            DrainWait::NotReady => 2,
+            DrainWait::Release { .. } => 3,
+            DrainWait::Grace => 4,
+            DrainWait::Messages(_) => 5,
+            DrainWait::Unreachable => 6,
+        };
+        Self::LABELS[i]
+    }
+
+    /// The `/readyz` words for the wait of `pod`, when it says more than "draining".
+    pub fn describe(&self, pod: &str) -> Option<String> {
+        match self {
+            DrainWait::Release { topics, of } => Some(format!(
+                "waiting for subscription-service to release {pod} ({})",
+                if topics.is_empty() {
+                    format!("it holds none of the {of} topic(s) of its cluster")
+                } else {
+                    format!("topics {}", name_some(topics, 5))
+                }
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Up to `n` names joined by `, `, then how many more.
+fn name_some(names: &[String], n: usize) -> String {
+    let shown = names.iter().take(n).cloned().collect::<Vec<_>>().join(", ");
+    match names.len().saturating_sub(n) {
+        0 => shown,
+        more => format!("{shown}, … ({more} more)"),
+    }
+}
+
+/// Whether the drain of `pod` (listed and marked) waits for subscription-service to release it: with
+/// `await_release`, its cluster carries `topics` and it is not annotated
+/// [`maas_model::pods::TOPICS_RELEASED_ANNOTATION`]`=true`. The wait names the topics whose links still point at it
+/// ([`maas_model::placement::topic_route_pod`] over its cluster's pods in `pods` and the releases they carry: the
+/// topics it hands over). Pure.
+pub fn release_wait(
+    pod: &PodInfo,
+    topics: &[String],
+    await_release: bool,
+    pods: &[PodInfo],
+) -> Option<DrainWait> {
+    if !await_release || topics.is_empty() || is_released(pod) {
+        return None;
+    }
+    let brokers = brokers_from_pods(pods);
+    let cluster_pods = pod
+        .labels
+        .get(CLUSTER_LABEL)
+        .map(|c| brokers.pods(c))
+        .unwrap_or_default();
+    let released = released_from_pods(pods);
+    let held = topics
+        .iter()
+        .filter(|t| topic_route_pod(t, cluster_pods, &released).is_some_and(|p| p.name == pod.name))
+        .cloned()
+        .collect();
+    Some(DrainWait::Release {
+        topics: held,
+        of: topics.len(),
+    })
+}
+
+/// What the drain of a listed, marked (and, when awaited, released) pod still waits for once its messages were
+/// counted (`total`): messages first, then the drain grace since the mark (`marked_for`) and since the release
+/// (`released_for`, when a release was awaited). None: drained. Pure.
+pub fn count_wait(
+    total: u64,
+    marked_for: Duration,
+    released_for: Option<Duration>,
+    grace: Duration,
+) -> Option<DrainWait> {
+    if total > 0 {
+        Some(DrainWait::Messages(total))
+    } else if marked_for < grace || released_for.is_some_and(|r| r < grace) {
+        Some(DrainWait::Grace)
+    } else {
+        None
+    }
 }
 
 /// How long a pod must have been seen marked draining before it may count as drained, and since when each
@@ -74,6 +204,9 @@ pub struct DrainClock {
     /// The drain grace (`--drain-grace`).
     pub grace: Duration,
     seen: BTreeMap<String, Instant>,
+    /// Since when each marked pod has been seen released by subscription-service (`--await-topic-release`: the
+    /// router-agents move a topic's links when they see the release, so the grace counts from it too).
+    released: BTreeMap<String, Instant>,
 }
 
 impl DrainClock {
@@ -82,6 +215,7 @@ impl DrainClock {
         DrainClock {
             grace,
             seen: BTreeMap::new(),
+            released: BTreeMap::new(),
         }
     }
 
@@ -93,10 +227,22 @@ impl DrainClock {
             .elapsed()
     }
 
-    /// Forget pods that are no longer marked (or gone).
+    /// How long `pod` has been seen released (its first sighting is now when unknown).
+    fn released_for(&mut self, pod: &str) -> Duration {
+        self.released
+            .entry(pod.to_string())
+            .or_insert_with(Instant::now)
+            .elapsed()
+    }
+
+    /// Forget pods that are no longer marked (or gone), and releases of pods no longer marked and released.
     fn retain_marked(&mut self, pods: &[PodInfo]) {
         self.seen
             .retain(|name, _| pods.iter().any(|p| &p.name == name && is_marked(p)));
+        self.released.retain(|name, _| {
+            pods.iter()
+                .any(|p| &p.name == name && is_marked(p) && is_released(p))
+        });
     }
 }
 
@@ -109,6 +255,13 @@ fn is_marked(p: &PodInfo) -> bool {
     p.annotations.get(DRAINING_ANNOTATION).map(String::as_str) == Some("true")
 }
 
+fn is_released(p: &PodInfo) -> bool {
+    p.annotations
+        .get(TOPICS_RELEASED_ANNOTATION)
+        .map(String::as_str)
+        == Some("true")
+}
+
 /// The broker endpoint of a pod (ready, with an IP and an AMQP port), for drain checks.
 fn endpoint(p: &PodInfo) -> Option<BrokerPod> {
     brokers_from_pods(std::slice::from_ref(p))
@@ -118,56 +271,74 @@ fn endpoint(p: &PodInfo) -> Option<BrokerPod> {
         .and_then(|v| v.into_iter().next())
 }
 
-/// Drain the pods named `going` (from the synced pod list `pods`): mark each, and once the mark is visible on the
-/// pod, count the messages of every queue on it. True when every one of them is in the list, marked, has been seen
-/// marked for the drain grace, and is empty. A pod missing from the list is never taken as drained.
+/// Drain the pods named `going` (from the synced pod list `pods`) of a cluster carrying `topics` (none for a
+/// cluster no address needs): mark each, and once the mark is visible on the pod (and, with
+/// [`KubeCtx::await_topic_release`] and topics, once subscription-service released it), count the messages of
+/// every queue on it. True when every one of them is in the list, marked, released when awaited, has been seen
+/// marked (and released) for the drain grace, and is empty. A pod missing from the list is never taken as drained.
+/// What each pod waits for goes to [`ClusterReport::waits`].
 async fn drain<C: Connector>(
     ctx: &KubeCtx,
     going: &[String],
+    topics: &[String],
     pods: &[PodInfo],
     prov: &mut Provisioner<C>,
     clock: &mut DrainClock,
     report: &mut ClusterReport,
 ) -> Result<bool> {
     let mut all_empty = true;
+    let mut wait = |report: &mut ClusterReport, pod: &str, count: Option<u64>, w: DrainWait| {
+        report.draining.insert(pod.to_string(), count);
+        report.waits.insert(pod.to_string(), w);
+        all_empty = false;
+    };
     for name in going {
         let Some(p) = pods.iter().find(|p| &p.name == name) else {
             warn!(pod = %name, "broker pod going away is not in the pod list (its claim may hold messages); waiting for it");
-            report.draining.insert(name.clone(), None);
-            all_empty = false;
+            wait(report, name, None, DrainWait::NotListed);
             continue;
         };
         if !is_marked(p) {
             info!(pod = %p.name, "marking broker pod as draining");
             ctx.set_draining(&p.name, true).await?;
-            report.draining.insert(p.name.clone(), None);
-            all_empty = false;
+            wait(report, &p.name, None, DrainWait::Marking);
             continue;
         }
         let marked_for = clock.marked_for(&p.name);
+        if let Some(w) = release_wait(p, topics, ctx.await_topic_release, pods) {
+            info!(pod = %p.name, wait = %w.describe(&p.name).unwrap_or_default(),
+                "draining broker pod holds topics; waiting for subscription-service to hand them over and release it");
+            wait(report, &p.name, None, w);
+            continue;
+        }
+        let released_for =
+            (ctx.await_topic_release && !topics.is_empty()).then(|| clock.released_for(&p.name));
         let Some(ep) = endpoint(p) else {
             warn!(pod = %p.name, "draining broker pod is not reachable (not ready); waiting");
-            report.draining.insert(p.name.clone(), None);
-            all_empty = false;
+            wait(report, &p.name, None, DrainWait::NotReady);
             continue;
         };
         match prov.messages_on(&ep).await {
             Ok(counts) => {
                 let total: u64 = counts.values().sum();
                 report.draining.insert(p.name.clone(), Some(total));
-                if total > 0 {
-                    info!(pod = %p.name, messages = total, "broker pod still holds messages; waiting for consumers to empty it");
-                    all_empty = false;
-                } else if marked_for < clock.grace {
-                    info!(pod = %p.name, waited_ms = marked_for.as_millis(), grace_ms = clock.grace.as_millis(),
-                        "broker pod is empty but within the drain grace (router-agents may still route to it); waiting");
-                    all_empty = false;
+                match count_wait(total, marked_for, released_for, clock.grace) {
+                    None => {}
+                    Some(w) => {
+                        if total > 0 {
+                            info!(pod = %p.name, messages = total, "broker pod still holds messages; waiting for consumers to empty it");
+                        } else {
+                            info!(pod = %p.name, marked_ms = marked_for.as_millis(),
+                                released_ms = released_for.map(|d| d.as_millis()), grace_ms = clock.grace.as_millis(),
+                                "broker pod is empty but within the drain grace (router-agents may still route to it); waiting");
+                        }
+                        wait(report, &p.name, Some(total), w);
+                    }
                 }
             }
             Err(e) => {
                 warn!(pod = %p.name, error = %e, "cannot count messages on a draining broker; waiting");
-                report.draining.insert(p.name.clone(), None);
-                all_empty = false;
+                wait(report, &p.name, None, DrainWait::Unreachable);
             }
         }
     }
@@ -243,7 +414,7 @@ pub async fn reconcile_clusters<C: Connector>(
             continue;
         };
         let going = pods_going(object, &e.cluster, 0, e.replicas, pods);
-        let r = match drain(ctx, &going, pods, prov, clock, &mut report).await {
+        let r = match drain(ctx, &going, &[], pods, prov, clock, &mut report).await {
             Ok(true) => {
                 info!(cluster = %e.cluster, "no address needs this cluster and its brokers are empty; deleting it");
                 ctx.delete_cluster(object).await.map(|()| {
@@ -312,7 +483,7 @@ async fn reconcile_desired<C: Connector>(
             }
             Some(pods) => {
                 let going = pods_going(object, name, target, cur, pods);
-                if drain(ctx, &going, pods, prov, clock, report).await? {
+                if drain(ctx, &going, &cluster.topics, pods, prov, clock, report).await? {
                     info!(cluster = %name, from = cur, to = target, "drained; scaling down");
                 } else {
                     replicas = cur;
@@ -327,7 +498,11 @@ async fn reconcile_desired<C: Connector>(
         {
             if is_marked(p) && ordinal(object, &p.name).is_some_and(|o| o < replicas.min(target)) {
                 info!(pod = %p.name, "broker pod no longer goes away; clearing its draining mark");
-                ctx.set_draining(&p.name, false).await?;
+                if is_released(p) {
+                    ctx.clear_draining_and_release(&p.name).await?;
+                } else {
+                    ctx.set_draining(&p.name, false).await?;
+                }
             }
         }
     }
@@ -424,6 +599,7 @@ fn status(st: &PassStatus<'_>) -> (bool, String) {
         && !r.draining.is_empty()
     {
         problems.push(format!("{} pod(s) draining", r.draining.len()));
+        problems.extend(r.waits.iter().filter_map(|(pod, w)| w.describe(pod)));
     }
     for (pod, reason) in &st.pass.pods_failed {
         problems.push(format!("broker {pod}: {reason}"));
@@ -607,6 +783,7 @@ async fn pass<C: Connector>(
             match &r {
                 Ok(rep) => {
                     metrics.drains_in_progress.set(gauge(rep.draining.len()));
+                    metrics.set_drain_waits(rep.waits.values().map(DrainWait::label));
                     metrics.clusters_failing.set(gauge(rep.failed.len()));
                 }
                 Err(e) => {
@@ -701,6 +878,7 @@ pub fn file_inputs(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -746,6 +924,179 @@ mod tests {
             vec!["b-1orders-0a1b2c3d-0"]
         );
         assert!(pods_going("o", "o", 2, 2, &[]).is_empty());
+    }
+
+    fn broker(name: &str, cluster: &str, annotations: &[(&str, &str)]) -> PodInfo {
+        let mut p = pod(name, cluster);
+        p.host = "10.0.0.1".into();
+        p.ports = BTreeMap::from([(
+            "broker".to_string(),
+            BTreeMap::from([("amqp".to_string(), 5672)]),
+        )]);
+        p.labels.insert(
+            maas_model::pods::COMPONENT_LABEL.to_string(),
+            maas_model::pods::BROKER_COMPONENT.to_string(),
+        );
+        for (k, v) in annotations {
+            p.annotations.insert(k.to_string(), v.to_string());
+        }
+        p
+    }
+
+    #[test]
+    fn a_drain_waits_for_the_release_only_when_asked_and_the_cluster_carries_topics() {
+        let topics: Vec<String> = (0..12).map(|i| format!("t{i}")).collect();
+        let marked = [(DRAINING_ANNOTATION, "true")];
+        let pods = vec![
+            broker("c-0", "c", &[]),
+            broker("c-1", "c", &marked),
+            broker("x-0", "x", &[]),
+        ];
+        // Off, or a cluster without topics (a removal: no address needs it): no wait.
+        assert_eq!(release_wait(&pods[1], &topics, false, &pods), None);
+        assert_eq!(release_wait(&pods[1], &[], true, &pods), None);
+        // On: waits, naming the topics whose links still point at c-1 (those it hands over).
+        let Some(DrainWait::Release { topics: held, of }) =
+            release_wait(&pods[1], &topics, true, &pods)
+        else {
+            panic!("waits")
+        };
+        assert_eq!(of, 12);
+        let brokers = brokers_from_pods(&pods);
+        let undrained: Vec<BrokerPod> = brokers
+            .pods("c")
+            .iter()
+            .cloned()
+            .map(|mut p| {
+                p.draining = false;
+                p
+            })
+            .collect();
+        let expected: Vec<String> = topics
+            .iter()
+            .filter(|t| maas_model::topic_pod(t, &undrained).is_some_and(|p| p.name == "c-1"))
+            .cloned()
+            .collect();
+        assert!(!expected.is_empty() && expected.len() < 12, "{expected:?}");
+        assert_eq!(held, expected, "the topics c-1 lived on before it drained");
+        // Released: no longer waits (the annotation must say "true").
+        let mut released = pods.clone();
+        released[1]
+            .annotations
+            .insert(TOPICS_RELEASED_ANNOTATION.into(), "true".into());
+        assert_eq!(release_wait(&released[1], &topics, true, &released), None);
+        released[1]
+            .annotations
+            .insert(TOPICS_RELEASED_ANNOTATION.into(), "false".into());
+        assert!(release_wait(&released[1], &topics, true, &released).is_some());
+        // A draining pod that holds no topic still waits (subscription-service releases it at once), saying so.
+        let elsewhere: Vec<String> = topics
+            .iter()
+            .filter(|t| !expected.contains(t))
+            .take(1)
+            .cloned()
+            .collect();
+        let w = release_wait(&pods[1], &elsewhere, true, &pods).unwrap();
+        assert_eq!(
+            w.describe("c-1").unwrap(),
+            "waiting for subscription-service to release c-1 (it holds none of the 1 topic(s) of its cluster)"
+        );
+    }
+
+    #[test]
+    fn release_waits_read_well_and_label_the_metric() {
+        let names = |n: usize| (0..n).map(|i| format!("t{i}")).collect::<Vec<_>>();
+        let w = DrainWait::Release {
+            topics: vec!["news".into(), "sports".into()],
+            of: 3,
+        };
+        assert_eq!(
+            w.describe("b-1").unwrap(),
+            "waiting for subscription-service to release b-1 (topics news, sports)"
+        );
+        assert_eq!(w.label(), "topic-release");
+        let w = DrainWait::Release {
+            topics: names(7),
+            of: 9,
+        };
+        assert_eq!(
+            w.describe("b-1").unwrap(),
+            "waiting for subscription-service to release b-1 (topics t0, t1, t2, t3, t4, … (2 more))"
+        );
+        let w = DrainWait::Release {
+            topics: vec![],
+            of: 2,
+        };
+        assert_eq!(
+            w.describe("b-2").unwrap(),
+            "waiting for subscription-service to release b-2 (it holds none of the 2 topic(s) of its cluster)"
+        );
+        assert_eq!(DrainWait::Messages(3).describe("b-1"), None);
+        let all = [
+            DrainWait::NotListed,
+            DrainWait::Marking,
+            DrainWait::NotReady,
+            DrainWait::Release {
+                topics: vec![],
+                of: 1,
+            },
+            DrainWait::Grace,
+            DrainWait::Messages(1),
+            DrainWait::Unreachable,
+        ];
+        let labels: Vec<&str> = all.iter().map(DrainWait::label).collect();
+        assert_eq!(labels, DrainWait::LABELS);
+    }
+
+    #[test]
+    fn after_the_count_messages_then_the_grace_since_mark_and_release() {
+        let s = Duration::from_secs;
+        let grace = s(5);
+        assert_eq!(
+            count_wait(3, s(60), Some(s(60)), grace),
+            Some(DrainWait::Messages(3))
+        );
+        assert_eq!(count_wait(0, s(1), None, grace), Some(DrainWait::Grace));
+        assert_eq!(count_wait(0, s(60), None, grace), None);
+        // Released a moment ago: the router-agents may not have moved the topic's links yet.
+        assert_eq!(
+            count_wait(0, s(60), Some(s(1)), grace),
+            Some(DrainWait::Grace)
+        );
+        assert_eq!(count_wait(0, s(60), Some(s(5)), grace), None);
+        assert_eq!(count_wait(0, s(0), Some(s(0)), Duration::ZERO), None);
+    }
+
+    #[test]
+    fn status_says_what_a_drain_waits_for() {
+        let pass = PassReport::default();
+        let report = ClusterReport {
+            draining: BTreeMap::from([("b-1".to_string(), None), ("o-1".to_string(), Some(2))]),
+            waits: BTreeMap::from([
+                (
+                    "b-1".to_string(),
+                    DrainWait::Release {
+                        topics: vec!["news".into()],
+                        of: 1,
+                    },
+                ),
+                ("o-1".to_string(), DrainWait::Messages(2)),
+            ]),
+            ..ClusterReport::default()
+        };
+        let clusters = Ok(report);
+        let (ok, detail) = status(&PassStatus {
+            generation: 1,
+            pass: &pass,
+            clusters: Some(&clusters),
+            no_pods: &BTreeMap::new(),
+            annotate_failed: &BTreeMap::new(),
+        });
+        assert!(!ok);
+        assert_eq!(
+            detail,
+            "2 pod(s) draining; waiting for subscription-service to release b-1 (topics news)"
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use maas_model::pods::{CLUSTER_LABEL, DRAINING_ANNOTATION};
+use maas_model::pods::{CLUSTER_LABEL, DRAINING_ANNOTATION, TOPICS_RELEASED_ANNOTATION};
 use serde_json::{Value, json};
 
 use crate::PROVISIONED_ANNOTATION;
@@ -39,6 +39,9 @@ pub struct KubeCtx {
     pub metrics: Metrics,
     /// Bound on each API call.
     pub timeout: Duration,
+    /// `--await-topic-release`: the drain of a pod of a cluster carrying topics also waits until subscription-service
+    /// released it ([`TOPICS_RELEASED_ANNOTATION`], docs/architecture.md §5). Off in [`KubeCtx::new`].
+    pub await_topic_release: bool,
 }
 
 /// A StatefulSet this controller manages, as listed.
@@ -79,6 +82,7 @@ impl KubeCtx {
             opts,
             metrics,
             timeout: API_TIMEOUT,
+            await_topic_release: false,
         }
     }
 
@@ -309,6 +313,25 @@ impl KubeCtx {
     pub async fn set_draining(&self, pod: &str, draining: bool) -> Result<()> {
         let value = if draining { json!("true") } else { Value::Null };
         self.annotate_pod(pod, DRAINING_ANNOTATION, value).await
+    }
+
+    /// Clear the draining mark of a broker pod that no longer goes away and, in the same merge patch, the release
+    /// subscription-service gave it ([`TOPICS_RELEASED_ANNOTATION`]): a stale release must not let a later drain of
+    /// the same pod skip its hand-over (subscription-service removes it too, on its next pass).
+    pub async fn clear_draining_and_release(&self, pod: &str) -> Result<()> {
+        let api: Api<Pod> = self.api();
+        let body = json!({"metadata": {"annotations": {
+            DRAINING_ANNOTATION: Value::Null,
+            TOPICS_RELEASED_ANNOTATION: Value::Null,
+        }}});
+        self.call(
+            "annotate",
+            "Pod",
+            pod,
+            api.patch(pod, &PatchParams::default(), &Patch::Merge(&body)),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Set [`PROVISIONED_ANNOTATION`] of a broker pod to `hash` (what it holds is provisioned).

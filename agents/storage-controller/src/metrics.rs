@@ -44,6 +44,13 @@ pub struct StateLabels {
     pub state: String,
 }
 
+/// Labels of the drain-wait gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// What a drain waits for: one of [`crate::controller::DrainWait::LABELS`].
+    pub reason: String,
+}
+
 /// Every metric the controller exports. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -55,6 +62,7 @@ pub struct Metrics {
     pub clusters_failing: Gauge,
     pub pods_provisioned: Gauge,
     pub drains_in_progress: Gauge,
+    pub drains_waiting: Family<ReasonLabels, Gauge>,
     pub brokers_unreachable: Gauge,
     pub config_errors: Counter,
     pub passes: Counter,
@@ -72,6 +80,7 @@ impl Metrics {
             clusters_failing: Gauge::default(),
             pods_provisioned: Gauge::default(),
             drains_in_progress: Gauge::default(),
+            drains_waiting: Family::default(),
             brokers_unreachable: Gauge::default(),
             config_errors: Counter::default(),
             passes: Counter::default(),
@@ -116,6 +125,12 @@ impl Metrics {
             "drains_in_progress",
             "Broker pods being drained before a scale-down or cluster removal",
             m.drains_in_progress.clone(),
+        );
+        r.register(
+            "drains_waiting",
+            "Broker pods being drained, by what their drain waits for: not-listed, marking, not-ready, topic-release \
+             (subscription-service has not released the pod: --await-topic-release), grace, messages, unreachable",
+            m.drains_waiting.clone(),
         );
         r.register(
             "brokers_unreachable",
@@ -169,6 +184,25 @@ impl Metrics {
                 cluster: cluster.to_string(),
             })
             .inc();
+    }
+
+    /// Set the drain-wait gauges from the reasons of the pods being drained (every reason is set, 0 when none).
+    pub fn set_drain_waits<'a>(&self, reasons: impl Iterator<Item = &'a str>) {
+        let mut counts: std::collections::BTreeMap<&str, i64> =
+            crate::controller::DrainWait::LABELS
+                .iter()
+                .map(|l| (*l, 0))
+                .collect();
+        for r in reasons {
+            *counts.entry(r).or_default() += 1;
+        }
+        for (reason, n) in counts {
+            self.drains_waiting
+                .get_or_create(&ReasonLabels {
+                    reason: reason.to_string(),
+                })
+                .set(n);
+        }
     }
 
     /// Set the queue gauges.

@@ -5,7 +5,9 @@
 //! - topic address A: a MULTICAST address A;
 //! - subscription S on topic T: a durable MULTICAST queue S bound to address T, on T's pod only
 //!   ([`maas_model::topic_pod`]; docs/reference/artemis-2.21/durable-subscriptions-and-topics.txt §4). When T's pod
-//!   changes, subscription-service moves the queue and its messages; the old (then empty) queue is removed here.
+//!   changes, subscription-service moves the queue and its messages; the old (then empty) queue is removed here,
+//!   or, with the topic hand-over (`--await-topic-release`), left to subscription-service, which deletes it after
+//!   the router-agents moved T's links ([`handed_over`]).
 //!
 //! **Which names are ours.** Artemis' own names are never touched ([`is_internal`]: `DLQ`, `ExpiryQueue`,
 //! `activemq.*`, `$sys.*`, and the UUID-named temporary queues of management clients). Ownership of a QUEUE is
@@ -129,6 +131,20 @@ pub fn for_pod(
         .collect()
 }
 
+/// The subscription queues of a cluster (`cluster`: its [`BrokerDesired`]) that are not desired on one of its pods
+/// (`for_pod`: what [`for_pod`] gives that pod): their topic lives on another pod. With the topic hand-over
+/// (`--await-topic-release`: subscription-service runs), subscription-service moves such a queue to the topic's pod
+/// and deletes it after its sweep, once the router-agents moved the links (docs/architecture.md §5); the controller
+/// then leaves it alone on this pod ([`Plan::keeping`]) instead of destroying it once empty, which would drop what
+/// publishers still routed to this pod send meanwhile.
+pub fn handed_over(cluster: &BrokerDesired, for_pod: &BrokerDesired) -> BTreeSet<String> {
+    cluster
+        .iter()
+        .filter(|(name, w)| w.kind == AddressKind::Subscription && !for_pod.contains_key(*name))
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
 /// True for Artemis' own addresses and queues and for temporary (UUID-named) ones: never ours.
 pub fn is_internal(name: &str) -> bool {
     name == "DLQ"
@@ -218,6 +234,12 @@ impl Plan {
     /// True when the broker already holds exactly what it should.
     pub fn is_empty(&self) -> bool {
         self.removals.is_empty() && self.creates.is_empty()
+    }
+
+    /// The plan without the removals of `names` (left to someone else: [`handed_over`]).
+    pub fn keeping(mut self, names: &BTreeSet<String>) -> Plan {
+        self.removals.retain(|op| !names.contains(op.name()));
+        self
     }
 }
 
@@ -487,6 +509,46 @@ mod tests {
     }
     fn da(n: &str) -> Op {
         Op::DeleteAddress { name: n.into() }
+    }
+
+    #[test]
+    fn moved_subscription_queues_are_left_to_the_handover() {
+        let sub = |topic: &str| Want {
+            kind: AddressKind::Subscription,
+            topic: Some(topic.into()),
+        };
+        let cluster: BrokerDesired = BTreeMap::from([
+            ("news".to_string(), Want::from(AddressKind::Topic)),
+            ("s1".to_string(), sub("news")),
+            ("s2".to_string(), sub("news")),
+            ("q".to_string(), Want::from(AddressKind::Queue)),
+        ]);
+        // A pod that holds s2 only (the pod of s1's topic is another): s1 is handed over, nothing else.
+        let mut here = cluster.clone();
+        here.remove("s1");
+        assert_eq!(
+            handed_over(&cluster, &here),
+            BTreeSet::from(["s1".to_string()])
+        );
+        assert!(handed_over(&cluster, &cluster).is_empty());
+        // The plan keeps the old queue, and only its removals go.
+        let plan = Plan {
+            removals: vec![
+                Op::DestroyQueue { name: "s1".into() },
+                Op::DestroyQueue { name: "old".into() },
+                Op::DeleteAddress { name: "old".into() },
+            ],
+            creates: vec![Op::CreateQueue { name: "q".into() }],
+        };
+        let kept = plan.keeping(&BTreeSet::from(["s1".to_string()]));
+        assert_eq!(
+            kept.removals,
+            vec![
+                Op::DestroyQueue { name: "old".into() },
+                Op::DeleteAddress { name: "old".into() }
+            ]
+        );
+        assert_eq!(kept.creates, vec![Op::CreateQueue { name: "q".into() }]);
     }
 
     #[test]

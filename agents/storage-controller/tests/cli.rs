@@ -53,10 +53,17 @@ fn help_names_every_flag_with_its_environment_variable() {
         "--broker-ca-file",
         "--broker-run-as-user",
         "--http-addr",
+        "--drain-grace",
+        "--await-topic-release",
     ] {
         assert!(out.contains(flag), "{flag} missing from --help:\n{out}");
     }
     assert!(out.contains("[env: BROKERS_FILE=]"), "{out}");
+    assert!(out.contains("[env: AWAIT_TOPIC_RELEASE=]"), "{out}");
+    assert!(
+        out.contains("subscription-service") && out.contains("maas.io/topics-released"),
+        "--await-topic-release explains who releases a pod:\n{out}"
+    );
     let (code, out, _) = run(&["render", "--help"]);
     assert_eq!(code, 0);
     assert!(out.contains("--out") && out.contains("[env: OUT=]"));

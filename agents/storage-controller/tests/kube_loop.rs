@@ -173,8 +173,18 @@ async fn start_loop(
     config_rx: watch::Receiver<Arc<ConfigState>>,
     pods_rx: watch::Receiver<Arc<PodsState>>,
 ) -> (Running, KubeCtx) {
+    start_loop_with(client, config_rx, pods_rx, false).await
+}
+
+/// [`start_loop`], with `--await-topic-release` when `await_topic_release`.
+async fn start_loop_with(
+    client: kube::Client,
+    config_rx: watch::Receiver<Arc<ConfigState>>,
+    pods_rx: watch::Receiver<Arc<PodsState>>,
+    await_topic_release: bool,
+) -> (Running, KubeCtx) {
     let (metrics, registry) = Metrics::new();
-    let ctx = kube_context(
+    let mut ctx = kube_context(
         client,
         ClusterOptions {
             namespace: NS.into(),
@@ -187,6 +197,7 @@ async fn start_loop(
     )
     .await
     .unwrap();
+    ctx.await_topic_release = await_topic_release;
     let health = Health::new();
     let token = CancellationToken::new();
     let task = tokio::spawn(run_loop(
@@ -364,9 +375,13 @@ async fn kube_mode_applies_provisions_and_drains_before_deleting() {
     );
     let (ready, detail) = run.health.snapshot();
     assert!(!ready && detail.contains("draining"), "{detail}");
+    let metrics = run.metrics_text();
+    assert!(metrics.contains("maas_storage_controller_drains_in_progress 1"));
     assert!(
-        run.metrics_text()
-            .contains("maas_storage_controller_drains_in_progress 1")
+        metrics.contains(r#"maas_storage_controller_drains_waiting{reason="messages"} 1"#)
+            && metrics
+                .contains(r#"maas_storage_controller_drains_waiting{reason="topic-release"} 0"#),
+        "{metrics}"
     );
 
     // 6. Consumers empty it -> after the grace the StatefulSet, then the Service, are deleted.
@@ -643,4 +658,82 @@ async fn an_unsynced_pod_list_never_removes_a_cluster() {
     wait_until("orders deleted", 10, || api.statefulset("orders").is_none()).await;
     run.stop().await;
     e.stop().await;
+}
+
+/// `--await-topic-release` end to end: a scale-down of a topic's cluster marks the pod going away, says in
+/// `/readyz` and the metrics that it waits for subscription-service, keeps the replicas until the pod carries
+/// `maas.io/topics-released=true`, and scales down a drain grace after the release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_clusters_scale_down_waits_for_subscription_service_to_release_the_pod() {
+    let e0 = BrokerEmulator::start(BrokerConfig::default())
+        .await
+        .unwrap();
+    let e1 = BrokerEmulator::start(BrokerConfig::default())
+        .await
+        .unwrap();
+    let (api, client, pods_rx) = FakeApi::start(NS);
+    api.add_configmap("maas-addresses", "cm-uid-1");
+    let with_replicas = |n: i64| {
+        let mut cfg = config(&[("news", AddressKind::Topic)]);
+        let mut f = cfg.flavors.get("vanilla").unwrap().clone();
+        f.extra.insert("replicas".into(), json!(n));
+        cfg.flavors.insert(f);
+        cfg
+    };
+    let (config_tx, config_rx) = watch::channel(state(with_replicas(2), 1));
+    let (run, _ctx) = start_loop_with(client, config_rx, pods_rx, true).await;
+    api.set_pods(vec![
+        pod("news-0", "news", e0.addr().port()),
+        pod("news-1", "news", e1.addr().port()),
+    ]);
+    let replicas = || {
+        api.statefulset("news")
+            .and_then(|s| s["spec"]["replicas"].as_i64())
+    };
+    wait_until("2 replicas applied, both pods provisioned", 10, || {
+        replicas() == Some(2)
+            && ["news-0", "news-1"].iter().all(|n| {
+                api.pod(n)
+                    .is_some_and(|p| p.annotations.contains_key(PROVISIONED_ANNOTATION))
+            })
+    })
+    .await;
+
+    // 2 -> 1: news-1 is marked and, empty, waits for its release well past the drain grace.
+    config_tx.send(state(with_replicas(1), 2)).unwrap();
+    wait_until("news-1 marked draining", 10, || {
+        api.pod("news-1").is_some_and(|p| {
+            p.annotations.get("maas.io/draining").map(String::as_str) == Some("true")
+        })
+    })
+    .await;
+    tokio::time::sleep(GRACE * 2).await;
+    run.wait_passes(2).await;
+    assert_eq!(replicas(), Some(2), "not scaled down before the release");
+    let (ready, detail) = run.health.snapshot();
+    assert!(
+        !ready && detail.contains("waiting for subscription-service to release news-1 ("),
+        "{detail}"
+    );
+    let metrics = run.metrics_text();
+    assert!(
+        metrics.contains(r#"maas_storage_controller_drains_waiting{reason="topic-release"} 1"#),
+        "{metrics}"
+    );
+
+    // subscription-service releases it: scaled down, a drain grace after the release was seen.
+    let mut p = api.pod("news-1").unwrap();
+    p.annotations
+        .insert("maas.io/topics-released".into(), "true".into());
+    let released_at = Instant::now();
+    api.set_pods(vec![p]);
+    wait_until("scaled to 1", 10, || replicas() == Some(1)).await;
+    assert!(
+        released_at.elapsed() >= GRACE,
+        "scaled down {:?} after the release, grace {GRACE:?}",
+        released_at.elapsed()
+    );
+    run.stop().await;
+    e0.stop().await;
+    e1.stop().await;
 }

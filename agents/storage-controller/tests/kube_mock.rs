@@ -781,6 +781,148 @@ async fn scale_back_up_clears_the_draining_mark() {
     h.reconcile(&desired, pods, Scenario(calls)).await.unwrap();
 }
 
+/// `--await-topic-release`: a pod of a cluster carrying topics is not scaled away, even empty, before
+/// subscription-service released it (`maas.io/topics-released=true`), and is once released (and empty).
+#[tokio::test]
+async fn a_scale_down_of_a_topic_cluster_waits_for_the_release() {
+    let mut h = harness();
+    h.ctx.await_topic_release = true;
+    let (desired, _) = desired_clusters(&config(&[("news", AddressKind::Topic)], 1));
+    let c = &desired["news"];
+    assert_eq!(c.topics, vec!["news"]);
+    h.brokers.broker("news-0").set_count("news", 0);
+    let b1 = h.brokers.broker("news-1");
+    b1.set_count("news", 0);
+    let pods = |marked: bool, released: Option<&str>| {
+        let mut b1 = pod("news-1", "news", marked, 5673);
+        if let Some(v) = released {
+            b1.annotations
+                .insert("maas.io/topics-released".into(), v.into());
+        }
+        vec![pod("news-0", "news", false, 5672), b1]
+    };
+    let keep = |replicas: i32| {
+        let mut calls = vec![(
+            Call::ListStatefulSets,
+            Answer::List(vec![("news".into(), 2)]),
+        )];
+        calls.extend(cluster_calls(c, replicas));
+        Scenario(calls)
+    };
+    // Pass 1: 2 -> 1 replicas, news-1 marked, 2 kept.
+    let mut calls = vec![
+        (
+            Call::ListStatefulSets,
+            Answer::List(vec![("news".into(), 2)]),
+        ),
+        (
+            Call::AnnotatePod(
+                "news-1".into(),
+                json!({"metadata": {"annotations": {"maas.io/draining": "true"}}}),
+            ),
+            Answer::Ok,
+        ),
+    ];
+    calls.extend(cluster_calls(c, 2));
+    h.reconcile(&desired, pods(false, None), Scenario(calls))
+        .await
+        .unwrap();
+    // Passes 2 and 3: marked and empty (the drain grace is 0 here), but not released (no annotation, then one
+    // that is not "true"): 2 replicas kept, the wait names the pod and the topic it hands over.
+    for released in [None, Some("false")] {
+        fresh(&mut h);
+        let r = h
+            .reconcile(&desired, pods(true, released), keep(2))
+            .await
+            .unwrap();
+        let w = &r.waits["news-1"];
+        assert_eq!(w.label(), "topic-release", "{r:?}");
+        let text = w.describe("news-1").unwrap();
+        assert!(
+            text.starts_with("waiting for subscription-service to release news-1 ("),
+            "{text}"
+        );
+        assert_eq!(r.draining.get("news-1"), Some(&None), "not counted yet");
+    }
+    // Released, but a message reached it meanwhile: still kept (counted now).
+    b1.set_count("news", 1);
+    fresh(&mut h);
+    let r = h
+        .reconcile(&desired, pods(true, Some("true")), keep(2))
+        .await
+        .unwrap();
+    assert_eq!(r.waits["news-1"].label(), "messages");
+    assert_eq!(r.draining.get("news-1"), Some(&Some(1)));
+    // Released and empty: scaled to 1.
+    b1.set_count("news", 0);
+    fresh(&mut h);
+    let r = h
+        .reconcile(&desired, pods(true, Some("true")), keep(1))
+        .await
+        .unwrap();
+    assert_eq!(r.draining.get("news-1"), Some(&Some(0)));
+    assert!(r.waits.is_empty(), "{r:?}");
+
+    // Without the flag, the same empty pod goes at once (as before the hand-over).
+    let mut h = harness();
+    h.brokers.broker("news-0").set_count("news", 0);
+    h.brokers.broker("news-1").set_count("news", 0);
+    let r = h
+        .reconcile(&desired, pods(true, None), keep(1))
+        .await
+        .unwrap();
+    assert!(r.waits.is_empty(), "{r:?}");
+}
+
+/// A queue-only cluster never waits for a release, even with `--await-topic-release` (nothing hands over).
+#[tokio::test]
+async fn a_queue_cluster_does_not_wait_for_a_release() {
+    let mut h = harness();
+    h.ctx.await_topic_release = true;
+    let (desired, _) = desired_clusters(&config(&[("orders", AddressKind::Queue)], 1));
+    h.brokers.broker("orders-1").set_count("orders", 0);
+    let mut calls = vec![(
+        Call::ListStatefulSets,
+        Answer::List(vec![("orders".into(), 2)]),
+    )];
+    calls.extend(cluster_calls(&desired["orders"], 1));
+    let pods = vec![
+        pod("orders-0", "orders", false, 5672),
+        pod("orders-1", "orders", true, 5673),
+    ];
+    let r = h.reconcile(&desired, pods, Scenario(calls)).await.unwrap();
+    assert!(r.waits.is_empty(), "{r:?}");
+}
+
+/// A pod that no longer goes away loses its draining mark and, in the same patch, a release subscription-service
+/// gave it (a stale release must not let a later drain skip the hand-over).
+#[tokio::test]
+async fn scale_back_up_clears_the_release_with_the_mark() {
+    let mut h = harness();
+    h.ctx.await_topic_release = true;
+    let (desired, _) = desired_clusters(&config(&[("news", AddressKind::Topic)], 2));
+    let mut calls = vec![
+        (
+            Call::ListStatefulSets,
+            Answer::List(vec![("news".into(), 2)]),
+        ),
+        (
+            Call::AnnotatePod(
+                "news-1".into(),
+                json!({"metadata": {"annotations": {
+                    "maas.io/draining": null, "maas.io/topics-released": null}}}),
+            ),
+            Answer::Ok,
+        ),
+    ];
+    calls.extend(cluster_calls(&desired["news"], 2));
+    let mut b1 = pod("news-1", "news", true, 5673);
+    b1.annotations
+        .insert("maas.io/topics-released".into(), "true".into());
+    let pods = vec![pod("news-0", "news", false, 5672), b1];
+    h.reconcile(&desired, pods, Scenario(calls)).await.unwrap();
+}
+
 #[tokio::test]
 async fn api_errors_fail_the_pass_and_the_retry_succeeds() {
     let mut h = harness();

@@ -238,3 +238,65 @@ async fn a_restarted_controller_removes_its_orphaned_queues_once_empty_and_nothi
     assert!(r.converged(), "{r:?}");
     assert!(broker.state().queues.contains_key("ops"));
 }
+
+/// A subscription queue whose topic moved to another pod (its pod drains): without the hand-over the controller
+/// destroys the (empty) old queue at once; with it (`--await-topic-release`) the old queue stays for
+/// subscription-service, which moves and deletes it once the router-agents moved the links. The new pod gets the
+/// queue either way.
+#[tokio::test]
+async fn a_moved_subscription_queue_is_left_to_subscription_service_with_the_handover() {
+    for handover in [false, true] {
+        let conn = FakeConnector::default();
+        let (metrics, _) = Metrics::new();
+        let mut prov = Provisioner::new(conn.clone(), metrics, 8).with_topic_handover(handover);
+        let mut b = brokers(&[("c", "c-0"), ("c", "c-1")]);
+        let mut d = desired("c", &[("news", AddressKind::Topic)]);
+        d.get_mut("c").unwrap().insert(
+            "s1".into(),
+            storage_controller::provision::Want {
+                kind: AddressKind::Subscription,
+                topic: Some("news".into()),
+            },
+        );
+        assert!(prov.pass(&d, &b).await.converged());
+        let old = maas_model::topic_pod("news", b.pods("c"))
+            .unwrap()
+            .name
+            .clone();
+        assert!(conn.broker(&old).state().queues.contains_key("s1"));
+        // The topic's pod drains: news (and s1) now belong on the other pod.
+        for p in b.clusters.get_mut("c").unwrap() {
+            p.draining = p.name == old;
+        }
+        let new = maas_model::topic_pod("news", b.pods("c"))
+            .unwrap()
+            .name
+            .clone();
+        assert_ne!(old, new);
+        let r = prov.pass(&d, &b).await;
+        assert!(r.converged(), "{r:?}");
+        assert!(conn.broker(&new).state().queues.contains_key("s1"));
+        assert_eq!(
+            conn.broker(&old).state().queues.contains_key("s1"),
+            handover,
+            "handover {handover}: {:?}",
+            conn.broker(&old).writes()
+        );
+        if handover {
+            assert!(
+                !conn
+                    .broker(&old)
+                    .writes()
+                    .iter()
+                    .any(|w| w.starts_with("destroyQueue")),
+                "{:?}",
+                conn.broker(&old).writes()
+            );
+            // Once the subscription is gone from the configuration, the queue is ours to remove again.
+            d.get_mut("c").unwrap().remove("s1");
+            let r = prov.pass(&d, &b).await;
+            assert!(r.converged(), "{r:?}");
+            assert!(!conn.broker(&old).state().queues.contains_key("s1"));
+        }
+    }
+}
