@@ -70,6 +70,11 @@ pub struct ParseOptions<'a> {
     pub flavors: Option<&'a FlavorSet>,
     /// Flavor given to queues and topics that name none. It must exist among the flavors.
     pub default_flavor: Option<&'a str>,
+    /// The files are one part of a larger set (one of several address ConfigMaps merged into one): a subscription
+    /// whose topic is not defined in THESE files is kept unresolved (no flavor) instead of being an error; the
+    /// caller checks it against the merged set with [`resolve_merged_subscriptions`]. A subscription whose topic
+    /// is defined here is checked here, as always.
+    pub deferred_subscriptions: bool,
 }
 
 /// Parse the data of one ConfigMap or directory. `origin` names it in errors; `files` maps data key -> text;
@@ -85,7 +90,7 @@ pub fn parse_config(
         files,
         ParseOptions {
             flavors,
-            default_flavor: None,
+            ..ParseOptions::default()
         },
     )
 }
@@ -103,6 +108,7 @@ pub fn parse_config_with(
         ParseOptions {
             flavors,
             default_flavor,
+            ..ParseOptions::default()
         },
     )
 }
@@ -140,7 +146,14 @@ pub fn parse_config_opts(
     } else {
         FlavorCheck::Skip
     };
-    let addresses = assemble(origin, raws, check, opts.default_flavor, &mut errors);
+    let addresses = assemble(
+        origin,
+        raws,
+        check,
+        opts.default_flavor,
+        opts.deferred_subscriptions,
+        &mut errors,
+    );
     if errors.is_empty() {
         Ok(Config { addresses, flavors })
     } else {
@@ -157,7 +170,7 @@ pub(crate) fn parse_unchecked(
     let mut errors = Vec::new();
     let mut raws = Vec::new();
     collect(origin, None, format, text, &mut raws, &mut errors);
-    let set = assemble(origin, raws, FlavorCheck::Skip, None, &mut errors);
+    let set = assemble(origin, raws, FlavorCheck::Skip, None, false, &mut errors);
     if errors.is_empty() {
         Ok(set)
     } else {
@@ -675,8 +688,11 @@ fn assemble(
     mut raws: Vec<Raw<'_>>,
     check: FlavorCheck<'_>,
     default_flavor: Option<&str>,
+    deferred_subscriptions: bool,
     errors: &mut Vec<ConfigError>,
 ) -> AddressSet {
+    // The key each subscription came from (first definition), for the errors about its topic.
+    let mut subscription_keys: BTreeMap<String, Option<String>> = BTreeMap::new();
     // Group the definitions of each address by sorting (stable: each group keeps input order), without a map
     // and a list per address.
     raws.sort_by(|a, b| a.address.cmp(&b.address));
@@ -791,6 +807,9 @@ fn assemble(
                 Some(_) => {}
             }
         }
+        if kind == AddressKind::Subscription {
+            subscription_keys.insert(address.clone(), first_key.map(str::to_string));
+        }
         set.insert(Address {
             address,
             kind,
@@ -798,7 +817,16 @@ fn assemble(
             topic,
         });
     }
-    resolve_subscriptions(origin, &mut set, errors);
+    for (address, problem) in subscription_problems(&set, deferred_subscriptions) {
+        let key = subscription_keys.get(&address).cloned().flatten();
+        errors.push(ConfigError::new(
+            origin,
+            key.as_deref(),
+            Some(&address),
+            problem,
+        ));
+    }
+    resolve_subscriptions(&mut set, deferred_subscriptions);
     if let FlavorCheck::Against(flavors) = check {
         check_cluster_names(origin, &set, flavors, errors);
     }
@@ -806,47 +834,78 @@ fn assemble(
 }
 
 /// Every subscription's topic must be a topic of the set; a subscription takes its topic's flavor (it lives on
-/// the topic's broker cluster). A subscription whose topic is missing or not a topic is an error and left out.
-fn resolve_subscriptions(origin: &str, set: &mut AddressSet, errors: &mut Vec<ConfigError>) {
-    let mut bad = Vec::new();
-    let mut flavors = Vec::new();
+/// the topic's broker cluster). The subscriptions that cannot stay, with why, in address order: their topic is not
+/// a topic, or (unless `deferred`: see [`ParseOptions::deferred_subscriptions`]) is not defined.
+fn subscription_problems(set: &AddressSet, deferred: bool) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
     for a in set.iter().filter(|a| a.kind == AddressKind::Subscription) {
         let topic = a.topic.as_deref().unwrap_or_default();
         match set.get(topic) {
-            Some(t) if t.kind == AddressKind::Topic => {
-                flavors.push((a.address.clone(), t.flavor.clone()));
-            }
-            Some(t) => {
-                errors.push(ConfigError::new(
-                    origin,
-                    None,
-                    Some(&a.address),
-                    format!(
-                        "subscription on {topic:?}, which is a {}, not a topic",
-                        t.kind.as_str()
-                    ),
-                ));
-                bad.push(a.address.clone());
-            }
-            None => {
-                errors.push(ConfigError::new(
-                    origin,
-                    None,
-                    Some(&a.address),
-                    format!("subscription on topic {topic:?}, which is not defined"),
-                ));
-                bad.push(a.address.clone());
-            }
+            Some(t) if t.kind == AddressKind::Topic => {}
+            Some(t) => problems.push((
+                a.address.clone(),
+                format!(
+                    "subscription on {topic:?}, which is a {}, not a topic",
+                    t.kind.as_str()
+                ),
+            )),
+            None if deferred => {}
+            None => problems.push((
+                a.address.clone(),
+                format!("subscription on topic {topic:?}, which is not defined"),
+            )),
         }
     }
+    problems
+}
+
+/// Give every subscription its topic's flavor and leave out those [`subscription_problems`] names.
+fn resolve_subscriptions(set: &mut AddressSet, deferred: bool) {
+    let bad: Vec<String> = subscription_problems(set, deferred)
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect();
+    for address in bad {
+        set.addresses.remove(&address);
+    }
+    let flavors: Vec<(String, Option<String>)> = set
+        .iter()
+        .filter(|a| a.kind == AddressKind::Subscription)
+        .filter_map(|a| {
+            let topic = set.get(a.topic.as_deref().unwrap_or_default())?;
+            Some((a.address.clone(), topic.flavor.clone()))
+        })
+        .collect();
     for (address, flavor) in flavors {
         if let Some(a) = set.addresses.get_mut(&address) {
             a.flavor = flavor;
         }
     }
-    for address in bad {
-        set.addresses.remove(&address);
-    }
+}
+
+/// Check the subscriptions of a MERGED set (the union of parts parsed with
+/// [`ParseOptions::deferred_subscriptions`], e.g. several address ConfigMaps) against that set: a subscription's
+/// topic must be defined in it and be a topic, and the subscription takes the topic's flavor. Those that fail are
+/// removed from `set` (only they: the rest of their part stays) and returned with why, in address order; the
+/// caller names the part (and [`defining_key`]) they came from.
+pub fn resolve_merged_subscriptions(set: &mut AddressSet) -> Vec<(String, String)> {
+    let problems = subscription_problems(set, false);
+    resolve_subscriptions(set, false);
+    problems
+}
+
+/// The first data key (in key order) of `files` that defines `address`, read without validation; None when no
+/// key does. For naming the key of an address found wrong after a merge (rare: read again only then).
+pub fn defining_key(files: &BTreeMap<String, String>, address: &str) -> Option<String> {
+    files.iter().find_map(|(key, text)| {
+        let format = KeyFormat::of_key(key)?;
+        let mut raws = Vec::new();
+        let mut errors = Vec::new();
+        collect("", Some(key), format, text, &mut raws, &mut errors);
+        raws.iter()
+            .any(|r| r.address == address)
+            .then(|| key.clone())
+    })
 }
 
 /// Two different owners (an address's own cluster, a shared flavor's cluster) must not end up with the same
@@ -1306,10 +1365,110 @@ mod tests {
             vec![
                 r#"cm key "json" address "c": a subscription needs "topic": the topic it subscribes to"#,
                 r#"cm key "json" address "d": "topic" is only for subscriptions"#,
-                r#"cm address "a": subscription on "chat", which is a anycast, not a topic"#,
-                r#"cm address "b": subscription on topic "nope", which is not defined"#,
+                r#"cm key "json" address "a": subscription on "chat", which is a anycast, not a topic"#,
+                r#"cm key "json" address "b": subscription on topic "nope", which is not defined"#,
             ]
         );
+    }
+
+    #[test]
+    fn deferred_subscriptions_are_checked_against_the_merged_set() {
+        let files = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let deferred = ParseOptions {
+            deferred_subscriptions: true,
+            ..ParseOptions::default()
+        };
+        let subs = files(&[(
+            "subscriptions.json",
+            r#"[{"spec": {"address": "s1", "type": "subscription", "topic": "news"}},
+                {"spec": {"address": "s2", "type": "subscription", "topic": "gone"}},
+                {"spec": {"address": "s3", "type": "subscription", "topic": "chat"}}]"#,
+        )]);
+        // On its own, as always: every subscription on a topic defined elsewhere is an error.
+        let err = parse_config("cm", &subs, None).unwrap_err();
+        assert_eq!(err.len(), 3, "{err:?}");
+        assert_eq!(
+            err[0].to_string(),
+            r#"cm key "subscriptions.json" address "s1": subscription on topic "news", which is not defined"#
+        );
+        // Deferred: kept, unresolved (no flavor yet).
+        let part = parse_config_opts("cm", &subs, deferred).unwrap();
+        assert_eq!(part.addresses.len(), 3);
+        assert_eq!(part.addresses.get("s1").unwrap().flavor, None);
+        // A topic defined in the same files is still checked there (the part is refused as before).
+        let mixed = files(&[
+            ("json", r#"{"chat": {}}"#),
+            (
+                "subscriptions.json",
+                r#"{"spec": {"address": "s3", "type": "subscription", "topic": "chat"}}"#,
+            ),
+        ]);
+        let err = parse_config_opts("cm", &mixed, deferred).unwrap_err();
+        assert_eq!(
+            err.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            [
+                r#"cm key "subscriptions.json" address "s3": subscription on "chat", which is a anycast, not a topic"#
+            ]
+        );
+        // The merge: topics from another part; s1 resolves (the topic's flavor), s2 (no such topic) and s3 (not a
+        // topic) are dropped alone, with why.
+        let topics = parse_config(
+            "other",
+            &files(&[
+                (
+                    "json",
+                    r#"{"news": {"store_and_forward": true, "multicast": true, "flavor": "small"},
+                        "chat": {}}"#,
+                ),
+                ("flavor.json", r#"{"small": {"type": "topic"}}"#),
+            ]),
+            None,
+        )
+        .unwrap();
+        let mut merged = topics.addresses.clone();
+        for a in part.addresses.iter() {
+            merged.insert(a.clone());
+        }
+        let dropped = resolve_merged_subscriptions(&mut merged);
+        assert_eq!(
+            dropped,
+            vec![
+                (
+                    "s2".to_string(),
+                    r#"subscription on topic "gone", which is not defined"#.to_string()
+                ),
+                (
+                    "s3".to_string(),
+                    r#"subscription on "chat", which is a anycast, not a topic"#.to_string()
+                ),
+            ]
+        );
+        let s1 = merged.get("s1").unwrap();
+        assert_eq!(s1.flavor.as_deref(), Some("small"));
+        assert!(merged.get("s2").is_none() && merged.get("s3").is_none());
+        assert!(merged.get("news").is_some() && merged.get("chat").is_some());
+        // Nothing to do on a set whose subscriptions are fine.
+        assert!(resolve_merged_subscriptions(&mut merged).is_empty());
+        // The key that defines an address, for the merge's errors.
+        let two = files(&[
+            ("json", r#"{"q": {}}"#),
+            (
+                "subscriptions.json",
+                r#"{"spec": {"address": "s2", "type": "subscription", "topic": "gone"}}"#,
+            ),
+            ("notes.txt", "s2"),
+        ]);
+        assert_eq!(
+            defining_key(&two, "s2").as_deref(),
+            Some("subscriptions.json")
+        );
+        assert_eq!(defining_key(&two, "q").as_deref(), Some("json"));
+        assert_eq!(defining_key(&two, "nope"), None);
     }
 
     #[test]

@@ -179,3 +179,53 @@ impl FileConfigState {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use maas_model::AddressKind;
+
+    /// File mode reads the directory as ONE set: a subscription in `subscriptions.json` (what subscription-service
+    /// writes) on a topic of another key (`json`, the application teams') is accepted, and takes the topic's
+    /// flavor; one on a topic no key defines makes the directory invalid, naming directory, key and address.
+    #[test]
+    fn a_subscription_may_name_a_topic_of_another_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("json"),
+            r#"{"news": {"store_and_forward": true, "multicast": true, "flavor": "small"}}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("flavor.json"),
+            r#"{"small": {"type": "topic"}}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("subscriptions.json"),
+            r#"[{"apiVersion": "enmasse.io/v1", "kind": "Address", "metadata": {"name": "c1"},
+                 "spec": {"address": "c1", "type": "subscription", "topic": "news"}}]"#,
+        )
+        .unwrap();
+        let config = load_file_config(dir.path(), None).unwrap();
+        let c1 = config.addresses.get("c1").unwrap();
+        assert_eq!(c1.kind, AddressKind::Subscription);
+        assert_eq!(c1.topic.as_deref(), Some("news"));
+        assert_eq!(c1.flavor.as_deref(), Some("small"));
+
+        std::fs::write(
+            dir.path().join("subscriptions.json"),
+            r#"{"spec": {"address": "c2", "type": "subscription", "topic": "gone"}}"#,
+        )
+        .unwrap();
+        let errors = load_file_config(dir.path(), None).unwrap_err();
+        assert_eq!(
+            errors,
+            [format!(
+                r#"{} key "subscriptions.json" address "c2": subscription on topic "gone", which is not defined"#,
+                dir_origin(dir.path())
+            )]
+        );
+    }
+}

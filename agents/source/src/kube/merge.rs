@@ -1,6 +1,17 @@
 //! From the indexed ConfigMaps to one [`ConfigState`]: each address ConfigMap parsed on its own with its own last
 //! good value, the flavor ConfigMap's last good flavors, and the merge of all last good address sets.
 //!
+//! **Subscriptions across ConfigMaps.** A `subscription` address may name a topic defined in ANOTHER address
+//! ConfigMap (subscription-service writes `$subctrl` subscriptions to its own ConfigMap, `maas-subscriptions`, on
+//! topics the application teams define elsewhere). Each ConfigMap is therefore parsed with
+//! [`maas_model::ParseOptions::deferred_subscriptions`]: a subscription whose topic is defined in the SAME
+//! ConfigMap is checked there as always (a bad one makes that ConfigMap's new content refused: its last good
+//! content stays), one whose topic is not is kept and checked after the merge, against the merged set
+//! ([`maas_model::parse::resolve_merged_subscriptions`]): its topic must be defined there and be a topic, and it
+//! takes the topic's flavor. One that fails is left out ALONE (the rest of its ConfigMap stays in force: the fault
+//! may be another ConfigMap's, e.g. a topic removed from it), reported once per change like a conflict, with an
+//! Event on its ConfigMap naming the ConfigMap, key and address.
+//!
 //! Pure bookkeeping (no I/O): [`ConfigMerger::recompute`] returns the next state and the Kubernetes Events to post
 //! ([`Notice`]); the caller publishes and posts them.
 
@@ -9,7 +20,7 @@ use std::sync::Arc;
 
 use ::kube::Resource;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
-use maas_model::{AddressSet, Config, FlavorSet};
+use maas_model::{AddressKind, AddressSet, Config, FlavorSet};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
@@ -40,6 +51,8 @@ pub struct ConfigMerger {
     flavors: LastGood<FlavorSet>,
     entries: BTreeMap<String, Entry>,
     conflicts: Vec<String>,
+    /// Subscriptions left out of the merge (their topic is not a topic of the merged set), one line each.
+    dangling: Vec<String>,
     merged: Option<Arc<Config>>,
     generation: u64,
     error_events: u64,
@@ -81,6 +94,7 @@ impl ConfigMerger {
             flavors: LastGood::new(),
             entries: BTreeMap::new(),
             conflicts: Vec::new(),
+            dangling: Vec::new(),
             merged: None,
             generation: 0,
             error_events: 0,
@@ -135,8 +149,16 @@ impl ConfigMerger {
             }
             entry.last_key = Some(key.clone());
             let origin = configmap_origin(&self.namespace, name);
-            let parsed = maas_model::parse_config(&origin, data, Some(flavors))
-                .map_err(|e| e.iter().map(ToString::to_string).collect());
+            let parsed = maas_model::parse_config_opts(
+                &origin,
+                data,
+                maas_model::ParseOptions {
+                    flavors: Some(flavors),
+                    deferred_subscriptions: true,
+                    ..maas_model::ParseOptions::default()
+                },
+            )
+            .map_err(|e| e.iter().map(ToString::to_string).collect());
             let offer = entry.last_good.offer(&key, parsed);
             if offer.new_errors {
                 let errors = entry.last_good.errors().to_vec();
@@ -161,7 +183,7 @@ impl ConfigMerger {
                         addresses.insert(a.clone());
                         defined_in.insert(a.address.clone(), name);
                     }
-                    Some(existing) if existing == a => {}
+                    Some(existing) if same_definition(existing, a) => {}
                     Some(_) => {
                         let first = defined_in.get(&a.address).copied().unwrap_or_default();
                         let line = format!(
@@ -181,11 +203,36 @@ impl ConfigMerger {
                 }
             }
         }
-        let previous: BTreeSet<&String> = self.conflicts.iter().collect();
-        let fresh: Vec<(String, Vec<String>)> = conflicting_cms
-            .into_iter()
-            .filter(|(_, lines)| lines.iter().any(|l| !previous.contains(l)))
-            .collect();
+        // Subscriptions on topics of other ConfigMaps: checked against the merged set; a bad one is left out alone.
+        let mut dangling = Vec::new();
+        let mut dangling_cms: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (address, problem) in maas_model::parse::resolve_merged_subscriptions(&mut addresses) {
+            let name = defined_in.get(&address).copied().unwrap_or_default();
+            let key = address_cms
+                .get(name)
+                .and_then(|cm| maas_model::parse::defining_key(data_of(cm), &address));
+            let line = maas_model::ConfigError::new(
+                &configmap_origin(&self.namespace, name),
+                key.as_deref(),
+                Some(&address),
+                format!(
+                    "{problem} (checked against every address ConfigMap); this subscription is left out, \
+                     the rest of its ConfigMap is in force"
+                ),
+            )
+            .to_string();
+            dangling_cms
+                .entry(name.to_string())
+                .or_default()
+                .push(line.clone());
+            dangling.push(line);
+        }
+        let previous: BTreeSet<&String> = self.conflicts.iter().chain(&self.dangling).collect();
+        let mut fresh: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, lines) in conflicting_cms.into_iter().chain(dangling_cms) {
+            fresh.entry(name).or_default().extend(lines);
+        }
+        fresh.retain(|_, lines| lines.iter().any(|l| !previous.contains(l)));
         if !fresh.is_empty() {
             // A change of conflicts counts once, whatever the number of ConfigMaps involved.
             self.error_events += 1;
@@ -194,6 +241,7 @@ impl ConfigMerger {
             self.report(address_cms.get(&name), lines, false, &mut notices);
         }
         self.conflicts = conflicts;
+        self.dangling = dangling;
 
         let merged = Config {
             addresses,
@@ -217,6 +265,7 @@ impl ConfigMerger {
             errors.extend(entry.last_good.errors().iter().cloned());
         }
         errors.extend(self.conflicts.iter().cloned());
+        errors.extend(self.dangling.iter().cloned());
         let state = ConfigState {
             config: self.merged.clone(),
             errors,
@@ -261,6 +310,17 @@ impl ConfigMerger {
     }
 }
 
+/// Whether two ConfigMaps define an address the same way. A subscription is compared without its flavor: a
+/// ConfigMap holding its topic resolved it (the topic's flavor), one that does not left it unresolved; the merge
+/// gives it the topic's flavor either way.
+fn same_definition(a: &maas_model::Address, b: &maas_model::Address) -> bool {
+    if a.kind == AddressKind::Subscription && b.kind == AddressKind::Subscription {
+        a.address == b.address && a.topic == b.topic
+    } else {
+        a == b
+    }
+}
+
 /// The note of an Event: the problems, at most 1 kB (the Events API limit).
 pub fn event_note(errors: &[String]) -> String {
     const MAX: usize = 1024;
@@ -280,10 +340,10 @@ pub fn event_note(errors: &[String]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-    use maas_model::AddressKind;
 
     const FLAVORS: &str = r#"{"vanilla-queue": {"type": "queue", "templateName": "queue-persisted"},
         "vanilla-topic": {"type": "topic", "templateName": "topic-persisted"}}"#;
@@ -423,6 +483,161 @@ mod tests {
             s.errors
         );
         assert_eq!(n[0].regarding.name.as_deref(), Some("flavor"));
+    }
+
+    const NEWS: &str = r#"{"news": {"store_and_forward": true, "multicast": true, "flavor": "vanilla-topic"},
+        "sports": {"store_and_forward": true, "multicast": true, "flavor": "vanilla-topic"},
+        "chat": {}}"#;
+
+    fn subscription(name: &str, topic: &str) -> String {
+        format!(
+            r#"{{"apiVersion": "enmasse.io/v1", "kind": "Address", "metadata": {{"name": "{name}"}},
+                "spec": {{"address": "{name}", "type": "subscription", "topic": "{topic}"}}}}"#
+        )
+    }
+
+    fn subscriptions(subs: &[(&str, &str)]) -> ConfigMap {
+        let list: Vec<String> = subs.iter().map(|(n, t)| subscription(n, t)).collect();
+        cm(
+            "maas-subscriptions",
+            "1",
+            &[("subscriptions.json", &format!("[{}]", list.join(",")))],
+        )
+    }
+
+    #[test]
+    fn a_subscription_on_a_topic_of_another_configmap_is_checked_against_the_merged_set() {
+        let mut m = ConfigMerger::new("ns", "flavor");
+        let apps = cm("addresses", "1", &[("json", NEWS)]);
+        let subs = subscriptions(&[("c1", "news"), ("c2", "sports")]);
+        let (s, n) = m.recompute(&index(&[apps, subs.clone()]), Some(&flavor()));
+        assert!(s.errors.is_empty() && n.is_empty(), "{:?}", s.errors);
+        let config = s.config.clone().unwrap();
+        let c1 = config.addresses.get("c1").unwrap();
+        assert_eq!(c1.kind, AddressKind::Subscription);
+        assert_eq!(c1.topic.as_deref(), Some("news"));
+        assert_eq!(
+            c1.flavor.as_deref(),
+            Some("vanilla-topic"),
+            "the topic's flavor: it lives on the topic's cluster"
+        );
+        assert_eq!((s.inputs_valid, s.inputs_invalid), (2, 0));
+
+        // The topic "news" leaves the other ConfigMap: c1 alone is left out, c2 and everything else stay.
+        let without_news = cm(
+            "addresses",
+            "2",
+            &[(
+                "json",
+                r#"{"sports": {"store_and_forward": true, "multicast": true, "flavor": "vanilla-topic"},
+                    "chat": {}}"#,
+            )],
+        );
+        let events = s.error_events;
+        let (s, n) = m.recompute(
+            &index(&[without_news.clone(), subs.clone()]),
+            Some(&flavor()),
+        );
+        assert_eq!(
+            addrs(&s),
+            [
+                ("c2".to_string(), AddressKind::Subscription),
+                ("chat".to_string(), AddressKind::Anycast),
+                ("sports".to_string(), AddressKind::Topic),
+            ]
+        );
+        assert_eq!(
+            s.errors,
+            [
+                r#"ConfigMap ns/maas-subscriptions key "subscriptions.json" address "c1": subscription on topic "news", which is not defined (checked against every address ConfigMap); this subscription is left out, the rest of its ConfigMap is in force"#
+            ]
+        );
+        assert_eq!(n.len(), 1);
+        assert_eq!(n[0].regarding.name.as_deref(), Some("maas-subscriptions"));
+        assert_eq!(s.error_events, events + 1);
+        // The same state again: not reported again.
+        let (s2, n) = m.recompute(&index(&[without_news, subs.clone()]), Some(&flavor()));
+        assert_eq!((s2.error_events, n.len()), (s.error_events, 0));
+        assert_eq!(s2.errors.len(), 1);
+        // The topic comes back: so does c1, and the problem is gone.
+        let apps = cm("addresses", "3", &[("json", NEWS)]);
+        let (s, _) = m.recompute(&index(&[apps, subs]), Some(&flavor()));
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+        assert!(s.config.unwrap().addresses.get("c1").is_some());
+    }
+
+    #[test]
+    fn a_subscription_on_an_address_of_another_configmap_that_is_no_topic_is_left_out_alone() {
+        let mut m = ConfigMerger::new("ns", "flavor");
+        let apps = cm("addresses", "1", &[("json", NEWS)]);
+        let subs = subscriptions(&[("c1", "chat"), ("c2", "news")]);
+        let (s, n) = m.recompute(&index(&[apps, subs]), Some(&flavor()));
+        let config = s.config.clone().unwrap();
+        assert!(config.addresses.get("c1").is_none());
+        assert!(config.addresses.get("c2").is_some());
+        assert_eq!(s.errors.len(), 1);
+        assert!(
+            s.errors[0].starts_with(
+                r#"ConfigMap ns/maas-subscriptions key "subscriptions.json" address "c1": subscription on "chat", which is a anycast, not a topic"#
+            ),
+            "{:?}",
+            s.errors
+        );
+        assert_eq!(n.len(), 1);
+    }
+
+    #[test]
+    fn a_subscription_on_a_topic_of_its_own_configmap_follows_the_configmap_rules() {
+        let mut m = ConfigMerger::new("ns", "flavor");
+        let good = cm("addresses", "1", &[("json", NEWS)]);
+        let (s, _) = m.recompute(&index(&[good]), Some(&flavor()));
+        assert_eq!(addrs(&s).len(), 3);
+        // A subscription on the ConfigMap's own anycast address: the new content is refused as a whole (the last
+        // good one stays), as before subscriptions could cross ConfigMaps.
+        let bad = cm(
+            "addresses",
+            "2",
+            &[
+                ("json", NEWS),
+                ("subscriptions.json", &subscription("c1", "chat")),
+                ("more.json", &subscription("c2", "news")),
+            ],
+        );
+        let (s, n) = m.recompute(&index(&[bad]), Some(&flavor()));
+        assert_eq!(addrs(&s).len(), 3, "the last good content");
+        assert_eq!(
+            s.errors,
+            [
+                r#"ConfigMap ns/addresses key "subscriptions.json" address "c1": subscription on "chat", which is a anycast, not a topic"#
+            ]
+        );
+        assert_eq!((s.inputs_valid, s.inputs_invalid), (0, 1));
+        assert_eq!(n.len(), 1);
+    }
+
+    #[test]
+    fn one_subscription_defined_in_two_configmaps_is_no_conflict() {
+        let mut m = ConfigMerger::new("ns", "flavor");
+        // Resolved in "addresses" (its topic is there), unresolved in "maas-subscriptions": the same definition.
+        let apps = cm(
+            "addresses",
+            "1",
+            &[("json", NEWS), ("subs.json", &subscription("c1", "news"))],
+        );
+        let subs = subscriptions(&[("c1", "news")]);
+        let (s, n) = m.recompute(&index(&[apps.clone(), subs]), Some(&flavor()));
+        assert!(s.errors.is_empty() && n.is_empty(), "{:?}", s.errors);
+        // On another topic it is a conflict, and the first ConfigMap's definition wins.
+        let other = subscriptions(&[("c1", "sports")]);
+        let (s, _) = m.recompute(&index(&[apps, other]), Some(&flavor()));
+        assert_eq!(s.errors.len(), 1);
+        assert!(
+            s.errors[0].contains("defined differently"),
+            "{:?}",
+            s.errors
+        );
+        let c1 = s.config.unwrap().addresses.get("c1").cloned().unwrap();
+        assert_eq!(c1.topic.as_deref(), Some("news"));
     }
 
     #[test]
