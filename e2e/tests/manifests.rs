@@ -336,6 +336,18 @@ fn router_config(docs: &[Doc], workload: &Doc) -> Vec<RouterEntity> {
 }
 
 /// The `$default` group settings of vhost `name`.
+/// Every user group of vhost `name`.
+fn vhost_groups<'a>(
+    conf: &'a [RouterEntity],
+    name: &str,
+) -> &'a serde_json::Map<String, serde_json::Value> {
+    entities(conf, "vhost")
+        .into_iter()
+        .find(|v| attr(v, "hostname").as_deref() == Some(name))
+        .and_then(|v| v["groups"].as_object())
+        .unwrap_or_else(|| panic!("no vhost {name} with groups"))
+}
+
 fn vhost_group<'a>(
     conf: &'a [RouterEntity],
     name: &str,
@@ -355,7 +367,9 @@ fn vhost_group<'a>(
 /// vhost policy on, the client listener (the `amqp` container port) in vhost `clients` whose targets refuse
 /// `$management`, the agent's own listener on 127.0.0.1 in vhost `agent`, and the agent's ROUTER_URL on it.
 fn check_router_policy(workload: &Doc, conf: &[RouterEntity]) {
-    use maas_e2e::router::policy::{allowed, clients_targets};
+    use maas_e2e::router::policy::{
+        GroupPolicy, SUBCTRL, SUBSCRIPTION_SERVICE_USER, allowed, clients_sources, clients_targets,
+    };
     let at = workload.at();
     let spec = &workload.value["spec"]["template"]["spec"];
     let policies = entities(conf, "policy");
@@ -372,7 +386,23 @@ fn check_router_policy(workload: &Doc, conf: &[RouterEntity]) {
     );
     let clients = vhost_group(conf, "clients");
     let targets = attr(clients, "targets").unwrap_or_default();
-    assert_eq!(targets, clients_targets(), "{at}: the recorded targets");
+    assert_eq!(
+        targets,
+        clients_targets(),
+        "{at}: the recorded targets and $subctrl"
+    );
+    // Clients send requests to the subscription-service's API `$subctrl` (an exact entry: nothing else that starts
+    // with `$` is admitted by it).
+    assert!(
+        allowed(&targets, SUBCTRL),
+        "{at}: clients may not send to $subctrl"
+    );
+    for denied in ["$subctrl2", "$subctr", "$management2"] {
+        assert!(
+            !allowed(&targets, denied),
+            "{at}: clients may send to {denied}"
+        );
+    }
     // (Not refused: the `amqp:/` forms such as `amqp:/_topo/0/<router id>/$management` start with a letter;
     // manifests/README.md "Security notes".)
     for denied in ["$management", "/$management", "_local/$management"] {
@@ -389,8 +419,38 @@ fn check_router_policy(workload: &Doc, conf: &[RouterEntity]) {
     ] {
         assert!(allowed(&targets, ok), "{at}: clients may not send to {ok}");
     }
-    assert_eq!(attr(clients, "sources").as_deref(), Some("*"), "{at}");
+    // Receivers: addresses starting with a letter or digit (and dynamic reply-to addresses), never `$subctrl`: no
+    // client takes the requests meant for the subscription-service.
+    let sources = attr(clients, "sources").unwrap_or_default();
+    assert_eq!(sources, clients_sources(), "{at}");
+    for denied in [SUBCTRL, "$management"] {
+        assert!(
+            !allowed(&sources, denied),
+            "{at}: clients may receive from {denied}"
+        );
+    }
+    assert!(allowed(&sources, "orders"), "{at}");
     assert_eq!(attr(clients, "remoteHosts").as_deref(), Some("*"), "{at}");
+    // The subscription-service's own group: its user receives `$subctrl` (only), and sends its `list` replies to
+    // reply-to addresses.
+    let service = vhost_groups(conf, "clients")
+        .get("subscription-service")
+        .and_then(serde_json::Value::as_object)
+        .unwrap_or_else(|| panic!("{at}: no group subscription-service in vhost clients"));
+    assert_eq!(
+        attr(service, "users").as_deref(),
+        Some(SUBSCRIPTION_SERVICE_USER),
+        "{at}"
+    );
+    let want = GroupPolicy::subscription_service();
+    assert_eq!(attr(service, "sources"), Some(want.sources), "{at}");
+    assert_eq!(attr(service, "targets"), Some(want.targets), "{at}");
+    assert_eq!(
+        attr(service, "allowDynamicSource").as_deref(),
+        Some("false"),
+        "{at}"
+    );
+    assert_eq!(attr(service, "remoteHosts").as_deref(), Some("*"), "{at}");
     assert_eq!(
         attr(clients, "allowDynamicSource").as_deref(),
         Some("true"),
@@ -3103,27 +3163,36 @@ fn no_file_cites_paths_outside_the_repository() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-/// The topic hand-over (docs/architecture.md §5) is on where subscription-service can release pods: the interior
-/// router-agents keep a draining broker pod's topics (TOPIC_HANDOVER) and take the broker pods (with their
-/// `maas.io/topics-released` annotation) from config-service `podsense`; subscription-service takes the broker pods
-/// from the Kubernetes API (releases are pod annotations, so its Role may patch pods).
+/// The topic hand-over (docs/architecture.md §5) is on where subscription-service can release pods: every
+/// router-agent (interior and edge) keeps a draining broker pod's topics (TOPIC_HANDOVER) and takes the broker pods
+/// (with their `maas.io/topics-released` annotation) from config-service `podsense`; subscription-service takes the
+/// broker pods from the Kubernetes API (releases are pod annotations, so its Role may patch pods); and the
+/// storage-controller does not remove a draining pod of a topic's cluster before its release (AWAIT_TOPIC_RELEASE).
 #[test]
 fn the_topic_handover_is_on_where_subscription_service_releases_pods() {
-    for docs in [base(), template().1] {
-        let router = find(&docs, "StatefulSet", "maas-router");
-        let agent = container(&router.value["spec"]["template"]["spec"], "router-agent");
-        let e = env(agent);
-        assert_eq!(
-            e.get("TOPIC_HANDOVER"),
-            Some(&Some("true".to_string())),
-            "{}",
-            router.at()
-        );
-        assert!(
-            e.contains_key("CONFIG_SERVICE_URL") && !e.contains_key("BROKERS_FILE"),
-            "{}: broker pods (and their release annotation) from podsense",
-            router.at()
-        );
+    for docs in [base(), template().1, edge_overlay()] {
+        let mut routers = vec![find(&docs, "StatefulSet", "maas-router")];
+        if let Some(edge) = docs
+            .iter()
+            .find(|d| d.kind() == "Deployment" && d.name() == "maas-router-edge")
+        {
+            routers.push(edge);
+        }
+        for router in &routers {
+            let agent = container(&router.value["spec"]["template"]["spec"], "router-agent");
+            let e = env(agent);
+            assert_eq!(
+                e.get("TOPIC_HANDOVER"),
+                Some(&Some("true".to_string())),
+                "{}",
+                router.at()
+            );
+            assert!(
+                e.contains_key("CONFIG_SERVICE_URL") && !e.contains_key("BROKERS_FILE"),
+                "{}: broker pods (and their release annotation) from podsense",
+                router.at()
+            );
+        }
         let service = find(&docs, "Deployment", "maas-subscription-service");
         let c = container(
             &service.value["spec"]["template"]["spec"],
@@ -3140,5 +3209,151 @@ fn the_topic_handover_is_on_where_subscription_service_releases_pods() {
             seq_strs(&r["resources"]).contains(&"pods") && seq_strs(&r["verbs"]).contains(&"patch")
         });
         assert!(patches_pods, "{}: pods patch", role.at());
+        // The storage-controller waits for the release before it removes a draining pod of a topic's cluster
+        // (the only releaser, subscription-service, runs beside it).
+        let sc = find(&docs, "Deployment", "maas-storage-controller");
+        let sc_c = container(&sc.value["spec"]["template"]["spec"], "storage-controller");
+        assert_eq!(
+            env(sc_c).get("AWAIT_TOPIC_RELEASE"),
+            Some(&Some("true".to_string())),
+            "{}",
+            sc.at()
+        );
+    }
+    // The flag exists, under that env var.
+    let sc_run = storage_controller::args::Cli::command()
+        .find_subcommand("run")
+        .unwrap()
+        .clone();
+    assert!(
+        sc_run
+            .get_arguments()
+            .any(|a| a.get_long() == Some("await-topic-release")
+                && a.get_env().is_some_and(|e| e == "AWAIT_TOPIC_RELEASE"))
+    );
+}
+
+/// `$subctrl` is wired end to end: every router-agent (interior and edge) routes it (SUBCTRL: the balanced address
+/// `maas-address/$subctrl`); every client may send to it (check_router_policy); the subscription-service consumes
+/// it through the routers' client Service on the client listener (`--router-url` names the Service `maas-router`
+/// and the port that reaches the listener of vhost `clients`), logged in with SASL PLAIN as the user of the routers'
+/// `subscription-service` group, its password from a mounted Secret; and it keeps the subscriptions in the
+/// ConfigMap (`--kube`, neither `--subscriptions-file` nor `--addresses-dir`), with the verbs for it.
+#[test]
+fn subctrl_is_wired_from_the_clients_to_the_subscription_service() {
+    use maas_e2e::router::policy::SUBSCRIPTION_SERVICE_USER;
+    for docs in [base(), template().1, edge_overlay()] {
+        let routers: Vec<&Doc> = docs
+            .iter()
+            .filter(|d| {
+                (d.kind() == "StatefulSet" && d.name() == "maas-router")
+                    || (d.kind() == "Deployment" && d.name() == "maas-router-edge")
+            })
+            .collect();
+        assert!(!routers.is_empty());
+        for router in &routers {
+            let agent = container(&router.value["spec"]["template"]["spec"], "router-agent");
+            assert_eq!(
+                env(agent).get("SUBCTRL"),
+                Some(&Some("true".to_string())),
+                "{}: the router-agent must route $subctrl",
+                router.at()
+            );
+        }
+        let service = find(&docs, "Deployment", "maas-subscription-service");
+        let spec = &service.value["spec"]["template"]["spec"];
+        let c = container(spec, "subscription-service");
+        let at = service.at();
+        let args = seq_strs(&c["args"]);
+        let url = args
+            .iter()
+            .position(|a| *a == "--router-url")
+            .and_then(|i| args.get(i + 1))
+            .unwrap_or_else(|| panic!("{at}: no --router-url: {args:?}"));
+        let opts = maas_amqp::options::ConnectOptions::from_url(url)
+            .unwrap_or_else(|e| panic!("{at}: --router-url {url}: {e}"));
+        assert!(
+            opts.tls.is_none(),
+            "{at}: the client listener speaks plain AMQP"
+        );
+        match &opts.sasl {
+            maas_amqp::options::SaslOptions::Plain { username, .. } => {
+                assert_eq!(username, SUBSCRIPTION_SERVICE_USER, "{at}: {url}");
+            }
+            other => panic!("{at}: --router-url must log in with SASL PLAIN: {other:?}"),
+        }
+        // The host is the routers' client Service; its port reaches the `amqp` port of every router pod, which
+        // is the client listener (vhost `clients`, where the user's group lives).
+        let svc = find(&docs, "Service", &opts.host);
+        let port = seq(&svc.value["spec"]["ports"])
+            .iter()
+            .find(|p| p["port"].as_u64() == Some(u64::from(opts.port)))
+            .unwrap_or_else(|| panic!("{}: no port {}", svc.at(), opts.port));
+        assert_eq!(port["targetPort"].as_str(), Some("amqp"), "{}", svc.at());
+        for router in &routers {
+            assert!(
+                selects(&svc.value["spec"]["selector"], &pod_labels(router)),
+                "{}: does not select {}",
+                svc.at(),
+                router.at()
+            );
+            let conf = router_config(&docs, router);
+            let amqp = named_port(&router.value["spec"]["template"]["spec"], "amqp").unwrap();
+            let listener = entities(&conf, "listener")
+                .into_iter()
+                .find(|l| attr(l, "port").and_then(|p| p.parse::<u64>().ok()) == Some(amqp))
+                .unwrap_or_else(|| panic!("{}: no listener on {amqp}", router.at()));
+            assert_eq!(
+                attr(listener, "policyVhost").as_deref(),
+                Some("clients"),
+                "{}",
+                router.at()
+            );
+            let users = vhost_groups(&conf, "clients")
+                .get("subscription-service")
+                .and_then(|g| g["users"].as_str())
+                .unwrap_or_default()
+                .to_string();
+            assert_eq!(
+                users,
+                SUBSCRIPTION_SERVICE_USER,
+                "{}: the group's user is the one --router-url logs in as",
+                router.at()
+            );
+        }
+        // The password: a file of the mounted Secret maas-subscription-service-login.
+        const LOGIN: &str = "maas-subscription-service-login";
+        let dir = secret_mount_dir(spec, c, LOGIN)
+            .unwrap_or_else(|| panic!("{at}: Secret {LOGIN} not mounted"));
+        assert_eq!(
+            env(c).get("ROUTER_PASSWORD_FILE"),
+            Some(&Some(format!("{dir}/password"))),
+            "{at}"
+        );
+        let secret = find(&docs, "Secret", LOGIN);
+        assert!(
+            !secret.value["stringData"]["password"].is_null()
+                || !secret.value["data"]["password"].is_null(),
+            "{}: no key password",
+            secret.at()
+        );
+        // The subscriptions: the ConfigMap (Kubernetes mode without a file), read back through config-service.
+        assert!(args.contains(&"--kube"), "{at}");
+        for file_flag in ["--subscriptions-file", "--addresses-dir"] {
+            assert!(!args.contains(&file_flag), "{at}: {file_flag}");
+        }
+        for name in ["SUBSCRIPTIONS_FILE", "ADDRESSES_DIR"] {
+            assert!(!env(c).contains_key(name), "{at}: {name}");
+        }
+        let role = find(&docs, "Role", "maas-subscription-service");
+        let grants = |verb: &str| {
+            seq(&role.value["rules"]).iter().any(|r| {
+                seq_strs(&r["resources"]).contains(&"configmaps")
+                    && seq_strs(&r["verbs"]).contains(&verb)
+            })
+        };
+        for verb in ["get", "patch", "create"] {
+            assert!(grants(verb), "{}: configmaps {verb}", role.at());
+        }
     }
 }

@@ -6,7 +6,8 @@
 //! The shipped client listener also authenticates (`authenticatePeer: true`, `saslMechanisms: PLAIN`, users from a
 //! sasldb; manifests/README.md "Client authentication"): with users, the emulator's client listener refuses
 //! anonymous, unknown and wrong logins at SASL, and an authenticated client is still refused `$management`
-//! (e2e/GUESSES.md #52).
+//! (e2e/GUESSES.md #52). Beyond the recording, clients may send to `$subctrl` (the subscription-service's API) but
+//! not receive from it (e2e/GUESSES.md #53).
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::process::{Command, Stdio};
@@ -16,7 +17,8 @@ use maas_amqp::options::{ConnectOptions, SaslOptions, Secret};
 use maas_amqp::router::{ClientConfig, MgmtError, RouterClient};
 use maas_amqp::server::Users;
 use maas_e2e::router::policy::{
-    GroupPolicy, LINK_DISALLOWED, UNAUTHORIZED_ACCESS, allowed, clients_targets, plain_login_ok,
+    GroupPolicy, LINK_DISALLOWED, SUBCTRL, UNAUTHORIZED_ACCESS, allowed, clients_sources,
+    clients_targets, plain_login_ok, recorded_targets,
 };
 use maas_e2e::router::{CONNECTOR, ClientListener, EmulatorConfig, RouterEmulator};
 use serde_json::{Map, Value as Json};
@@ -80,6 +82,16 @@ def anonymous(c):
 
 out["anonymous_sender"] = refused(anonymous)
 out["request_response"] = refused(lambda c: SyncRequestResponse(c, "$management"))
+def subctrl_request(c):
+    # The exact address $subctrl is a target clients may send to (the subscription-service's API).
+    s = c.create_sender("$subctrl")
+    s.send(Message(body="news", subject="subscribe", correlation_id="c1"))
+out["subctrl_sender"] = refused(subctrl_request)
+def subctrl_receiver(c):
+    # ... but no client may receive from it (only the subscription-service's group).
+    r = c.create_receiver("$subctrl", name="subctrl-receiver")
+    c.wait(lambda: r.link.state & Endpoint.REMOTE_CLOSED, timeout=5)
+out["subctrl_receiver"] = refused(subctrl_receiver)
 conn = BlockingConnection(url, timeout=10, **AUTH)
 snd = conn.create_sender("orders")
 snd.send(Message(body="o-1"))
@@ -171,6 +183,7 @@ async fn the_client_listener_refuses_management_and_the_agent_port_serves_it() {
         Some(UNAUTHORIZED_ACCESS),
         "{seen}"
     );
+    assert_subctrl_send_only(&seen);
     assert_eq!(seen["orders_sent"], Json::Bool(true), "{seen}");
     assert_eq!(seen["orders_receiver"].as_str(), Some("orders"), "{seen}");
     // allowDynamicSource: true — reply-to addresses start with a letter, so request-response keeps working.
@@ -192,6 +205,26 @@ async fn the_client_listener_refuses_management_and_the_agent_port_serves_it() {
     .await
     .unwrap();
     emu.stop().await;
+}
+
+/// What the probe saw of `$subctrl`: a client sends a request to it (e2e/GUESSES.md #53), but may not receive from
+/// it (the refusal names the policy, as for `$management`).
+fn assert_subctrl_send_only(seen: &Json) {
+    assert_eq!(
+        seen["subctrl_sender"]["refused"],
+        Json::Bool(false),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["subctrl_receiver"]["condition"].as_str(),
+        Some(UNAUTHORIZED_ACCESS),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["subctrl_receiver"]["description"].as_str(),
+        Some(LINK_DISALLOWED),
+        "{seen}"
+    );
 }
 
 /// `RouterClient::connect` on a listener whose policy refuses `$management` fails (fast: not after the request
@@ -314,6 +347,7 @@ async fn the_authenticating_client_listener_admits_only_known_users_and_still_re
             .is_some_and(|a| a.starts_with("amqp:/_topo/0/")),
         "{seen}"
     );
+    assert_subctrl_send_only(&seen);
     // And without login proton is refused at SASL (the probe fails before printing).
     let refused = tokio::task::spawn_blocking({
         let url = client_url.clone();
@@ -392,30 +426,54 @@ async fn the_client_listener_is_loopback_only() {
 }
 
 #[test]
-fn the_recorded_clients_vhost_refuses_management_and_allows_plain_addresses() {
+fn the_clients_vhost_refuses_management_and_allows_plain_addresses_and_subctrl() {
     let p = GroupPolicy::clients();
+    // The recorded targets, plus the exact address $subctrl.
     assert_eq!(p.targets, clients_targets());
-    assert!(p.targets.starts_with("a*, b*, c*"), "{}", p.targets);
-    assert!(
-        p.targets
-            .ends_with("Z*, 0*, 1*, 2*, 3*, 4*, 5*, 6*, 7*, 8*, 9*")
+    assert_eq!(
+        clients_targets(),
+        format!("{}, $subctrl", recorded_targets())
     );
-    assert_eq!(p.targets.split(", ").count(), 62);
+    let recorded = recorded_targets();
+    assert!(recorded.starts_with("a*, b*, c*"), "{recorded}");
+    assert!(recorded.ends_with("Z*, 0*, 1*, 2*, 3*, 4*, 5*, 6*, 7*, 8*, 9*"));
+    assert_eq!(recorded.split(", ").count(), 62);
     for denied in [
         "$management",
         "_local/$management",
         "/$management",
-        "$subctrl",
+        "$subctrl2",
+        "$subctr",
+        "$subctrl/x",
+        "$",
     ] {
         assert!(!p.allows_sender(Some(denied)), "{denied}");
     }
     assert!(!p.allows_sender(None) && !p.allows_sender(Some("")));
-    for ok in ["orders", "Orders", "9lives", "amqp:/_topo/0/R/temp.x"] {
+    for ok in [
+        "orders",
+        "Orders",
+        "9lives",
+        "amqp:/_topo/0/R/temp.x",
+        SUBCTRL,
+    ] {
         assert!(p.allows_sender(Some(ok)), "{ok}");
     }
+    // Receivers: plain addresses and dynamic reply-to addresses; never $subctrl (nor $management).
+    assert_eq!(p.sources, clients_sources());
     assert!(p.allows_receiver(true, None));
-    assert!(p.allows_receiver(false, Some("$management")));
+    assert!(p.allows_receiver(false, Some("orders")));
+    for denied in [SUBCTRL, "$management", "_topo/0/R/$management"] {
+        assert!(!p.allows_receiver(false, Some(denied)), "{denied}");
+    }
     assert!(!p.allows_receiver(false, None));
+    // The subscription-service's group: receives $subctrl only; sends list replies to reply-to addresses.
+    let s = GroupPolicy::subscription_service();
+    assert!(s.allows_receiver(false, Some(SUBCTRL)));
+    assert!(!s.allows_receiver(false, Some("orders")) && !s.allows_receiver(true, None));
+    assert!(s.allows_sender(Some("amqp:/_topo/0/R/temp.x")) && s.allows_sender(Some("replies")));
+    assert!(!s.allows_sender(Some("$management")) && !s.allows_sender(Some(SUBCTRL)));
+    assert!(!s.allows_sender(None));
     let a = GroupPolicy::agent();
     assert!(a.allows_sender(Some("$management")) && a.allows_sender(None));
 

@@ -11,6 +11,10 @@
 //! guess (e2e/GUESSES.md #26b): the prefix/exact matching of the lists, the denial of anonymous senders
 //! (`allowAnonymousSender: false`) and of receivers with neither an address nor a dynamic source. Pure: no I/O.
 //!
+//! The shipped vhost goes beyond the recording for `$subctrl` (e2e/GUESSES.md #53): clients may also SEND to the
+//! exact address `$subctrl`, and receive only from addresses starting with a letter or digit (plus dynamic
+//! reply-to addresses), so only the subscription-service's own group receives `$subctrl`.
+//!
 //! The client listener may also authenticate, as the shipped one does (manifests/README.md "Client
 //! authentication": `authenticatePeer: true`, `saslMechanisms: PLAIN`, users from a sasldb): [`plain_login_ok`]
 //! checks a PLAIN login; the vhost policy then applies to the authenticated user exactly as before
@@ -55,7 +59,7 @@ pub struct GroupPolicy {
 
 /// The recorded `clients` targets: every letter (lower case, then upper case) and every digit, each followed by
 /// `*`, separated by `, ` (python-agent-and-mesh.txt §5).
-pub fn clients_targets() -> String {
+pub fn recorded_targets() -> String {
     ('a'..='z')
         .chain('A'..='Z')
         .chain('0'..='9')
@@ -64,14 +68,49 @@ pub fn clients_targets() -> String {
         .join(", ")
 }
 
+/// The subscription-service's API address (router-agent `--subctrl` makes it a balanced address).
+pub const SUBCTRL: &str = "$subctrl";
+
+/// The user the subscription-service logs in to the client listener as (its own group of the `clients` vhost,
+/// [`GroupPolicy::subscription_service`]; manifests/README.md "Client authentication").
+pub const SUBSCRIPTION_SERVICE_USER: &str = "subscription-service@maas";
+
+/// The shipped `clients` targets of the `$default` group: [`recorded_targets`] and the exact address
+/// [`SUBCTRL`] (an entry without `*` matches the whole address only, so `$management` stays refused).
+// GUESS (e2e/GUESSES.md #53): an exact `$subctrl` entry admits `$subctrl` and nothing else (source-read)
+pub fn clients_targets() -> String {
+    format!("{}, {SUBCTRL}", recorded_targets())
+}
+
+/// The shipped `clients` sources of the `$default` group: [`recorded_targets`], so no client but the
+/// subscription-service (its own group) can receive from `$subctrl` (or any `$`/`_` address) and take requests
+/// meant for it. Dynamic (reply-to) receivers are allowed by `allowDynamicSource`, not by this list.
+pub fn clients_sources() -> String {
+    recorded_targets()
+}
+
 impl GroupPolicy {
-    /// The `$default` group of the recorded `clients` vhost: sources `*`, targets [`clients_targets`],
-    /// `allowDynamicSource: true`, `allowAnonymousSender: false`.
+    /// The `$default` group of the shipped `clients` vhost: sources [`clients_sources`], targets
+    /// [`clients_targets`], `allowDynamicSource: true`, `allowAnonymousSender: false` (recorded with sources `*`
+    /// and the targets of [`recorded_targets`]).
     pub fn clients() -> GroupPolicy {
         GroupPolicy {
-            sources: "*".to_string(),
+            sources: clients_sources(),
             targets: clients_targets(),
             allow_dynamic_source: true,
+            allow_anonymous_sender: false,
+        }
+    }
+
+    /// The `subscription-service` group of the shipped `clients` vhost (users [`SUBSCRIPTION_SERVICE_USER`]):
+    /// receives `$subctrl` only, and sends only to plain addresses (the `list` replies go to the requests'
+    /// reply-to, `amqp:/_topo/...` for a dynamic one). Not applied by the emulator's client listener (one group
+    /// for every user); checked against the manifests.
+    pub fn subscription_service() -> GroupPolicy {
+        GroupPolicy {
+            sources: SUBCTRL.to_string(),
+            targets: recorded_targets(),
+            allow_dynamic_source: false,
             allow_anonymous_sender: false,
         }
     }
