@@ -291,8 +291,256 @@ fn entities<'a>(
         .collect()
 }
 
+/// Where a router id goes in `qdrouterd.json`: the router container's command replaces it with its pod name.
+const ROUTER_ID_PLACEHOLDER: &str = "@POD_NAME@";
+
+/// What the router container's command did when run for real (see [`run_router_command`]).
+#[derive(Debug)]
+struct RouterStart {
+    /// Exit status of the command (the fake qdrouterd exits 0).
+    success: bool,
+    stderr: String,
+    /// The arguments qdrouterd was started with (None: it was never started).
+    qdrouterd_args: Option<Vec<String>>,
+    /// `-c`'s file as a path INSIDE the container, and what it held.
+    config: Option<(String, String)>,
+    /// Files the command wrote outside the container's writable emptyDir mounts.
+    written_elsewhere: Vec<String>,
+}
+
+/// Runs the router container's command (`sh -c <script>`: the stock image's shell) in a scratch directory: every
+/// volume mount of the container becomes a directory there (the script's paths are mapped to it), the
+/// `router-config` mount holds `qdrouterd.json` = `mounted`, and `qdrouterd` on PATH is a stand-in that records
+/// its arguments. `pod_name`: the POD_NAME the downward API gives it (None: unset). None when `sh` cannot run.
+fn run_router_command(
+    workload: &Doc,
+    mounted: &str,
+    pod_name: Option<&str>,
+) -> Option<RouterStart> {
+    let spec = &workload.value["spec"]["template"]["spec"];
+    let qdr = container(spec, "router");
+    let command = seq_strs(&qdr["command"]);
+    assert!(
+        command.len() == 3 && command[..2] == ["sh", "-c"],
+        "{}: the router container runs `sh -c <script>` (renders its id, then execs qdrouterd): {command:?}",
+        workload.at()
+    );
+    assert!(
+        seq(&qdr["args"]).is_empty(),
+        "{}: no args besides the command",
+        workload.at()
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    // Container path -> scratch directory, longest paths first (a mount inside another one maps first).
+    let mut mounts: Vec<(String, PathBuf, bool)> = Vec::new();
+    for m in seq(&qdr["volumeMounts"]) {
+        let name = m["name"].as_str().unwrap();
+        let path = m["mountPath"]
+            .as_str()
+            .unwrap()
+            .trim_end_matches('/')
+            .to_string();
+        let volume = seq(&spec["volumes"])
+            .iter()
+            .find(|v| v["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("{}: no volume {name}", workload.at()));
+        let writable = !volume["emptyDir"].is_null() && !m["readOnly"].as_bool().unwrap_or(false);
+        let dir = scratch.path().join("mounts").join(name);
+        fs::create_dir_all(&dir).unwrap();
+        if name == "router-config" {
+            fs::write(dir.join("qdrouterd.json"), mounted).unwrap();
+        }
+        mounts.push((path, dir, writable));
+    }
+    mounts.sort_by_key(|(path, _, _)| std::cmp::Reverse(path.len()));
+    // One pass over the script: a mount path (followed by `/`) where a path starts is replaced by its directory.
+    let text = command[2];
+    let mut script = String::new();
+    let mut i = 0;
+    while i < text.len() {
+        let starts_path =
+            i == 0 || !text[..i].ends_with(|c: char| c.is_alphanumeric() || "/._-".contains(c));
+        let hit = mounts
+            .iter()
+            .find(|(path, _, _)| starts_path && text[i..].starts_with(&format!("{path}/")));
+        match hit {
+            Some((path, dir, _)) => {
+                script.push_str(&dir.display().to_string());
+                i += path.len();
+            }
+            None => {
+                let c = text[i..].chars().next().unwrap();
+                script.push(c);
+                i += c.len_utf8();
+            }
+        }
+    }
+    let bin = scratch.path().join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let record = scratch.path().join("qdrouterd-args");
+    let fake = bin.join("qdrouterd");
+    fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" > '{}'\n",
+            record.display()
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let before = files_under(&scratch.path().join("mounts"));
+    let mut c = std::process::Command::new("sh");
+    c.arg("-c")
+        .arg(&script)
+        .env_clear()
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()));
+    if let Some(p) = pod_name {
+        c.env("POD_NAME", p);
+    }
+    let out = c.output().ok()?;
+    let qdrouterd_args: Option<Vec<String>> = fs::read_to_string(&record)
+        .ok()
+        .map(|t| t.lines().map(str::to_string).collect());
+    // The container path of a scratch path.
+    let in_container = |p: &Path| -> Option<String> {
+        mounts.iter().find_map(|(path, dir, _)| {
+            p.strip_prefix(dir)
+                .ok()
+                .map(|rest| format!("{path}/{}", rest.display()))
+        })
+    };
+    let config = qdrouterd_args.as_ref().and_then(|a| {
+        let at = a.iter().position(|x| x == "-c")?;
+        let file = PathBuf::from(a.get(at + 1)?);
+        Some((in_container(&file)?, fs::read_to_string(&file).ok()?))
+    });
+    // The arguments as the container sees them (scratch paths mapped back).
+    let qdrouterd_args = qdrouterd_args.map(|a| {
+        a.into_iter()
+            .map(|x| in_container(Path::new(&x)).unwrap_or(x))
+            .collect()
+    });
+    let written_elsewhere = files_under(&scratch.path().join("mounts"))
+        .into_iter()
+        .filter(|f| !before.contains(f))
+        .filter(|f| {
+            !mounts
+                .iter()
+                .any(|(_, dir, writable)| *writable && f.starts_with(dir))
+        })
+        .map(|f| in_container(&f).unwrap_or_else(|| f.display().to_string()))
+        .collect();
+    Some(RouterStart {
+        success: out.status.success(),
+        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        qdrouterd_args,
+        config,
+        written_elsewhere,
+    })
+}
+
+/// Every file under `dir`.
+fn files_under(dir: &Path) -> BTreeSet<PathBuf> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p);
+            }
+        }
+    }
+    out
+}
+
+/// The router container of `workload` starts qdrouterd with its mounted `qdrouterd.json` (`conf`), the router id
+/// placeholder replaced by POD_NAME (from the downward API: the pod name), rendered on a writable emptyDir: run for
+/// real with two pod names, and without POD_NAME (it must refuse to start, not start with a random id).
+fn check_router_start(workload: &Doc, conf: &str) {
+    let spec = &workload.value["spec"]["template"]["spec"];
+    let qdr = container(spec, "router");
+    assert_eq!(
+        env_field_ref(qdr, "POD_NAME"),
+        Some("metadata.name"),
+        "{}: the router container's POD_NAME from fieldRef metadata.name (its router id)",
+        workload.at()
+    );
+    assert_eq!(
+        qdr["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+        Some(true),
+        "{}",
+        workload.at()
+    );
+    for pod in ["maas-router-0", "maas-router-edge-7d9f-abcde.x"] {
+        let Some(run) = run_router_command(workload, conf, Some(pod)) else {
+            return cannot_run("router start (check_router_start)", "sh cannot be run");
+        };
+        assert!(run.success, "{}: {run:?}", workload.at());
+        let (path, rendered) = run.config.clone().unwrap_or_else(|| {
+            panic!(
+                "{}: qdrouterd was not started with `-c <file on a mount>`: {run:?}",
+                workload.at()
+            )
+        });
+        assert_eq!(
+            run.qdrouterd_args.as_deref().unwrap(),
+            ["-c".to_string(), path.clone()],
+            "{}: qdrouterd runs the rendered file, nothing else",
+            workload.at()
+        );
+        assert!(
+            run.written_elsewhere.is_empty(),
+            "{}: wrote outside its writable emptyDir mounts: {:?}",
+            workload.at(),
+            run.written_elsewhere
+        );
+        let writable_mount = seq(&qdr["volumeMounts"]).iter().any(|m| {
+            let mp = m["mountPath"].as_str().unwrap().trim_end_matches('/');
+            path.starts_with(&format!("{mp}/"))
+                && !m["readOnly"].as_bool().unwrap_or(false)
+                && seq(&spec["volumes"])
+                    .iter()
+                    .any(|v| v["name"] == m["name"] && !v["emptyDir"].is_null())
+        });
+        assert!(
+            writable_mount,
+            "{}: the rendered {path} is on no writable emptyDir",
+            workload.at()
+        );
+        assert_eq!(
+            rendered,
+            conf.replace(ROUTER_ID_PLACEHOLDER, pod),
+            "{}: only the router id changes",
+            workload.at()
+        );
+        let rendered_conf = router_entities(&rendered);
+        let routers = entities(&rendered_conf, "router");
+        assert_eq!(
+            attr(routers[0], "id").as_deref(),
+            Some(pod),
+            "{}",
+            workload.at()
+        );
+    }
+    let Some(run) = run_router_command(workload, conf, None) else {
+        return cannot_run("router start (check_router_start)", "sh cannot be run");
+    };
+    assert!(
+        !run.success && run.qdrouterd_args.is_none() && run.stderr.contains("POD_NAME"),
+        "{}: without POD_NAME the router must not start (it would get a random id): {run:?}",
+        workload.at()
+    );
+}
+
 /// The router configuration of a router workload: the ConfigMap mounted as `router-config`, key
-/// `qdrouterd.json`, checked to be the file the router container runs with (`qdrouterd -c <mount>/qdrouterd.json`).
+/// `qdrouterd.json`, checked to be the file the router container runs with (rendered with the pod name as router
+/// id, [`check_router_start`]).
 fn router_config(docs: &[Doc], workload: &Doc) -> Vec<RouterEntity> {
     let spec = &workload.value["spec"]["template"]["spec"];
     let qdr = container(spec, "router");
@@ -301,18 +549,11 @@ fn router_config(docs: &[Doc], workload: &Doc) -> Vec<RouterEntity> {
         .find(|v| v["name"].as_str() == Some("router-config"))
         .and_then(|v| v["configMap"]["name"].as_str())
         .unwrap_or_else(|| panic!("{}: no router-config ConfigMap volume", workload.at()));
-    let mount = seq(&qdr["volumeMounts"])
-        .iter()
-        .find(|m| m["name"].as_str() == Some("router-config"))
-        .expect("router config mounted");
-    let conf_path = format!(
-        "{}/qdrouterd.json",
-        mount["mountPath"].as_str().unwrap().trim_end_matches('/')
-    );
-    assert_eq!(
-        seq_strs(&qdr["command"]),
-        ["qdrouterd", "-c", conf_path.as_str()],
-        "{}: router runs with {conf_path}",
+    assert!(
+        seq(&qdr["volumeMounts"])
+            .iter()
+            .any(|m| m["name"].as_str() == Some("router-config")),
+        "{}: router config mounted",
         workload.at()
     );
     let data = &find(docs, "ConfigMap", cm).value["data"];
@@ -332,7 +573,20 @@ fn router_config(docs: &[Doc], workload: &Doc) -> Vec<RouterEntity> {
         !conf.contains('#'),
         "qdrouterd.json: `#` would be read as a comment"
     );
-    router_entities(conf)
+    let entities = router_entities(conf);
+    // The router id: the placeholder the container's command replaces with the pod name (durable subscription
+    // queues made through a router carry its id, docs/reference/artemis-2.21/durable-subscriptions-and-topics.txt
+    // §1; without one qdrouterd picks a random id at every start).
+    let routers: Vec<_> = entities.iter().filter(|(t, _)| t == "router").collect();
+    assert_eq!(routers.len(), 1, "{cm}");
+    assert_eq!(
+        attr(&routers[0].1, "id").as_deref(),
+        Some(ROUTER_ID_PLACEHOLDER),
+        "{cm}: the router id is the pod name"
+    );
+    assert_eq!(conf.matches(ROUTER_ID_PLACEHOLDER).count(), 1, "{cm}");
+    check_router_start(workload, conf);
+    entities
 }
 
 /// The `$default` group settings of vhost `name`.
@@ -1194,9 +1448,10 @@ fn check_router(docs: &[Doc]) {
     let routers = entities(&conf, "router");
     assert_eq!(routers.len(), 1);
     assert_eq!(attr(routers[0], "mode").as_deref(), Some("interior"));
-    assert!(
-        !routers[0].contains_key("id"),
-        "a fixed router id would be shared by every pod"
+    // Each pod's own name (router_config ran the command); never a literal shared by every pod.
+    assert_eq!(
+        attr(routers[0], "id").as_deref(),
+        Some(ROUTER_ID_PLACEHOLDER)
     );
     check_router_policy(router, &conf);
     check_client_authentication(docs, router, &conf);
@@ -1344,7 +1599,10 @@ fn check_edge(docs: &[Doc]) {
     let routers = entities(&conf, "router");
     assert_eq!(routers.len(), 1);
     assert_eq!(attr(routers[0], "mode").as_deref(), Some("edge"));
-    assert!(!routers[0].contains_key("id"));
+    assert_eq!(
+        attr(routers[0], "id").as_deref(),
+        Some(ROUTER_ID_PLACEHOLDER)
+    );
     // Only the client and agent listeners (both `normal`).
     let listeners = entities(&conf, "listener");
     assert_eq!(listeners.len(), 2, "{}: {listeners:?}", edge.at());
