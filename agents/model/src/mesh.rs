@@ -211,6 +211,86 @@ pub fn routers_from_pods(pods: &[PodInfo]) -> Vec<RouterPod> {
     out
 }
 
+/// The names of every router pod, interior AND edge (labelled `app.kubernetes.io/component=router`), ready or not,
+/// sorted. In the shipped manifests a router's id is its pod name (manifests/README.md "Stable router ids"), so these
+/// are the router ids that durable subscription queues made through a router start with
+/// (`<router-id>.<link-name>@<container-id>`, docs/reference/artemis-2.21/durable-subscriptions-and-topics.txt §1).
+pub fn router_names_from_pods(pods: &[PodInfo]) -> Vec<String> {
+    let mut out: Vec<String> = pods
+        .iter()
+        .filter(|p| {
+            p.labels
+                .get(crate::pods::COMPONENT_LABEL)
+                .map(String::as_str)
+                == Some(ROUTER_COMPONENT)
+        })
+        .map(|p| p.name.clone())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The router NAMES of a `--routers-file` (the format of [`parse_routers`]), for readers that need only the names
+/// (subscription-service): `name` is required, `host`, `port` and `edgePort` may be left out (so edge routers, which
+/// have no inter-router listener, can be listed too) but are checked when given. Sorted.
+pub fn parse_router_names(origin: &str, text: &str) -> Result<Vec<String>, Vec<ConfigError>> {
+    let err = |msg: String| ConfigError::new(origin, None, None, msg);
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| vec![err(format!("invalid JSON in routers file: {e}"))])?;
+    let Value::Array(items) = value else {
+        return Err(vec![err(format!(
+            "a routers file must be a JSON list of router pods like [{{\"name\": \"router-0\"}}], found {}",
+            crate::flavor::json_type_name(&value)
+        ))]);
+    };
+    let mut errors = Vec::new();
+    let mut out: Vec<String> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let Value::Object(o) = item else {
+            errors.push(err(format!(
+                "router {i}: must be an object with \"name\", found {}",
+                crate::flavor::json_type_name(item)
+            )));
+            continue;
+        };
+        let mut problems = Vec::new();
+        let name = pod_text_field(o, "name").map_err(|e| problems.push(e)).ok();
+        if o.contains_key("host") {
+            let _ = pod_text_field(o, "host").map_err(|e| problems.push(e));
+        }
+        for port in ["port", "edgePort"] {
+            let _ = pod_port_field(o, port).map_err(|e| problems.push(e));
+        }
+        for k in o.keys() {
+            if !["name", "host", "port", "edgePort"].contains(&k.as_str()) {
+                problems.push(format!(
+                    "unknown field {k:?} (known: name, host, port, edgePort)"
+                ));
+            }
+        }
+        if let Some(name) = &name
+            && out.contains(name)
+        {
+            problems.push(format!("router name {name:?} is listed twice"));
+        }
+        match name {
+            Some(name) if problems.is_empty() => out.push(name),
+            _ => errors.extend(
+                problems
+                    .into_iter()
+                    .map(|m| err(format!("router {i}: {m}"))),
+            ),
+        }
+    }
+    if errors.is_empty() {
+        out.sort();
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
 /// Parses a `--routers-file`: `[{"name": "router-0", "host": "10.1.2.3", "port": 55672, "edgePort": 45672}, ...]`
 /// (`port`: the inter-router listener; `edgePort` optional). Every problem is reported, naming the entry.
 pub fn parse_routers(origin: &str, text: &str) -> Result<Vec<RouterPod>, Vec<ConfigError>> {
@@ -290,6 +370,77 @@ pub fn parse_routers(origin: &str, text: &str) -> Result<Vec<RouterPod>, Vec<Con
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn router_names_are_every_router_pod_interior_and_edge() {
+        let pod = |name: &str, labels: &[(&str, &str)], ready: bool| PodInfo {
+            name: name.into(),
+            host: String::new(),
+            phase: "Running".into(),
+            ready,
+            ports: BTreeMap::new(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            annotations: BTreeMap::new(),
+        };
+        let router = [(crate::pods::COMPONENT_LABEL, ROUTER_COMPONENT)];
+        let edge = [
+            (crate::pods::COMPONENT_LABEL, ROUTER_COMPONENT),
+            (ROUTER_MODE_LABEL, "edge"),
+        ];
+        let pods = [
+            pod("maas-router-1", &router, true),
+            pod("maas-router-0", &router, false),
+            pod("maas-router-edge-7d9f-abcde", &edge, true),
+            pod(
+                "broker-0",
+                &[(crate::pods::COMPONENT_LABEL, "broker")],
+                true,
+            ),
+            pod("other", &[], true),
+        ];
+        assert_eq!(
+            router_names_from_pods(&pods),
+            [
+                "maas-router-0",
+                "maas-router-1",
+                "maas-router-edge-7d9f-abcde"
+            ],
+            "not-ready and edge routers have ids too"
+        );
+    }
+
+    #[test]
+    fn router_names_parse_from_a_routers_file_with_or_without_hosts() {
+        let text = r#"[{"name": "router-1", "host": "10.0.0.2", "port": 55672},
+                       {"name": "Router.A"}, {"name": "edge-0", "host": "10.0.0.9"}]"#;
+        assert_eq!(
+            parse_router_names("f", text).unwrap(),
+            ["Router.A", "edge-0", "router-1"]
+        );
+        // The router-agent's file reads the same.
+        assert!(parse_routers("f", r#"[{"name": "router-1", "host": "h", "port": 1}]"#).is_ok());
+        let e = parse_router_names(
+            "f",
+            r#"[{"host": "h"}, {"name": "a", "nmae": 1}, {"name": "b"}, {"name": "b"}, {"name": "c", "port": 0}, 7]"#,
+        )
+        .unwrap_err();
+        let text: Vec<String> = e.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 5, "{text:?}");
+        for want in [
+            "router 0: missing \"name\"",
+            "router 1: unknown field \"nmae\"",
+            "router 3: router name \"b\" is listed twice",
+            "router 4: \"port\" 0 is not a port number",
+            "router 5: must be an object",
+        ] {
+            assert!(text.iter().any(|t| t.contains(want)), "{want} in {text:?}");
+        }
+        assert!(parse_router_names("f", "{}").is_err());
+        assert!(parse_router_names("f", "[").is_err());
+    }
 
     fn pods(names: &[&str]) -> Vec<RouterPod> {
         names

@@ -23,7 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Run continuously (or once with --once): every --interval and on every change of the addresses or broker
     /// pods, list the durable subscription queues of every topic on every pod of its cluster and move those that
-    /// are not on the topic's pod (queue first, then the messages, at least once), then delete the old queue.
+    /// are not on the topic's pod (queue first, then the messages, at least once), then delete the old queue; on
+    /// the topic's pod, merge the queues one client made through different routers into one.
     Run(Box<RunArgs>),
 }
 
@@ -120,6 +121,15 @@ pub struct RunArgs {
     /// "draining": false}]}`; re-read when it changes. A draining pod holds no topic.
     #[arg(long, env = "BROKERS_FILE")]
     pub brokers_file: Option<PathBuf>,
+
+    /// Router ids for merging a client's durable subscription queues made through different routers (Artemis
+    /// names them `<router-id>.<link-name>@<container-id>`; the shipped routers' ids are their pod names): a JSON
+    /// list like router-agent's --routers-file, [{"name": "router-0", "host": "10.1.2.3", "port": 55672}, ...], where
+    /// only "name" is needed (list edge routers too); re-read when it changes. Without it the router ids are the
+    /// names of the pods labelled app.kubernetes.io/component=router (--kube), else those config-service `podsense`
+    /// reports (--config-service-url); with none of these nothing is merged.
+    #[arg(long, env = "ROUTERS_FILE")]
+    pub routers_file: Option<PathBuf>,
 
     /// Directory holding the address ConfigMap (as mounted by the kubelet, or plain files).
     #[arg(long, env = "ADDRESSES_DIR", conflicts_with = "config_service_url")]

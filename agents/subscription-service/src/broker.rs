@@ -8,11 +8,12 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use maas_amqp::artemis::{
-    ArtemisClient, ArtemisError, ClientConfig, Outcome, QueueConfig, QueueInfo, Removal,
+    ArtemisClient, ArtemisError, BROKER, ClientConfig, Outcome, QueueConfig, QueueInfo, Removal,
     RoutingType,
 };
 use maas_amqp::options::{Backoff, ConnectOptions};
 use maas_model::BrokerPod;
+use serde_json::Value as Json;
 
 use crate::metrics::Metrics;
 use crate::plan::ObservedQueue;
@@ -70,11 +71,47 @@ impl Broker {
         self.client.is_closed()
     }
 
-    /// Every queue bound to `address` (`listQueues` with filter `address EQUALS <address>`, paged).
+    /// Every queue bound to `address` (`listQueues` with filter `address EQUALS <address>`, paged), with the row's
+    /// `id` (higher = created later on this broker: the merge of a client's subscription queues picks the newest by
+    /// it, `crate::merge`).
     pub async fn queues_of(&self, address: &str) -> Result<Vec<ObservedQueue>, BrokerError> {
-        let r = self.client.list_queues_of_address(address).await;
+        let r = self.list_queues(address).await;
         self.metrics.broker_op("listQueues", label(&r, "ok"));
-        Ok(r?.into_iter().map(observed).collect())
+        Ok(r?)
+    }
+
+    /// `broker.listQueues(<filter address EQUALS address>, page, LIST_PAGE_SIZE)`, every page
+    /// (docs/reference/artemis-2.21/durable-subscriptions-and-topics.txt §5: a JSON string `{"data": [rows],
+    /// "count": N}`, every row value a string). The rows are read like `maas_amqp::artemis::QueueInfo::from_row`,
+    /// plus `id`, which that type does not keep.
+    async fn list_queues(&self, address: &str) -> Result<Vec<ObservedQueue>, ArtemisError> {
+        let operation = "listQueues";
+        let filter =
+            serde_json::json!({"field": "address", "operation": "EQUALS", "value": address})
+                .to_string();
+        let mut out: Vec<ObservedQueue> = Vec::new();
+        let mut page = 1u64;
+        loop {
+            let args = vec![
+                Json::from(filter.clone()),
+                Json::from(page),
+                Json::from(LIST_PAGE_SIZE),
+            ];
+            let body = self.client.call(BROKER, operation, args).await?;
+            let (rows, count) = parse_listing(&body).ok_or_else(|| {
+                ArtemisError::Protocol(format!("unexpected {operation} reply body {body}"))
+            })?;
+            let empty = rows.is_empty();
+            for q in rows {
+                if !out.iter().any(|o| o.name == q.name) {
+                    out.push(q);
+                }
+            }
+            if empty || page.saturating_mul(LIST_PAGE_SIZE) >= count {
+                return Ok(out);
+            }
+            page += 1;
+        }
     }
 
     /// `createQueue` of a durable MULTICAST queue `name` bound to `topic`, owned by `user` (copied from the old
@@ -126,8 +163,37 @@ impl Broker {
     }
 }
 
+/// Rows asked per `listQueues` page.
+const LIST_PAGE_SIZE: u64 = 100;
+
+/// One `listQueues` reply (an array holding one JSON string `{"data": [rows], "count": N}`): the rows as the
+/// planner sees them and the count. None when the reply or a row does not have that shape (`id` may be missing:
+/// then it is None).
+pub fn parse_listing(body: &Json) -> Option<(Vec<ObservedQueue>, u64)> {
+    let text = match body {
+        Json::Array(items) if items.len() == 1 => items[0].as_str()?,
+        _ => return None,
+    };
+    let listing: Json = serde_json::from_str(text).ok()?;
+    let count = listing.get("count").and_then(Json::as_u64)?;
+    let rows = listing
+        .get("data")
+        .and_then(Json::as_array)?
+        .iter()
+        .map(|row| {
+            let id = row.get("id").and_then(|v| {
+                v.as_str()
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .or(v.as_u64())
+            });
+            QueueInfo::from_row(row).map(|q| observed(q, id))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some((rows, count))
+}
+
 /// The planner's view of a `listQueues` row.
-fn observed(q: QueueInfo) -> ObservedQueue {
+fn observed(q: QueueInfo, id: Option<u64>) -> ObservedQueue {
     ObservedQueue {
         name: q.name,
         address: q.address,
@@ -137,6 +203,7 @@ fn observed(q: QueueInfo) -> ObservedQueue {
         messages: q.message_count,
         consumers: q.consumer_count,
         user: q.user,
+        id,
     }
 }
 
@@ -281,5 +348,47 @@ impl BrokerPool {
         if let Some(s) = self.lock().get_mut(pod) {
             s.broker = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The recorded row (docs/reference/artemis-2.21/durable-subscriptions-and-topics.txt §5).
+    const ROW: &str = r#"{"id": "1733", "name": "s1", "address": "t1", "filter": "", "durable": "true", "paused": "false", "temporary": "false", "purgeOnNoConsumers": "false", "consumerCount": "0", "maxConsumers": "-1", "autoCreated": "false", "user": "maas-storage-controller", "routingType": "MULTICAST", "messagesAdded": "5", "messageCount": "0", "messagesAcked": "5", "messagesExpired": "0", "deliveringCount": "0", "messagesKilled": "0", "directDeliver": "false", "exclusive": "false", "lastValue": "false", "lastValueKey": "", "scheduledCount": "0", "groupRebalance": "false", "groupRebalancePauseDispatch": "false", "groupBuckets": "-1", "groupFirstKey": "", "enabled": "true", "ringSize": "-1", "consumersBeforeDispatch": "0", "delayBeforeDispatch": "-1"}"#;
+
+    fn reply(data: &str, count: u64) -> Json {
+        Json::Array(vec![Json::String(format!(
+            r#"{{"data":[{data}],"count":{count}}}"#
+        ))])
+    }
+
+    #[test]
+    fn a_listing_row_keeps_its_id() {
+        let (rows, count) = parse_listing(&reply(ROW, 1)).unwrap();
+        assert_eq!(count, 1);
+        assert_eq!(rows.len(), 1);
+        let q = &rows[0];
+        assert_eq!(
+            (
+                q.name.as_str(),
+                q.address.as_str(),
+                q.id,
+                q.messages,
+                q.consumers
+            ),
+            ("s1", "t1", Some(1733), 0, 0)
+        );
+        assert!(q.multicast && q.durable && !q.temporary);
+        assert_eq!(q.user.as_deref(), Some("maas-storage-controller"));
+        // Without an id the row still reads (the merge then cannot tell which queue is newer).
+        let no_id = ROW.replace(r#""id": "1733", "#, "");
+        assert_eq!(parse_listing(&reply(&no_id, 1)).unwrap().0[0].id, None);
+        // Not a listing.
+        assert!(parse_listing(&Json::Array(vec![])).is_none());
+        assert!(parse_listing(&reply(r#"{"name": "x"}"#, 1)).is_none());
+        assert!(parse_listing(&Json::Array(vec![Json::String("{}".into())])).is_none());
     }
 }

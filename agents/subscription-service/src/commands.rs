@@ -18,7 +18,7 @@ use crate::handover::HandoverBook;
 use crate::metrics::Metrics;
 use crate::mover::MoveConfig;
 use crate::release::{KubePods, Releaser};
-use crate::service::{Handover, LoopConfig, Outcome, run_loop};
+use crate::service::{Handover, LoopConfig, Outcome, RouterSource, run_loop};
 use crate::store::{FileStore, Store};
 use crate::subctrl_link::SubctrlConfig;
 use crate::{Error, Result};
@@ -137,6 +137,16 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode>
             path.display()
         )));
     }
+    if let Some(path) = &args.routers_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("--routers-file {}: {e}", path.display())))?;
+        if let Err(errors) =
+            maas_model::mesh::parse_router_names(&path.display().to_string(), &text)
+        {
+            let first = errors.first().map(ToString::to_string).unwrap_or_default();
+            return Err(Error::Config(format!("--routers-file {first}")));
+        }
+    }
     let template = broker_connect_template(&args.broker)?;
     let subctrl = match &args.router.router_url {
         Some(url) => {
@@ -193,6 +203,37 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode>
     )
     .await
     .map_err(Error::Config)?;
+
+    // The router ids for the merges: --routers-file, else the router pods beside the broker pods (--kube), else
+    // config-service `podsense` (its own subscription: the address one asks for no pods).
+    let routers = match (&args.routers_file, &brokers, &args.config_service_url) {
+        (Some(path), _, _) => RouterSource::File {
+            path: path.display().to_string(),
+            rx: maas_source::watch_file(path.clone(), watch_opts)
+                .map_err(|e| Error::Config(format!("--routers-file: {e}")))?,
+        },
+        (None, maas_source::BrokerSource::Pods(_), _) => RouterSource::BrokerPods,
+        (None, _, Some(url)) => {
+            let connect = ConnectOptions::from_url(url)
+                .map_err(|e| Error::Config(format!("--config-service-url {url:?}: {e}")))?;
+            let (_, pods) = maas_source::spawn_config_subscription(
+                maas_source::ConfigSubscription {
+                    connect,
+                    backoff: Backoff::default(),
+                    pods_selector: Some(
+                        [(
+                            maas_model::pods::COMPONENT_LABEL.to_string(),
+                            maas_model::mesh::ROUTER_COMPONENT.to_string(),
+                        )]
+                        .into(),
+                    ),
+                },
+                shutdown.clone(),
+            );
+            pods.map_or(RouterSource::None, RouterSource::Podsense)
+        }
+        (None, _, None) => RouterSource::None,
+    };
 
     let http = HttpServer::bind(args.http_addr, health.clone(), registry)
         .await
@@ -255,6 +296,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<ExitCode>
     let outcome = run_loop(
         config_rx,
         brokers,
+        routers,
         pool,
         handover,
         health,

@@ -211,6 +211,7 @@ mod tests {
             messages,
             consumers: 0,
             user: None,
+            id: None,
         }
     }
 

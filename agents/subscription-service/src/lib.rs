@@ -8,7 +8,8 @@
 //! management, [`broker`]) -> [`plan`] (pure: which queue moves from which pod to which) -> [`handover`] (pure:
 //! copy now, or sweep once the router-agents moved the links; which draining pods to release) -> [`mover`] (queue
 //! on the new pod, messages at least once, the old queue deleted by the sweep) -> [`release`] (the pod annotation or
-//! the handover file) -> [`metrics`], `/readyz` ([`service`] runs the loop).
+//! the handover file) -> [`metrics`], `/readyz` ([`service`] runs the loop). On the topic's pod, the queues one
+//! client made through different routers are merged into one ([`merge`], pure; the same mover).
 //!
 //! It also serves `$subctrl` ([`subctrl`], pure; [`subctrl_link`], the AMQP side): subscribe/unsubscribe/list/close
 //! requests that become `subscription` addresses in a file it owns ([`store`]), provisioned by the normal pipeline.
@@ -20,6 +21,7 @@ pub mod broker;
 pub mod commands;
 pub mod configmap_store;
 pub mod handover;
+pub mod merge;
 pub mod metrics;
 pub mod mover;
 pub mod plan;

@@ -34,6 +34,14 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+/// Labels of the groups of client subscription queues not merged.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// consumers (several queues of the group have consumers), no-ids (no consumer and no queue ids: which is
+    /// newest?), ambiguous (several known router ids fit the queue's name).
+    pub reason: String,
+}
+
 /// Labels of `$subctrl` requests.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -59,6 +67,9 @@ pub struct Metrics {
     pub sweeps: Family<ResultLabels, Counter>,
     pub releases: Counter,
     pub released_pods: Gauge,
+    pub merges: Family<ResultLabels, Counter>,
+    pub unmerged: Family<ReasonLabels, Gauge>,
+    pub router_ids: Gauge,
 }
 
 impl Metrics {
@@ -80,6 +91,9 @@ impl Metrics {
             sweeps: Family::default(),
             releases: Counter::default(),
             released_pods: Gauge::default(),
+            merges: Family::default(),
+            unmerged: Family::default(),
+            router_ids: Gauge::default(),
         };
         let mut r = Registry::with_prefix("maas_subscription_service");
         r.register(
@@ -96,6 +110,21 @@ impl Metrics {
             "sweeps",
             "Sweeps of old subscription queues once the links moved (what arrived meanwhile moved, then the old queue deleted), by result",
             m.sweeps.clone(),
+        );
+        r.register(
+            "merges",
+            "Merges of a client's durable subscription queues made through different routers (one source queue emptied into the queue of the same subscription on the topic's pod, then deleted), by result",
+            m.merges.clone(),
+        );
+        r.register(
+            "unmerged_subscriptions",
+            "Client subscription queues left unmerged in the last pass, by reason: consumers (several queues of one subscription have consumers), no-ids (none has and the broker gave no queue ids), ambiguous (several known router ids fit the queue name)",
+            m.unmerged.clone(),
+        );
+        r.register(
+            "router_ids",
+            "Router ids (router pod names) known: the prefixes by which client subscription queues made through different routers are recognised and merged; 0 = no merges",
+            m.router_ids.clone(),
         );
         r.register(
             "releases",
@@ -173,6 +202,31 @@ impl Metrics {
                 result: result.to_string(),
             })
             .inc();
+    }
+
+    /// Count one finished merge.
+    pub fn merge_done(&self, result: &str) {
+        self.merges
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Set the unmerged gauge from the reasons of this pass (every reason is set, 0 when absent).
+    pub fn set_unmerged<'a>(&self, reasons: impl IntoIterator<Item = &'a str>) {
+        let mut counts: std::collections::BTreeMap<&str, i64> =
+            [("consumers", 0), ("no-ids", 0), ("ambiguous", 0)].into();
+        for r in reasons {
+            *counts.entry(r).or_default() += 1;
+        }
+        for (reason, n) in counts {
+            self.unmerged
+                .get_or_create(&ReasonLabels {
+                    reason: reason.to_string(),
+                })
+                .set(n);
+        }
     }
 
     /// Count one `$subctrl` request.

@@ -1,4 +1,6 @@
-//! Moving one durable subscription queue q of topic T from pod P to pod H (docs/architecture.md §5):
+//! Moving one durable subscription queue q of topic T from pod P to pod H (docs/architecture.md §5), or, for a
+//! MERGE (`crate::merge`: P = H, into another queue q' of the same client subscription), from `T::q` to `T::q'`
+//! with the same steps (q' is not created: it must exist; q is deleted once it counts 0):
 //!
 //! 1. ensure q exists on H: `createQueue {"name": q, "address": T, "routing-type": "MULTICAST", "durable": true}`
 //!    (`AMQ229019` "already exists" is fine);
@@ -163,10 +165,16 @@ pub async fn move_queue(
     shutdown: &CancellationToken,
 ) -> Result<Moved, MoveError> {
     let started = Instant::now();
-    let created = ctx
-        .to
-        .create_subscription(&m.queue, &m.topic, m.user.as_deref())
-        .await?;
+    let created = if m.is_merge() {
+        // A merge's target is the client's own queue: never made here (a client that unsubscribed deleted it, and
+        // it must not come back). Gone: the merge fails, and the next pass sees a group without it.
+        ctx.to.message_count(&m.to_queue).await?;
+        false
+    } else {
+        ctx.to
+            .create_subscription(&m.queue, &m.topic, m.user.as_deref())
+            .await?
+    };
     let mut messages = 0;
     let mut rounds = 0;
     loop {
@@ -211,7 +219,10 @@ pub async fn move_queue(
         created,
         took: started.elapsed(),
     };
-    if destroy {
+    if m.is_merge() {
+        info!(queue = %m.queue, topic = %m.topic, pod = %m.from.name, into = %m.to_queue, messages,
+            took_ms = moved.took.as_millis(), "client subscription queue merged into the one of the same subscription and deleted");
+    } else if destroy {
         info!(queue = %m.queue, topic = %m.topic, from = %m.from.name, to = %m.to.name, messages,
             took_ms = moved.took.as_millis(), "old subscription queue swept and deleted");
     } else if messages > 0 || created {
@@ -250,6 +261,7 @@ async fn transfer(
     shutdown: &CancellationToken,
 ) -> Result<u64, MoveError> {
     let address = m.fqqn();
+    let to_address = m.to_fqqn();
     let link = format!("maas-move/{}", m.queue);
     let mut src = Messaging::open(&ctx.from_opts, cfg.timeout).await?;
     let mut dst = match Messaging::open(&ctx.to_opts, cfg.timeout).await {
@@ -260,7 +272,7 @@ async fn transfer(
         }
     };
     let links = async {
-        let sender = dst.sender(&link, &address).await?;
+        let sender = dst.sender(&link, &to_address).await?;
         let window = u32::try_from(cfg.window).unwrap_or(u32::MAX);
         match src.receiver(&link, &address, window).await {
             Ok(r) => Ok((sender, r)),
@@ -293,7 +305,7 @@ async fn transfer(
     };
     let send_err = |reason: String| MoveError::Send {
         pod: m.to.name.clone(),
-        address: address.clone(),
+        address: to_address.clone(),
         reason,
     };
     let result: Result<(), MoveError> = loop {
@@ -326,7 +338,7 @@ async fn transfer(
                     }
                     Ok(Ok(other)) => break Err(MoveError::NotAccepted {
                         pod: m.to.name.clone(),
-                        address: address.clone(),
+                        address: to_address.clone(),
                         outcome: format!("{other:?}"),
                     }),
                     Ok(Err(e)) => break Err(send_err(e.to_string())),

@@ -35,6 +35,8 @@ pub struct ObservedQueue {
     pub consumers: u64,
     /// The user it was created with (`maas-storage-controller` for configured subscriptions).
     pub user: Option<String>,
+    /// The `listQueues` row's `id` (higher = created later on this broker); None when the row has none.
+    pub id: Option<u64>,
 }
 
 impl ObservedQueue {
@@ -98,13 +100,17 @@ pub fn listings(topics: &[TopicPods]) -> BTreeMap<String, (BrokerPod, BTreeSet<S
 /// What each pod reported: pod name -> topic -> the queues bound to it. A pod missing here could not be listed.
 pub type Observed = BTreeMap<String, BTreeMap<String, Vec<ObservedQueue>>>;
 
-/// One queue to move: queue `queue` of topic `topic` from pod `from` to pod `to`.
+/// One queue to move: queue `queue` of topic `topic` from pod `from` to queue `to_queue` on pod `to`. A move to
+/// the topic's pod keeps the name (`to_queue == queue`); a MERGE ([`crate::merge`]) empties one of a client's
+/// subscription queues into another one on the same pod (`from == to`, `to_queue != queue`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Move {
     /// The topic (the queue's address on both pods).
     pub topic: String,
-    /// The queue name (the same on both pods).
+    /// The queue name on `from`.
     pub queue: String,
+    /// The queue the messages go to on `to` (`queue` but for a merge).
+    pub to_queue: String,
     /// The pod holding it now.
     pub from: BrokerPod,
     /// The topic's pod.
@@ -119,17 +125,35 @@ pub struct Move {
 }
 
 impl Move {
-    /// `<topic>::<queue>`, the fully qualified queue name both links use.
+    /// `<topic>::<queue>`, the fully qualified queue name the link on the old pod uses.
     pub fn fqqn(&self) -> String {
         format!("{}::{}", self.topic, self.queue)
     }
 
-    /// `<queue> of <topic> <from> -> <to>`, for logs and `/readyz`.
+    /// `<topic>::<to_queue>`, the fully qualified queue name the link on the new pod uses.
+    pub fn to_fqqn(&self) -> String {
+        format!("{}::{}", self.topic, self.to_queue)
+    }
+
+    /// True for a merge of two queues of one client subscription (same pod, another queue).
+    pub fn is_merge(&self) -> bool {
+        self.queue != self.to_queue
+    }
+
+    /// `queue <q> of topic <t> <from> -> <to>` (a merge: `queue <q> of topic <t> on <pod> into <to_queue>`), for
+    /// logs and `/readyz`.
     pub fn describe(&self) -> String {
-        format!(
-            "queue {} of topic {} {} -> {}",
-            self.queue, self.topic, self.from.name, self.to.name
-        )
+        if self.is_merge() {
+            format!(
+                "queue {} of topic {} on {} into {}",
+                self.queue, self.topic, self.from.name, self.to_queue
+            )
+        } else {
+            format!(
+                "queue {} of topic {} {} -> {}",
+                self.queue, self.topic, self.from.name, self.to.name
+            )
+        }
     }
 }
 
@@ -153,6 +177,11 @@ pub struct Plan {
     pub stranded: Vec<Stranded>,
     /// Topics whose pods could not all be listed: topic -> the pods that were not (nothing is known there).
     pub unknown: BTreeMap<String, Vec<String>>,
+    /// Merges of a client's subscription queues made through different routers, on the topic's pod
+    /// ([`crate::merge::merges`]; empty until the caller adds them).
+    pub merges: Vec<Move>,
+    /// Groups of such queues not merged now, and why.
+    pub unmerged: Vec<crate::merge::Unmerged>,
 }
 
 impl Plan {
@@ -194,6 +223,7 @@ pub fn plan(topics: &[TopicPods], observed: &Observed) -> Plan {
                     Some(h) => out.moves.push(Move {
                         topic: t.topic.clone(),
                         queue: q.name.clone(),
+                        to_queue: q.name.clone(),
                         from: p.clone(),
                         to: h.clone(),
                         user: q.user.clone(),
@@ -246,6 +276,7 @@ mod tests {
             messages,
             consumers: 0,
             user: None,
+            id: None,
         }
     }
 

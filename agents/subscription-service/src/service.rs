@@ -2,9 +2,11 @@
 //!
 //! A pass: the topics of the address set with their cluster's pods ([`plan::topics`]); on every pod, over its
 //! management connection, the queues bound to each of its cluster's topics (`listQueues`); the plan
-//! ([`plan::plan`]); then the moves, a few at a time ([`mover::move_queue`]), every target queue created first
-//! (so a publisher already routed to the new pod loses nothing to a missing subscription queue); metrics and
-//! `/readyz`. Errors never stop the loop: what failed is retried on the next pass.
+//! ([`plan::plan`]) and the merges of a client's queues made through different routers ([`merge::merges`], with
+//! the router ids of a [`RouterSource`]); then the moves and merges, a few at a time ([`mover::move_queue`]),
+//! every target queue of a move created first (so a publisher already routed to the new pod loses nothing to a
+//! missing subscription queue); metrics and `/readyz`. Errors never stop the loop: what failed is retried on the
+//! next pass.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -12,15 +14,17 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, stream};
+use maas_model::mesh::{parse_router_names, router_names_from_pods};
 use maas_model::{Brokers, Config, brokers_from_pods, parse_brokers};
 use maas_ops::Health;
-use maas_source::ConfigState;
+use maas_source::{ConfigState, FileSnapshot, PodsState};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::broker::BrokerPool;
 use crate::handover::{HandoverBook, Step};
+use crate::merge;
 use crate::metrics::Metrics;
 use crate::mover::{MoveConfig, MoveContext, MoveError, Moved, move_queue};
 use crate::plan::{self, Move, Observed, Plan};
@@ -37,6 +41,22 @@ const LIST_WINDOW: usize = 32;
 
 /// Where the broker pods come from (shared with the other binaries).
 pub use maas_source::BrokerSource;
+
+/// Where the router ids (router pod names, manifests/README.md "Stable router ids") come from, for the merge of a
+/// client's subscription queues made through different routers ([`merge`]).
+pub enum RouterSource {
+    /// None: nothing is merged.
+    None,
+    /// The router pods among the pods the broker pods come from (`--kube`).
+    BrokerPods,
+    /// `--routers-file`, re-read on change (the last good content stays in force).
+    File {
+        path: String,
+        rx: watch::Receiver<Arc<FileSnapshot>>,
+    },
+    /// config-service `podsense` with the router pods' selector.
+    Podsense(watch::Receiver<Arc<PodsState>>),
+}
 
 /// How the loop behaves.
 #[derive(Debug, Clone, Copy)]
@@ -72,6 +92,8 @@ pub struct PassReport {
     pub moved: Vec<(Move, Moved)>,
     /// Sweeps that finished (the old queue deleted).
     pub swept: Vec<(Move, Moved)>,
+    /// Merges that finished (a client's queue emptied into the one of the same subscription, then deleted).
+    pub merged: Vec<(Move, Moved)>,
     /// Moves that did not: the move and why.
     pub failed: Vec<(Move, MoveError)>,
     /// Old queues kept until the router-agents moved the links, and when they are swept (None: their pod drains
@@ -102,9 +124,31 @@ impl PassReport {
         self.problem_free() && self.waiting.is_empty()
     }
 
+    /// Durable subscription queues on their topics' pods after the pass.
+    pub fn in_place(&self) -> usize {
+        (self.plan.in_place.len() + self.swept.len()).saturating_sub(self.merged.len())
+    }
+
+    /// `; merged ...` and `; ... not merged: ...` (empty when nothing of the kind happened).
+    fn merge_status(&self) -> String {
+        let mut s = String::new();
+        if !self.merged.is_empty() {
+            let n: u64 = self.merged.iter().map(|(_, m)| m.messages).sum();
+            s.push_str(&format!(
+                "; merged {} client subscription queue(s) into the queue of the same subscription, with {n} message(s), in the last pass",
+                self.merged.len()
+            ));
+        }
+        if !self.plan.unmerged.is_empty() {
+            let what: Vec<String> = self.plan.unmerged.iter().map(|u| u.describe()).collect();
+            s.push_str(&format!("; {}", what.join("; ")));
+        }
+        s
+    }
+
     /// `/readyz` text: what is in place, or every problem and what the hand-over waits for.
     pub fn status(&self) -> String {
-        let in_place = self.plan.in_place.len() + self.swept.len();
+        let in_place = self.in_place();
         let released = if self.released.is_empty() {
             String::new()
         } else {
@@ -127,6 +171,7 @@ impl PassReport {
                     "; moved {done} queue(s) with {n} message(s) in the last pass"
                 ));
             }
+            s.push_str(&self.merge_status());
             s.push_str(&released);
             return s;
         }
@@ -179,9 +224,21 @@ impl PassReport {
             });
         }
         let mut s = problems.join("; ");
+        s.push_str(&self.merge_status());
         s.push_str(&released);
         s
     }
+}
+
+/// What a job of a pass does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Hand-over step 1: the queue and its messages to the topic's pod, the old queue kept.
+    Copy,
+    /// Hand-over step 3: what is left moved, then the old queue deleted.
+    Sweep,
+    /// A client's queue emptied into the queue of the same subscription on the topic's pod, then deleted.
+    Merge,
 }
 
 /// The hand-over's state and where releases go.
@@ -247,12 +304,14 @@ async fn observe(
 }
 
 /// One pass over `config` and `brokers`. `external`: the draining pods released before this pass by someone this
-/// run did not hear from (the pod annotation, the handover file of an earlier run).
+/// run did not hear from (the pod annotation, the handover file of an earlier run). `routers`: the known router
+/// ids (empty: nothing is merged).
 #[allow(clippy::too_many_arguments)]
 pub async fn pass(
     config: &Config,
     brokers: &Brokers,
     external: &BTreeSet<String>,
+    routers: &BTreeSet<String>,
     handover: &mut Handover,
     pool: &BrokerPool,
     metrics: &Metrics,
@@ -268,22 +327,29 @@ pub async fn pass(
     metrics
         .brokers_unreachable
         .set(i64::try_from(unreachable.len()).unwrap_or(i64::MAX));
-    let plan = plan::plan(&topics, &observed);
+    let mut plan = plan::plan(&topics, &observed);
+    (plan.merges, plan.unmerged) = merge::merges(&topics, &observed, routers, &plan.moves);
+    // Shown by /readyz and unmerged_subscriptions every pass; the log would repeat it every pass.
+    for u in &plan.unmerged {
+        tracing::debug!(reason = u.reason(), "{}", u.describe());
+    }
+    metrics.set_unmerged(plan.unmerged.iter().map(merge::Unmerged::reason));
     let now = Instant::now();
     handover.book.begin(brokers, external, &plan, now);
     let mut report = PassReport {
         unreachable,
         ..PassReport::default()
     };
-    // What each move does now: copy, sweep, or wait for the links to go.
-    let mut work: Vec<(usize, bool)> = Vec::new();
-    for (i, m) in plan.moves.iter().enumerate() {
+    // What each move does now: copy, sweep, or wait for the links to go; then the merges.
+    let mut work: Vec<(Move, Kind)> = Vec::new();
+    for m in &plan.moves {
         match handover.book.step(m, now) {
-            Step::Copy => work.push((i, false)),
-            Step::Sweep => work.push((i, true)),
+            Step::Copy => work.push((m.clone(), Kind::Copy)),
+            Step::Sweep => work.push((m.clone(), Kind::Sweep)),
             Step::Wait { until } => report.waiting.push((m.clone(), until)),
         }
     }
+    work.extend(plan.merges.iter().map(|m| (m.clone(), Kind::Merge)));
     metrics.set_subscriptions(
         plan.in_place.len(),
         work.len(),
@@ -298,13 +364,10 @@ pub async fn pass(
     if !work.is_empty() {
         let what: Vec<String> = work
             .iter()
-            .map(|(i, sweep)| {
-                let m = &plan.moves[*i];
-                if *sweep {
-                    format!("{} (sweep)", m.describe())
-                } else {
-                    m.describe()
-                }
+            .map(|(m, kind)| match kind {
+                Kind::Sweep => format!("{} (sweep)", m.describe()),
+                Kind::Merge => format!("{} (merge)", m.describe()),
+                Kind::Copy => m.describe(),
             })
             .collect();
         info!(
@@ -316,61 +379,64 @@ pub async fn pass(
             work.len(),
             what.join(", ")
         ));
-        // Every target queue first: publishers already routed to the new pod then lose nothing.
-        let ensured: Vec<(usize, Result<(), MoveError>)> = stream::iter(work.iter())
-            .map(|&(i, _)| {
-                let m = &plan.moves[i];
-                async move {
-                    let r = match pool.get(&m.to).await {
-                        Ok(b) => b
-                            .create_subscription(&m.queue, &m.topic, m.user.as_deref())
-                            .await
-                            .map(|_| ())
-                            .map_err(MoveError::from),
-                        Err(e) => Err(e.into()),
-                    };
-                    (i, r)
-                }
-            })
-            .buffer_unordered(LIST_WINDOW)
-            .collect()
-            .await;
+        // Every target queue first: publishers already routed to the new pod then lose nothing. (A merge's target
+        // is there: it was listed.)
+        let ensured: Vec<(usize, Result<(), MoveError>)> = stream::iter(
+            work.iter()
+                .enumerate()
+                .filter(|(_, (_, kind))| *kind != Kind::Merge),
+        )
+        .map(|(i, (m, _))| async move {
+            let r = match pool.get(&m.to).await {
+                Ok(b) => b
+                    .create_subscription(&m.queue, &m.topic, m.user.as_deref())
+                    .await
+                    .map(|_| ())
+                    .map_err(MoveError::from),
+                Err(e) => Err(e.into()),
+            };
+            (i, r)
+        })
+        .buffer_unordered(LIST_WINDOW)
+        .collect()
+        .await;
         let mut blocked = BTreeMap::new();
         for (i, r) in ensured {
             if let Err(e) = r {
                 blocked.insert(i, e);
             }
         }
-        let mut results: Vec<(usize, bool, Result<Moved, MoveError>)> = stream::iter(work.iter())
-            .map(|&(i, sweep)| {
-                let blocked = blocked.get(&i).cloned();
-                let m = &plan.moves[i];
-                async move {
-                    if let Some(e) = blocked {
-                        return (i, sweep, Err(e));
+        let mut results: Vec<(usize, Result<Moved, MoveError>)> =
+            stream::iter(work.iter().enumerate())
+                .map(|(i, (m, kind))| {
+                    let blocked = blocked.get(&i).cloned();
+                    async move {
+                        if let Some(e) = blocked {
+                            return (i, Err(e));
+                        }
+                        (
+                            i,
+                            run_move(m, *kind, pool, metrics, &cfg.moves, shutdown).await,
+                        )
                     }
-                    (
-                        i,
-                        sweep,
-                        run_move(m, sweep, pool, metrics, &cfg.moves, shutdown).await,
-                    )
-                }
-            })
-            .buffer_unordered(cfg.parallel.max(1))
-            .collect()
-            .await;
-        results.sort_by_key(|(i, _, _)| *i);
-        for (i, sweep, r) in results {
-            let m = plan.moves[i].clone();
-            match r {
-                Ok(done) if sweep => report.swept.push((m, done)),
-                Ok(done) => {
+                })
+                .buffer_unordered(cfg.parallel.max(1))
+                .collect()
+                .await;
+        results.sort_by_key(|(i, _)| *i);
+        for (i, r) in results {
+            let (m, kind) = work[i].clone();
+            match (r, kind) {
+                (Ok(done), Kind::Sweep) => report.swept.push((m, done)),
+                (Ok(done), Kind::Merge) => report.merged.push((m, done)),
+                (Ok(done), Kind::Copy) => {
                     handover.book.copied(&m);
                     report.moved.push((m, done));
                 }
-                Err(e) => {
+                (Err(e), _) => {
                     if !matches!(e, MoveError::Abandoned) {
-                        warn!(queue = %m.queue, topic = %m.topic, from = %m.from.name, to = %m.to.name, error = %e,
+                        warn!(queue = %m.queue, topic = %m.topic, from = %m.from.name, to = %m.to.name,
+                            to_queue = %m.to_queue, error = %e,
                             "cannot move a durable subscription; retrying on the next pass");
                     }
                     report.failed.push((m, e));
@@ -431,7 +497,7 @@ pub async fn pass(
     report.released = handover.book.released();
     report.next_sweep = report.waiting.iter().filter_map(|(_, t)| *t).min();
     metrics.set_subscriptions(
-        plan.in_place.len() + report.swept.len(),
+        (plan.in_place.len() + report.swept.len()).saturating_sub(report.merged.len()),
         0,
         report.failed.len(),
         plan.stranded.len(),
@@ -446,7 +512,7 @@ pub async fn pass(
 
 async fn run_move(
     m: &Move,
-    sweep: bool,
+    kind: Kind,
     pool: &BrokerPool,
     metrics: &Metrics,
     cfg: &MoveConfig,
@@ -464,7 +530,7 @@ async fn run_move(
             metrics: metrics.clone(),
         };
         let progress = AtomicU64::new(0);
-        move_queue(m, &ctx, cfg, sweep, &progress, shutdown).await
+        move_queue(m, &ctx, cfg, kind != Kind::Copy, &progress, shutdown).await
     }
     .await;
     let result = match &r {
@@ -479,11 +545,13 @@ async fn run_move(
             e.label()
         }
     };
-    if sweep {
-        metrics.sweep_done(result);
-    } else {
-        let took = r.as_ref().map_or_else(|_| started.elapsed(), |d| d.took);
-        metrics.move_done(result, took);
+    match kind {
+        Kind::Sweep => metrics.sweep_done(result),
+        Kind::Merge => metrics.merge_done(result),
+        Kind::Copy => {
+            let took = r.as_ref().map_or_else(|_| started.elapsed(), |d| d.took);
+            metrics.move_done(result, took);
+        }
     }
     r
 }
@@ -494,6 +562,7 @@ async fn run_move(
 pub async fn run_loop(
     mut config_rx: watch::Receiver<Arc<ConfigState>>,
     mut brokers: BrokerSource,
+    mut routers: RouterSource,
     pool: BrokerPool,
     mut handover: Handover,
     health: Health,
@@ -504,6 +573,10 @@ pub async fn run_loop(
     let mut last_error_events = 0;
     let mut last_brokers: Option<Brokers> = None;
     let mut brokers_error_hash = String::new();
+    // Every router id seen since the start: a client's older queue may name a router pod that is gone by now (an
+    // edge pod the Deployment replaced, a router scaled away).
+    let mut known_routers: BTreeSet<String> = BTreeSet::new();
+    let mut routers_error_hash = String::new();
     // Releases an earlier run wrote to the handover file: adopted on the first pass only (this run writes it).
     let mut from_file = match handover.releaser.load_file() {
         Ok(set) => set,
@@ -573,6 +646,7 @@ pub async fn run_loop(
         let Some(config) = state.config.clone() else {
             continue;
         };
+        let mut router_pods: Option<Vec<String>> = None;
         let (current, external) = match &mut brokers {
             BrokerSource::File { path, rx } => {
                 let snap = rx.borrow_and_update().clone();
@@ -599,16 +673,42 @@ pub async fn run_loop(
             }
             BrokerSource::Pods(rx) => {
                 let pods = rx.borrow_and_update().clone();
+                router_pods = Some(router_names_from_pods(&pods.pods));
                 (
                     brokers_from_pods(&pods.pods),
                     maas_model::pods::released_from_pods(&pods.pods),
                 )
             }
         };
+        let seen = match &mut routers {
+            RouterSource::None => Vec::new(),
+            RouterSource::BrokerPods => router_pods.unwrap_or_default(),
+            RouterSource::Podsense(rx) => router_names_from_pods(&rx.borrow_and_update().pods),
+            RouterSource::File { path, rx } => {
+                let snap = rx.borrow_and_update().clone();
+                match parse_router_names(path, &snap.content) {
+                    Ok(names) => names,
+                    Err(errors) => {
+                        if routers_error_hash != snap.hash {
+                            routers_error_hash = snap.hash.clone();
+                            metrics.config_errors.inc();
+                            for e in &errors {
+                                warn!(error = %e, "invalid routers file; the router ids known stay in force");
+                            }
+                        }
+                        Vec::new()
+                    }
+                }
+            }
+        };
+        known_routers.extend(seen);
+        metrics
+            .router_ids
+            .set(i64::try_from(known_routers.len()).unwrap_or(i64::MAX));
         // At shutdown a pass gets a few seconds to wind down (moves close their links: the old pod takes back
         // what it delivered and was not settled); then it is dropped, which closes its connections all the same.
         let report = tokio::select! {
-            r = pass(&config, &current, &external, &mut handover, &pool, &metrics, &health, &cfg, &shutdown) => r,
+            r = pass(&config, &current, &external, &known_routers, &mut handover, &pool, &metrics, &health, &cfg, &shutdown) => r,
             () = async {
                 shutdown.cancelled().await;
                 tokio::time::sleep(SHUTDOWN_GRACE).await;

@@ -13,6 +13,7 @@ fn run(args: &[&str]) -> (i32, String, String) {
         .env_remove("BROKERS_FILE")
         .env_remove("ROUTER_URL")
         .env_remove("KUBE")
+        .env_remove("ROUTERS_FILE")
         .env("RUST_LOG", "off")
         .output()
         .unwrap();
@@ -41,6 +42,7 @@ fn help_names_every_flag_with_its_environment_variable() {
         ("--subscriptions-configmap", "SUBSCRIPTIONS_CONFIGMAP"),
         ("--handover-file", "HANDOVER_FILE"),
         ("--handover-grace", "HANDOVER_GRACE"),
+        ("--routers-file", "ROUTERS_FILE"),
         ("--broker-sasl-mechanisms", "BROKER_SASL_MECHANISMS"),
         ("--broker-username", "BROKER_USERNAME"),
         ("--broker-password-file", "BROKER_PASSWORD_FILE"),
@@ -81,6 +83,9 @@ fn configuration_errors_are_one_line_and_non_zero() {
     let b = brokers.to_str().unwrap();
     let missing = dir.path().join("nope");
     let m = missing.to_str().unwrap();
+    let routers = dir.path().join("routers.json");
+    std::fs::write(&routers, r#"[{"name": "router-0"}, {"host": "10.0.0.2"}]"#).unwrap();
+    let r = routers.to_str().unwrap();
     for (args, expect) in [
         (vec!["run", "--addresses-dir", d], "no broker source"),
         (vec!["run", "--brokers-file", b], "no address source"),
@@ -141,6 +146,30 @@ fn configuration_errors_are_one_line_and_non_zero() {
                 m,
             ],
             "--broker-password-file",
+        ),
+        (
+            vec![
+                "run",
+                "--brokers-file",
+                b,
+                "--addresses-dir",
+                d,
+                "--routers-file",
+                m,
+            ],
+            "--routers-file",
+        ),
+        (
+            vec![
+                "run",
+                "--brokers-file",
+                b,
+                "--addresses-dir",
+                d,
+                "--routers-file",
+                r,
+            ],
+            "router 1: missing \"name\"",
         ),
     ] {
         let (code, _, err) = run(&args);

@@ -420,6 +420,7 @@ impl Model {
     }
 
     fn insert_queue(&mut self, q: NewQueue<'_>) -> u64 {
+        // GUESS (e2e/GUESSES.md #54): queue ids grow with creation order and are never reused.
         let id = self.next_id;
         self.next_id += 1;
         self.queues.insert(
