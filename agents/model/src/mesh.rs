@@ -235,94 +235,84 @@ pub fn router_names_from_pods(pods: &[PodInfo]) -> Vec<String> {
 /// (subscription-service): `name` is required, `host`, `port` and `edgePort` may be left out (so edge routers, which
 /// have no inter-router listener, can be listed too) but are checked when given. Sorted.
 pub fn parse_router_names(origin: &str, text: &str) -> Result<Vec<String>, Vec<ConfigError>> {
-    let err = |msg: String| ConfigError::new(origin, None, None, msg);
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| vec![err(format!("invalid JSON in routers file: {e}"))])?;
-    let Value::Array(items) = value else {
-        return Err(vec![err(format!(
-            "a routers file must be a JSON list of router pods like [{{\"name\": \"router-0\"}}], found {}",
-            crate::flavor::json_type_name(&value)
-        ))]);
-    };
-    let mut errors = Vec::new();
-    let mut out: Vec<String> = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let Value::Object(o) = item else {
-            errors.push(err(format!(
-                "router {i}: must be an object with \"name\", found {}",
-                crate::flavor::json_type_name(item)
-            )));
-            continue;
-        };
-        let mut problems = Vec::new();
-        let name = pod_text_field(o, "name").map_err(|e| problems.push(e)).ok();
-        if o.contains_key("host") {
-            let _ = pod_text_field(o, "host").map_err(|e| problems.push(e));
-        }
-        for port in ["port", "edgePort"] {
-            let _ = pod_port_field(o, port).map_err(|e| problems.push(e));
-        }
-        for k in o.keys() {
-            if !["name", "host", "port", "edgePort"].contains(&k.as_str()) {
-                problems.push(format!(
-                    "unknown field {k:?} (known: name, host, port, edgePort)"
-                ));
-            }
-        }
-        if let Some(name) = &name
-            && out.contains(name)
-        {
-            problems.push(format!("router name {name:?} is listed twice"));
-        }
-        match name {
-            Some(name) if problems.is_empty() => out.push(name),
-            _ => errors.extend(
-                problems
-                    .into_iter()
-                    .map(|m| err(format!("router {i}: {m}"))),
-            ),
-        }
-    }
-    if errors.is_empty() {
-        out.sort();
-        Ok(out)
-    } else {
-        Err(errors)
-    }
+    let entries = parse_router_entries(origin, text, false)?;
+    Ok(entries.into_iter().map(|e| e.name).collect())
 }
 
 /// Parses a `--routers-file`: `[{"name": "router-0", "host": "10.1.2.3", "port": 55672, "edgePort": 45672}, ...]`
 /// (`port`: the inter-router listener; `edgePort` optional). Every problem is reported, naming the entry.
 pub fn parse_routers(origin: &str, text: &str) -> Result<Vec<RouterPod>, Vec<ConfigError>> {
+    let entries = parse_router_entries(origin, text, true)?;
+    let mut out: Vec<RouterPod> = entries
+        .into_iter()
+        .filter_map(|e| {
+            Some(RouterPod {
+                name: e.name,
+                host: e.host?,
+                port: e.port?,
+                edge_port: e.edge_port,
+            })
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// One entry of a routers file.
+struct RouterEntry {
+    name: String,
+    host: Option<String>,
+    port: Option<u16>,
+    edge_port: Option<u16>,
+}
+
+/// The entries of a routers file, sorted by name; `addressed`: `host` and `port` are required (every entry then has
+/// them), otherwise only `name` is, the others being checked when given.
+fn parse_router_entries(
+    origin: &str,
+    text: &str,
+    addressed: bool,
+) -> Result<Vec<RouterEntry>, Vec<ConfigError>> {
     let err = |msg: String| ConfigError::new(origin, None, None, msg);
+    let (example, wanted) = if addressed {
+        (
+            r#"[{"name": "router-0", "host": "10.1.2.3", "port": 55672}]"#,
+            r#""name", "host" and "port""#,
+        )
+    } else {
+        (r#"[{"name": "router-0"}]"#, r#""name""#)
+    };
     let value: Value = serde_json::from_str(text)
         .map_err(|e| vec![err(format!("invalid JSON in routers file: {e}"))])?;
     let Value::Array(items) = value else {
         return Err(vec![err(format!(
-            "a routers file must be a JSON list of router pods like [{{\"name\": \"router-0\", \"host\": \
-             \"10.1.2.3\", \"port\": 55672}}], found {}",
+            "a routers file must be a JSON list of router pods like {example}, found {}",
             crate::flavor::json_type_name(&value)
         ))]);
     };
     let mut errors = Vec::new();
-    let mut out: Vec<RouterPod> = Vec::with_capacity(items.len());
+    let mut out: Vec<RouterEntry> = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let Value::Object(o) = item else {
             errors.push(err(format!(
-                "router {i}: must be an object with \"name\", \"host\" and \"port\", found {}",
+                "router {i}: must be an object with {wanted}, found {}",
                 crate::flavor::json_type_name(item)
             )));
             continue;
         };
         let mut problems = Vec::new();
         let name = pod_text_field(o, "name").map_err(|e| problems.push(e)).ok();
-        let host = pod_text_field(o, "host").map_err(|e| problems.push(e)).ok();
+        let host = if addressed || o.contains_key("host") {
+            pod_text_field(o, "host").map_err(|e| problems.push(e)).ok()
+        } else {
+            None
+        };
         let port = match pod_port_field(o, "port") {
-            Ok(Some(p)) => Some(p),
-            Ok(None) => {
+            Ok(None) if addressed => {
                 problems.push("missing \"port\" (the inter-router listener)".to_string());
                 None
             }
+            Ok(p) => p,
             Err(e) => {
                 problems.push(e);
                 None
@@ -339,13 +329,13 @@ pub fn parse_routers(origin: &str, text: &str) -> Result<Vec<RouterPod>, Vec<Con
                 ));
             }
         }
-        if let (Some(name), true) = (&name, problems.is_empty())
+        if let Some(name) = &name
             && out.iter().any(|r| &r.name == name)
         {
             problems.push(format!("router name {name:?} is listed twice"));
         }
-        match (name, host, port) {
-            (Some(name), Some(host), Some(port)) if problems.is_empty() => out.push(RouterPod {
+        match name {
+            Some(name) if problems.is_empty() => out.push(RouterEntry {
                 name,
                 host,
                 port,
@@ -359,7 +349,7 @@ pub fn parse_routers(origin: &str, text: &str) -> Result<Vec<RouterPod>, Vec<Con
         }
     }
     if errors.is_empty() {
-        out.sort();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     } else {
         Err(errors)
