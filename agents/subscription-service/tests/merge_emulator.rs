@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -183,16 +182,6 @@ fn seqs_of(b: &BrokerEmulator, queue: &str) -> Vec<u64> {
     seqs(b, queue)
 }
 
-/// Reads the HTTP port the service logged ("serving /healthz /readyz /metrics" addr=...).
-fn http_port_from(line: &str) -> Option<u16> {
-    let at = line.find("127.0.0.1:")?;
-    line[at + 10..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_and_metrics_report_the_merge() {
     let (b0, b1) = two_brokers().await;
@@ -207,23 +196,7 @@ async fn readyz_and_metrics_report_the_merge() {
         &["--interval", "2s", "--routers-file", &routers],
     );
     c.env("RUST_LOG", "info");
-    let mut child = c.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (port_tx, port_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if !sent
-                && line.contains("/healthz")
-                && let Some(p) = http_port_from(&line)
-            {
-                let _ = port_tx.send(p);
-                sent = true;
-            }
-        }
-    });
-    let port = port_rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    let (mut child, port) = spawn_with_http_port(c);
     let started = Instant::now();
     let body = loop {
         if let Some((200, body)) = http_get(port, "/readyz")

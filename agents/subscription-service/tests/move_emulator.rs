@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -88,16 +87,6 @@ async fn once_fails_with_one_line_naming_the_broker_it_cannot_reach() {
         last.starts_with("subscription-service: not every durable subscription is on its topic's pod: broker b-0:"),
         "{stderr}"
     );
-}
-
-/// Reads the HTTP port the service logged ("serving /healthz /readyz /metrics" addr=...).
-fn http_port_from(line: &str) -> Option<u16> {
-    let at = line.find("127.0.0.1:")?;
-    line[at + 10..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,23 +185,7 @@ async fn readyz_and_metrics_report_the_move_and_sigterm_stops_it_quickly() {
 
     let mut c = command(dir.path(), &brokers, &["--interval", "200ms"]);
     c.env("RUST_LOG", "info");
-    let mut child = c.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (port_tx, port_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if !sent
-                && line.contains("/healthz")
-                && let Some(p) = http_port_from(&line)
-            {
-                let _ = port_tx.send(p);
-                sent = true;
-            }
-        }
-    });
-    let port = port_rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    let (mut child, port) = spawn_with_http_port(c);
     let ready = |want: &str| {
         let want = want.to_string();
         async move {

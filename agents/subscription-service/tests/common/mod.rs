@@ -213,3 +213,39 @@ pub fn workdir() -> tempfile::TempDir {
     address_dir(&d.path().join("addresses"));
     d
 }
+
+/// Starts the service (`c` with stderr piped, as [`command`] makes it) and returns it with the HTTP port it logged
+/// ("serving /healthz /readyz /metrics" addr=127.0.0.1:PORT); stderr keeps being drained.
+pub fn spawn_with_http_port(mut c: Command) -> (std::process::Child, u16) {
+    use std::io::{BufRead, BufReader};
+    let mut child = c.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if !sent
+                && line.contains("/healthz")
+                && let Some(p) = http_port_from(&line)
+            {
+                let _ = port_tx.send(p);
+                sent = true;
+            }
+        }
+    });
+    let port = port_rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .unwrap();
+    (child, port)
+}
+
+/// Reads the HTTP port the service logged ("serving /healthz /readyz /metrics" addr=...).
+fn http_port_from(line: &str) -> Option<u16> {
+    let at = line.find("127.0.0.1:")?;
+    line[at + 10..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
