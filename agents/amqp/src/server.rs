@@ -807,6 +807,16 @@ impl<'s> IncomingLink<'s> {
         source.address.as_ref().map(|a| a.to_string())
     }
 
+    /// The capabilities of the source the peer asked for (e.g. an opt-in mode such as `maas:delta`), in order.
+    pub fn source_capabilities(&self) -> Vec<String> {
+        self.attach
+            .as_ref()
+            .and_then(|a| a.source.as_ref())
+            .and_then(|s| s.capabilities.as_ref())
+            .map(|caps| caps.0.iter().map(|c| c.0.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// True when the peer asked for a dynamic source.
     pub fn source_dynamic(&self) -> bool {
         self.attach
@@ -878,6 +888,22 @@ impl<'s> IncomingLink<'s> {
     /// with a null source; use [`IncomingLink::accept_dynamic_sender`] to give it an address.
     pub async fn accept_sender(self) -> Result<AcceptedSender, LinkAcceptError> {
         self.accept_sender_with(sender_link_acceptor()).await
+    }
+
+    /// Accepts the link as our SENDER like [`IncomingLink::accept_sender`], and the attach we answer with lists
+    /// `capabilities` in its source: what this node grants of what the peer asked for (a peer asking for an opt-in
+    /// mode learns from the answer whether it got it). [`IncomingLink::accept_sender`] answers with none.
+    pub async fn accept_sender_with_capabilities(
+        self,
+        capabilities: &[&str],
+    ) -> Result<AcceptedSender, LinkAcceptError> {
+        let capabilities: Vec<Symbol> = capabilities.iter().map(|c| Symbol::from(*c)).collect();
+        let acceptor = LinkAcceptor::builder()
+            .supported_sender_settle_modes(SupportedSenderSettleModes::SettledAndMixed)
+            .fallback_sender_settle_mode(SenderSettleMode::Settled)
+            .source_capabilities(capabilities)
+            .build();
+        self.accept_sender_with(acceptor).await
     }
 
     /// Accepts the link as our SENDER like [`IncomingLink::accept_sender`], answering a DYNAMIC source with

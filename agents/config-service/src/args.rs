@@ -9,7 +9,8 @@ use crate::Error;
 /// Serves full address, flavor and pod snapshots over AMQP 1.0 to any number of subscribers.
 ///
 /// A subscriber attaches a receiving link whose source address is `v1/addresses`, `maas`, `v1/flavors` or
-/// `podsense` (with a label selector as the source's filter map).
+/// `podsense` (with a label selector as the source's filter map). A link to `v1/addresses` or `maas` whose source
+/// lists the capability `maas:delta` gets the full snapshot once, then only the changes (incremental mode).
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "config-service", version)]
 pub struct Args {

@@ -1,9 +1,10 @@
-//! config-service: serves full address, flavor and pod snapshots over AMQP 1.0 (docs/architecture.md §3).
+//! config-service: serves full address, flavor and pod snapshots over AMQP 1.0, and address deltas to subscribers
+//! that ask for incremental mode (docs/architecture.md §3).
 //!
-//! Data flow: a source ([`maas_source::spawn_file_config`] for a mounted ConfigMap directory, a pods file, or —
-//! once wired — the Kubernetes API) publishes [`maas_source::ConfigState`]; [`snapshot`] turns it into the latest
-//! encoded snapshot per source address; [`serve`] hands each subscriber its source, over the generic AMQP server
-//! of [`maas_amqp::server`]. [`metrics`] owns `/metrics`; [`args`] the command line.
+//! Data flow: a source ([`maas_source::spawn_file_config`] for a mounted ConfigMap directory, a pods file, or the
+//! Kubernetes API) publishes [`maas_source::ConfigState`]; [`snapshot`] turns it into the latest published state
+//! per source address (encoded snapshot, generation, recent deltas); [`serve`] hands each subscriber its source —
+//! full snapshots, or deltas on a `maas:delta` link — over the generic AMQP server of [`maas_amqp::server`]. [`metrics`] owns `/metrics`; [`args`] the command line.
 //!
 //! `main` parses [`Args`] and calls [`run`]; tests call [`start`] to learn the bound ports.
 #![forbid(unsafe_code)]
@@ -31,7 +32,7 @@ use tracing::info;
 
 pub use args::{Args, Mode};
 pub use metrics::Metrics;
-pub use snapshot::{PodsState, Snapshot, Snapshots, Source};
+pub use snapshot::{DeltaMessage, PodsState, Published, Snapshot, Snapshots, Source, Update};
 
 /// Why config-service cannot start or stopped with an error. One line each.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,5 @@
-//! The `/metrics` of config-service (prefix `maas_config_service`): subscribers and snapshots by source,
-//! subscribers detached for want of credit, snapshot sends in flight (now and peak), snapshot build time, source
+//! The `/metrics` of config-service (prefix `maas_config_service`): subscribers and snapshots by source, delta
+//! subscribers, deltas and resyncs of incremental mode, subscribers detached for want of credit, snapshot sends in flight (now and peak), snapshot build time, source
 //! errors, configuration state, and the AMQP server's connection counters
 //! (read from [`ServerStats`] at scrape time).
 
@@ -36,6 +36,10 @@ fn build_histogram() -> Histogram {
 pub struct Metrics {
     subscribers: Family<SourceLabel, Gauge>,
     snapshots_sent: Family<SourceLabel, Counter>,
+    delta_subscribers: Family<SourceLabel, Gauge>,
+    deltas_sent: Family<SourceLabel, Counter>,
+    delta_resyncs: Family<SourceLabel, Counter>,
+    delta_build_seconds: Family<SourceLabel, Histogram, fn() -> Histogram>,
     build_seconds: Family<SourceLabel, Histogram, fn() -> Histogram>,
     source_errors: Family<SourceLabel, Counter>,
     config_errors_active: Gauge,
@@ -53,6 +57,10 @@ impl Metrics {
         let m = Metrics {
             subscribers: Family::default(),
             snapshots_sent: Family::default(),
+            delta_subscribers: Family::default(),
+            deltas_sent: Family::default(),
+            delta_resyncs: Family::default(),
+            delta_build_seconds: Family::new_with_constructor(build_histogram as fn() -> Histogram),
             build_seconds: Family::new_with_constructor(build_histogram as fn() -> Histogram),
             source_errors: Family::default(),
             config_errors_active: Gauge::default(),
@@ -70,8 +78,29 @@ impl Metrics {
         );
         registry.register(
             "snapshots_sent",
-            "Snapshots sent to subscribers, by source",
+            "Full snapshots sent to subscribers (plain and delta links), by source",
             m.snapshots_sent.clone(),
+        );
+        registry.register(
+            "delta_subscribers",
+            "Receiving links attached now in incremental mode (source capability maas:delta), by source",
+            m.delta_subscribers.clone(),
+        );
+        registry.register(
+            "deltas_sent",
+            "Delta messages (maas.io/v1/AddressDelta, one change or several merged) sent to delta links, by source",
+            m.deltas_sent.clone(),
+        );
+        registry.register(
+            "delta_resyncs",
+            "Full snapshots sent to a delta link after its first one, because the delta history no longer reached \
+             back to its generation (or a merged delta would have been larger), by source",
+            m.delta_resyncs.clone(),
+        );
+        registry.register(
+            "delta_build_seconds",
+            "Time to compute and encode the delta of one change, by source",
+            m.delta_build_seconds.clone(),
         );
         registry.register(
             "snapshot_build_seconds",
@@ -145,6 +174,45 @@ impl Metrics {
     /// Snapshots sent on `source` so far.
     pub fn snapshots_sent(&self, source: &'static str) -> u64 {
         self.snapshots_sent.get_or_create(&label(source)).get()
+    }
+
+    /// Counts a delta subscriber of `source` until the returned guard is dropped.
+    pub fn delta_subscriber(&self, source: &'static str) -> SubscriberGuard {
+        let gauge = self.delta_subscribers.get_or_create(&label(source)).clone();
+        gauge.inc();
+        SubscriberGuard(gauge)
+    }
+
+    /// Delta subscribers attached now to `source`.
+    pub fn delta_subscribers(&self, source: &'static str) -> i64 {
+        self.delta_subscribers.get_or_create(&label(source)).get()
+    }
+
+    /// Counts one delta message sent on `source`.
+    pub fn delta_sent(&self, source: &'static str) {
+        self.deltas_sent.get_or_create(&label(source)).inc();
+    }
+
+    /// Delta messages sent on `source` so far.
+    pub fn deltas_sent(&self, source: &'static str) -> u64 {
+        self.deltas_sent.get_or_create(&label(source)).get()
+    }
+
+    /// Counts one full snapshot sent to a delta link that had one already.
+    pub fn delta_resync(&self, source: &'static str) {
+        self.delta_resyncs.get_or_create(&label(source)).inc();
+    }
+
+    /// Full snapshots sent to delta links that had one already, on `source`.
+    pub fn delta_resyncs(&self, source: &'static str) -> u64 {
+        self.delta_resyncs.get_or_create(&label(source)).get()
+    }
+
+    /// Records how long computing and encoding one delta of `source` took.
+    pub fn delta_build_time(&self, source: &'static str, seconds: f64) {
+        self.delta_build_seconds
+            .get_or_create(&label(source))
+            .observe(seconds);
     }
 
     /// Counts a snapshot send in progress until the returned guard is dropped (and records the peak).

@@ -5,6 +5,13 @@
 //! map, compared per subscriber so an unrelated pod change sends nothing. Anything else is attached and closed
 //! with `amqp:not-found` naming the address.
 //!
+//! Incremental mode (docs/architecture.md §3): a link to `v1/addresses` or `maas` whose source lists the capability
+//! `maas:delta` is answered with that capability in our source, gets the full snapshot tagged with its generation
+//! (application property `maas:generation`), then per change the delta that follows what it holds
+//! ([`Published::update_from`]: one delta, several merged, or the full snapshot again when it fell too far
+//! behind). A link to `v1/flavors` or `podsense` asking for it is answered without the capability and served as
+//! any other. Links without the capability get exactly the plain snapshots.
+//!
 //! One task per subscriber, pre-settled sends. Waiting subscribers share the source's one `Arc` snapshot, but
 //! fe2o3 0.18 encodes a message BEFORE it waits for the link's credit, so a send in progress holds its own
 //! encoded copy — and a link that never grants credit would hold one forever. [`SendGate`] bounds that: a task
@@ -13,6 +20,9 @@
 //! peer does not read) is dropped — which fe2o3 allows: while it waits for credit it has consumed none and handed
 //! nothing to the session, and a half-handed delivery dies with the link — and the link is closed with
 //! `amqp:link:detach-forced` ("no credit for N s; re-attach to resume"), counted in `subscribers_detached_total`.
+//! A delta link chooses its message first (it must follow what the link holds) and takes a permit only for one
+//! larger than [`SMALL_MESSAGE`] (its full snapshot, a large delta): a delta link waiting for credit for a small
+//! delta holds no permit, so it cannot slow the others; it is closed after the same timeout.
 //!
 //! A send counts as done only once its connection has WRITTEN the message to the socket: fe2o3's `send` returns
 //! when the frames are queued inside the connection (queues `u16::MAX` frames deep), so the permit is held until
@@ -29,12 +39,15 @@ use std::time::{Duration, Instant};
 
 use fe2o3_amqp::types::definitions::{self, AmqpError, LinkError};
 use maas_amqp::server::{AcceptedSender, IncomingLink, LinkHandler};
+use maas_model::delta::DELTA_CAPABILITY;
 use maas_model::pods::PodInfo;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::{debug, info};
 
 use crate::metrics::{Metrics, SendGuard};
-use crate::snapshot::{Snapshot, Snapshots, Source, podsense_body};
+use crate::snapshot::{
+    DeltaMessage, Latest, Outgoing, Published, Snapshot, Snapshots, Source, Update, podsense_body,
+};
 
 /// Decides what each incoming link gets.
 #[derive(Debug, Clone)]
@@ -162,7 +175,24 @@ impl LinkHandler for SnapshotHandler {
                 let Some(rx) = self.snapshots.of(source).cloned() else {
                     return;
                 };
-                if let Some(accepted) = accept(link, source, connection).await {
+                let asks_delta = link
+                    .source_capabilities()
+                    .iter()
+                    .any(|c| c == DELTA_CAPABILITY);
+                if asks_delta && source.delta_format().is_some() {
+                    if let Some(accepted) =
+                        accept_with(link, source, connection, &[DELTA_CAPABILITY]).await
+                    {
+                        let tracker = accepted.tracker.clone();
+                        tracker.spawn(serve_deltas(
+                            accepted,
+                            rx,
+                            source,
+                            self.sends.clone(),
+                            self.metrics.clone(),
+                        ));
+                    }
+                } else if let Some(accepted) = accept(link, source, connection).await {
                     let tracker = accepted.tracker.clone();
                     tracker.spawn(serve_snapshots(
                         accepted,
@@ -179,14 +209,81 @@ impl LinkHandler for SnapshotHandler {
 
 /// Accepts `link` as our sender.
 async fn accept(link: IncomingLink<'_>, source: Source, connection: u64) -> Option<AcceptedSender> {
-    match link.accept_sender().await {
+    accept_with(link, source, connection, &[]).await
+}
+
+/// Accepts `link` as our sender, granting `capabilities` (listed in the source of our attach).
+async fn accept_with(
+    link: IncomingLink<'_>,
+    source: Source,
+    connection: u64,
+    capabilities: &[&str],
+) -> Option<AcceptedSender> {
+    let accepted = if capabilities.is_empty() {
+        link.accept_sender().await
+    } else {
+        link.accept_sender_with_capabilities(capabilities).await
+    };
+    match accepted {
         Ok(accepted) => {
-            debug!(connection, source = source.address(), "subscriber attached");
+            debug!(
+                connection,
+                source = source.address(),
+                ?capabilities,
+                "subscriber attached"
+            );
             Some(accepted)
         }
         Err(error) => {
             debug!(connection, source = source.address(), %error, "subscriber attach failed");
             None
+        }
+    }
+}
+
+/// One message chosen for a subscriber; holds what it refers to until it is sent.
+enum Pick {
+    /// A plain snapshot.
+    Snapshot(Arc<Snapshot>),
+    /// The full snapshot of a state, tagged with its generation (a delta link); `resync`: not its first one.
+    Tagged {
+        /// The state.
+        published: Arc<Published>,
+        /// The link had a snapshot already (it fell behind the delta history).
+        resync: bool,
+    },
+    /// A delta (one change, or several merged).
+    Delta(Arc<DeltaMessage>),
+}
+
+impl Pick {
+    fn sendable(&self) -> &Outgoing {
+        match self {
+            Pick::Snapshot(s) => &s.sendable,
+            Pick::Tagged { published, .. } => published.tagged_full(),
+            Pick::Delta(d) => &d.sendable,
+        }
+    }
+
+    /// The body's length (what the connection writes at least).
+    fn len(&self) -> usize {
+        match self {
+            Pick::Snapshot(s) => s.body.len(),
+            Pick::Tagged { published, .. } => published.snapshot.body.len(),
+            Pick::Delta(d) => d.body_len,
+        }
+    }
+
+    fn count(&self, metrics: &Metrics, source: Source) {
+        match self {
+            Pick::Snapshot(_) => metrics.snapshot_sent(source.address()),
+            Pick::Tagged { resync, .. } => {
+                metrics.snapshot_sent(source.address());
+                if *resync {
+                    metrics.delta_resync(source.address());
+                }
+            }
+            Pick::Delta(_) => metrics.delta_sent(source.address()),
         }
     }
 }
@@ -209,12 +306,12 @@ enum Sent {
     TimedOut,
 }
 
-/// Sends one snapshot under `_in_flight`, within `timeout`.
+/// Sends one message (under `_in_flight`, its permit if it took one), within `timeout`.
 async fn send(
     accepted: &mut AcceptedSender,
-    snapshot: &Snapshot,
+    pick: &Pick,
     timeout: Duration,
-    _in_flight: InFlight,
+    _in_flight: Option<InFlight>,
 ) -> Sent {
     // Dropping this future on timeout is safe in fe2o3 0.18.4: while it waits for credit it has consumed none and
     // handed nothing to the session; if it stalls part-way through the transfer frames of a large message, the
@@ -225,17 +322,17 @@ async fn send(
     let written = Arc::clone(&accepted.written);
     let before = written.written();
     let sending = async {
-        let queued = match accepted.sender.send_batchable_ref(&snapshot.sendable).await {
+        let queued = match accepted.sender.send_batchable_ref(pick.sendable()).await {
             // Pre-settled: the delivery future resolves at once; awaiting it just collects the result.
             Ok(delivery) => delivery.await.is_ok(),
             Err(error) => {
-                debug!(%error, "snapshot send failed; ending the subscription");
+                debug!(%error, "send failed; ending the subscription");
                 false
             }
         };
         if queued {
             written
-                .wait_for(before.saturating_add(snapshot.body.len() as u64))
+                .wait_for(before.saturating_add(pick.len() as u64))
                 .await;
         }
         queued
@@ -286,16 +383,19 @@ async fn close_stuck(
     drop(guard);
 }
 
-/// Serves a static source: current snapshot, then each newer one.
+/// Serves a static source to a plain link: current snapshot, then each newer one (exactly the messages of before
+/// incremental mode: no generation, no delta).
 async fn serve_snapshots(
     accepted: AcceptedSender,
-    rx: watch::Receiver<Option<Arc<Snapshot>>>,
+    rx: Latest,
     source: Source,
     gate: SendGate,
     metrics: Metrics,
 ) {
+    let _counted = metrics.subscriber(source.address());
     let mut last: Option<Arc<Snapshot>> = None;
-    let next = move |snapshot: Arc<Snapshot>| {
+    let next = move |published: Arc<Published>| {
+        let snapshot = Arc::clone(&published.snapshot);
         if last
             .as_ref()
             .is_some_and(|l| Arc::ptr_eq(l, &snapshot) || l.body == snapshot.body)
@@ -303,9 +403,36 @@ async fn serve_snapshots(
             return None;
         }
         last = Some(Arc::clone(&snapshot));
-        Some(snapshot)
+        Some(Pick::Snapshot(snapshot))
     };
-    serve_source(accepted, rx, source, gate, metrics, next).await;
+    serve_source(accepted, rx, source, gate, metrics, Gating::First, next).await;
+}
+
+/// Serves `v1/addresses` or `maas` to a delta link: the full snapshot with its generation, then the delta that
+/// follows what the link holds, at each change (the full snapshot again if it fell behind the history).
+async fn serve_deltas(
+    accepted: AcceptedSender,
+    rx: Latest,
+    source: Source,
+    gate: SendGate,
+    metrics: Metrics,
+) {
+    let _counted = metrics.subscriber(source.address());
+    let _delta = metrics.delta_subscriber(source.address());
+    // The generation the link holds (what the last message sent on it brought it to).
+    let mut have: Option<u64> = None;
+    let next = move |published: Arc<Published>| {
+        let pick = match published.update_from(have)? {
+            Update::Full => Pick::Tagged {
+                resync: have.is_some(),
+                published: Arc::clone(&published),
+            },
+            Update::Delta(delta) => Pick::Delta(delta),
+        };
+        have = Some(published.generation);
+        Some(pick)
+    };
+    serve_source(accepted, rx, source, gate, metrics, Gating::Large, next).await;
 }
 
 /// Serves `podsense` for one label selector: each subscriber encodes its own view of the pods, and gets it only
@@ -318,6 +445,7 @@ async fn serve_podsense(
     metrics: Metrics,
 ) {
     let source = Source::Podsense;
+    let _counted = metrics.subscriber(source.address());
     let build_metrics = metrics.clone();
     let mut last_body: Option<String> = None;
     let next = move |pods: Arc<Vec<PodInfo>>| {
@@ -329,22 +457,37 @@ async fn serve_podsense(
         let snapshot = Snapshot::new(source, body.clone());
         build_metrics.build_time(source.address(), started.elapsed().as_secs_f64());
         last_body = Some(body);
-        Some(Arc::new(snapshot))
+        Some(Pick::Snapshot(Arc::new(snapshot)))
     };
-    serve_source(accepted, rx, source, gate, metrics, next).await;
+    serve_source(accepted, rx, source, gate, metrics, Gating::First, next).await;
 }
 
-/// The loop of one subscriber: on each change of `rx`, a send permit first, then `next` of the LATEST value (what
-/// changed while waiting is skipped; `None`: nothing new for this subscriber), sent within the gate's timeout.
+/// Messages up to this size (a delta of a few changes) are sent without a permit of the [`SendGate`]: their
+/// encoded copy is small, and a link waiting for credit then holds no permit the others need.
+pub const SMALL_MESSAGE: usize = 64 * 1024;
+
+/// When a subscriber task takes a permit of the [`SendGate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gating {
+    /// Before choosing what to send (plain links): whatever changed while it waited is skipped, the latest sent.
+    First,
+    /// After choosing (delta links, whose message must follow what the link holds): only for a message larger
+    /// than [`SMALL_MESSAGE`] (a full snapshot, a large delta).
+    Large,
+}
+
+/// The loop of one subscriber: on each change of `rx`, `next` of the LATEST value (what changed while waiting is
+/// skipped; `None`: nothing new for this subscriber), sent within the gate's timeout under a send permit taken as
+/// `gating` says.
 async fn serve_source<T>(
     mut accepted: AcceptedSender,
     mut rx: watch::Receiver<Option<Arc<T>>>,
     source: Source,
     gate: SendGate,
     metrics: Metrics,
-    mut next: impl FnMut(Arc<T>) -> Option<Arc<Snapshot>>,
+    gating: Gating,
+    mut next: impl FnMut(Arc<T>) -> Option<Pick>,
 ) {
-    let _counted = metrics.subscriber(source.address());
     let scope = accepted.scope.clone();
     rx.mark_changed();
     let end = loop {
@@ -353,30 +496,43 @@ async fn serve_source<T>(
             r = rx.changed() => if r.is_err() { break End::Gone },
             _ = accepted.sender.on_detach() => break End::Gone,
         }
-        let in_flight = tokio::select! {
-            () = scope.cancelled() => break End::Gone,
-            _ = accepted.sender.on_detach() => break End::Gone,
-            p = gate.acquire(&metrics) => match p {
-                Some(p) => p,
-                None => break End::Gone,
-            },
-        };
+        let mut in_flight = None;
+        if gating == Gating::First {
+            in_flight = tokio::select! {
+                () = scope.cancelled() => break End::Gone,
+                _ = accepted.sender.on_detach() => break End::Gone,
+                p = gate.acquire(&metrics) => match p {
+                    Some(p) => Some(p),
+                    None => break End::Gone,
+                },
+            };
+        }
         let Some(value) = rx.borrow_and_update().clone() else {
             continue;
         };
-        let Some(snapshot) = next(value) else {
+        let Some(pick) = next(value) else {
             continue;
         };
+        if in_flight.is_none() && pick.len() > SMALL_MESSAGE {
+            in_flight = tokio::select! {
+                () = scope.cancelled() => break End::Gone,
+                _ = accepted.sender.on_detach() => break End::Gone,
+                p = gate.acquire(&metrics) => match p {
+                    Some(p) => Some(p),
+                    None => break End::Gone,
+                },
+            };
+        }
         let sent = tokio::select! {
             () = scope.cancelled() => break End::Gone,
-            sent = send(&mut accepted, &snapshot, gate.timeout, in_flight) => sent,
+            sent = send(&mut accepted, &pick, gate.timeout, in_flight) => sent,
         };
         match sent {
             Sent::Done => {}
             Sent::Failed => break End::Gone,
             Sent::TimedOut => break End::Stuck,
         }
-        metrics.snapshot_sent(source.address());
+        pick.count(&metrics, source);
     };
     // What `next` keeps (the last snapshot sent) is not needed while a stuck link is closed.
     drop(next);

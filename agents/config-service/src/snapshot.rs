@@ -1,32 +1,47 @@
-//! What subscribers get: the four sources, the encoded snapshot messages, and the publishers that turn source
-//! states into the LATEST snapshot per source.
+//! What subscribers get: the four sources, the encoded snapshot messages, the deltas of incremental mode, and the
+//! publishers that turn source states into the LATEST [`Published`] state per source.
 //!
-//! Per source a `tokio::sync::watch` holds only the latest encoded snapshot (`Arc`): a slow subscriber skips
+//! Per source a `tokio::sync::watch` holds only the latest [`Published`] (`Arc`): a slow subscriber skips
 //! intermediate ones but always ends on the latest, and a stuck one holds at most one old `Arc`, so memory
-//! never grows with the number of changes. A new snapshot is published only when its encoded body differs
+//! never grows with the number of changes. A new state is published only when its encoded body differs
 //! from the previous one. `None` means "not synced yet": subscribers wait.
+//!
+//! Incremental mode (docs/architecture.md §3 "Incremental mode"): every published state of `v1/addresses` and
+//! `maas` carries its GENERATION (the publisher's counter per source, 1 for the first state, +1 per published
+//! change, reset only by a restart) and the [`AddressDelta`]s of the last changes (the latest one always; older ones
+//! up to [`DELTA_HISTORY`] in all, while together no more bytes than the full snapshot). A delta subscriber at an older generation gets the one
+//! delta that follows it, or those it missed merged into one ([`Published::update_from`]), or — when the history
+//! no longer reaches back to it, or the merged delta would be larger than the snapshot — the full snapshot.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use fe2o3_amqp::Sendable;
-use fe2o3_amqp::types::messaging::{AmqpValue, Message, Properties};
+use fe2o3_amqp::types::messaging::{AmqpValue, ApplicationProperties, Message, Properties};
 use fe2o3_amqp::types::primitives::Symbol;
 use maas_model::Config;
+use maas_model::delta::{
+    AddressDelta, DELTA_SUBJECT, DeltaFormat, FOLLOWS_PROPERTY, GENERATION_PROPERTY,
+};
 use maas_model::pods::{PodInfo, selector_matches};
 use maas_source::ConfigState;
 use maas_source::watch::{WatchOptions, watch_file};
+use serde_amqp::serde::{Serialize, Serializer};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::Error;
 use crate::metrics::Metrics;
 
-/// Content type of every snapshot.
+/// Content type of every snapshot and delta.
 pub const CONTENT_TYPE: &str = "application/json";
+
+/// Most deltas kept per source for subscribers that skipped generations (fewer when they add up to more bytes
+/// than the full snapshot; the latest is always kept).
+pub const DELTA_HISTORY: usize = 64;
 
 /// A source address a subscriber can attach to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,60 +85,241 @@ impl Source {
         }
     }
 
+    /// The format of its deltas; `None`: this source has no incremental mode (a link asking for it gets full
+    /// snapshots as everyone else).
+    pub fn delta_format(self) -> Option<DeltaFormat> {
+        match self {
+            Source::Addresses => Some(DeltaFormat::Typed),
+            Source::Maas => Some(DeltaFormat::Legacy),
+            Source::Flavors | Source::Podsense => None,
+        }
+    }
+
     /// The source named by a link's source address.
     pub fn from_address(address: &str) -> Option<Source> {
         Source::ALL.into_iter().find(|s| s.address() == address)
     }
 }
 
-/// The latest snapshot of one source (`None` until synced).
-pub type Latest = watch::Receiver<Option<Arc<Snapshot>>>;
+/// A message body shared by every message carrying it: serialized as the AMQP string it holds (the same bytes as
+/// a `String` body), without a copy of the text per message.
+#[derive(Debug, Clone)]
+pub struct SharedText(pub Arc<str>);
+
+impl Serialize for SharedText {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+/// A pre-settled message as sent (fe2o3 encodes it per send, by reference).
+pub type Outgoing = Sendable<AmqpValue<SharedText>>;
+
+fn outgoing(subject: &str, properties: Option<ApplicationProperties>, body: Arc<str>) -> Outgoing {
+    let builder = Message::builder().properties(
+        Properties::builder()
+            .subject(subject)
+            .content_type(Symbol::from(CONTENT_TYPE))
+            .build(),
+    );
+    let message = match properties {
+        Some(p) => builder
+            .application_properties(p)
+            .value(SharedText(body))
+            .build(),
+        None => builder.value(SharedText(body)).build(),
+    };
+    Sendable::builder().message(message).settled(true).build()
+}
+
+/// The latest published state of one source (`None` until synced).
+pub type Latest = watch::Receiver<Option<Arc<Published>>>;
 
 /// One encoded snapshot, shared by every subscriber of its source.
 #[derive(Debug)]
 pub struct Snapshot {
     /// The JSON text (the AMQP-value string body).
     pub body: Arc<str>,
-    /// The message, pre-settled, sent by reference to every subscriber.
-    pub sendable: Sendable<AmqpValue<String>>,
+    /// The message, pre-settled, sent by reference to every subscriber: subject, content type, body; nothing else.
+    pub sendable: Outgoing,
 }
 
 impl Snapshot {
     /// Wraps `body` into the message of `source`.
     pub fn new(source: Source, body: String) -> Snapshot {
-        let shared: Arc<str> = Arc::from(body.as_str());
-        let message = Message::builder()
-            .properties(
-                Properties::builder()
-                    .subject(source.subject())
-                    .content_type(Symbol::from(CONTENT_TYPE))
-                    .build(),
-            )
-            .value(body)
-            .build();
+        let body: Arc<str> = Arc::from(body);
         Snapshot {
-            body: shared,
-            sendable: Sendable::builder().message(message).settled(true).build(),
+            sendable: outgoing(source.subject(), None, Arc::clone(&body)),
+            body,
         }
     }
 }
 
-/// The latest snapshot of each source (`None` until synced).
+/// One delta message of incremental mode, shared by every delta subscriber it is sent to.
+#[derive(Debug)]
+pub struct DeltaMessage {
+    /// The change: from generation `follows` to `generation`.
+    pub delta: AddressDelta,
+    /// Length of the JSON body.
+    pub body_len: usize,
+    /// The message: subject [`DELTA_SUBJECT`], application properties `maas:generation` and `maas:follows`.
+    pub sendable: Outgoing,
+}
+
+impl DeltaMessage {
+    /// Encodes `delta` in `format`.
+    pub fn new(delta: AddressDelta, format: DeltaFormat) -> DeltaMessage {
+        let body: Arc<str> = Arc::from(delta.to_json(format));
+        let properties = ApplicationProperties::builder()
+            .insert(GENERATION_PROPERTY, delta.generation)
+            .insert(FOLLOWS_PROPERTY, delta.follows)
+            .build();
+        DeltaMessage {
+            body_len: body.len(),
+            sendable: outgoing(DELTA_SUBJECT, Some(properties), body),
+            delta,
+        }
+    }
+}
+
+/// What brings a delta subscriber up to a [`Published`] generation.
+#[derive(Debug, Clone)]
+pub enum Update {
+    /// The full snapshot with its generation ([`Published::tagged_full`]).
+    Full,
+    /// One delta (possibly several merged) that follows the subscriber's generation.
+    Delta(Arc<DeltaMessage>),
+}
+
+/// One published state of a source: its generation, the full snapshot, and (address sources) the recent deltas.
+#[derive(Debug)]
+pub struct Published {
+    /// The publisher's generation of this state (per source; 1 for the first).
+    pub generation: u64,
+    /// The full snapshot, as plain subscribers get it.
+    pub snapshot: Arc<Snapshot>,
+    /// The delta format of the source; `None` for a source without incremental mode.
+    format: Option<DeltaFormat>,
+    /// The last deltas, oldest first, each following the one before; the last one produces `generation`.
+    deltas: VecDeque<Arc<DeltaMessage>>,
+    /// The full snapshot with `maas:generation`, built when a delta subscriber first needs it.
+    tagged: OnceLock<Outgoing>,
+    /// Merged deltas built for subscribers that skipped generations, by the generation they follow (`None`: the
+    /// full snapshot is smaller); shared by every subscriber at that generation; at most one per delta kept, and
+    /// together no larger than the snapshot.
+    merged: Mutex<Vec<(u64, Option<Arc<DeltaMessage>>)>>,
+}
+
+impl Published {
+    /// A state without history (the first of a source, or one of a source without incremental mode).
+    pub fn new(generation: u64, snapshot: Arc<Snapshot>, format: Option<DeltaFormat>) -> Published {
+        Published::with_deltas(generation, snapshot, format, VecDeque::new())
+    }
+
+    fn with_deltas(
+        generation: u64,
+        snapshot: Arc<Snapshot>,
+        format: Option<DeltaFormat>,
+        deltas: VecDeque<Arc<DeltaMessage>>,
+    ) -> Published {
+        Published {
+            generation,
+            snapshot,
+            format,
+            deltas,
+            tagged: OnceLock::new(),
+            merged: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The generations the delta history reaches back to (the oldest `follows`), if any.
+    pub fn history_from(&self) -> Option<u64> {
+        self.deltas.front().map(|d| d.delta.follows)
+    }
+
+    /// The full snapshot as a delta subscriber gets it: the plain message plus application property
+    /// `maas:generation`.
+    pub fn tagged_full(&self) -> &Outgoing {
+        self.tagged.get_or_init(|| {
+            let properties = ApplicationProperties::builder()
+                .insert(GENERATION_PROPERTY, self.generation)
+                .build();
+            let subject = self
+                .snapshot
+                .sendable
+                .message
+                .properties
+                .as_ref()
+                .and_then(|p| p.subject.clone())
+                .unwrap_or_default();
+            outgoing(&subject, Some(properties), Arc::clone(&self.snapshot.body))
+        })
+    }
+
+    /// What a delta subscriber that holds generation `have` (`None`: nothing yet) gets to reach this state:
+    /// `None` when it holds it already; the full snapshot when it holds nothing (or a generation this state does not
+    /// know), or when the history does not reach back to `have`; else the delta that follows `have`: the latest one
+    /// when it is one change behind, else the changes since `have` merged into one (the full snapshot instead when
+    /// that would be larger).
+    pub fn update_from(&self, have: Option<u64>) -> Option<Update> {
+        let Some(have) = have else {
+            return Some(Update::Full);
+        };
+        if have == self.generation {
+            return None;
+        }
+        if have > self.generation || self.format.is_none() {
+            return Some(Update::Full);
+        }
+        let Some(start) = self.deltas.iter().position(|d| d.delta.follows == have) else {
+            return Some(Update::Full);
+        };
+        if start + 1 == self.deltas.len() {
+            return self.deltas.back().map(|d| Update::Delta(Arc::clone(d)));
+        }
+        // Subscribers that skipped the same generations share one merged delta (or the verdict "full").
+        let Ok(mut cache) = self.merged.lock() else {
+            return Some(Update::Full);
+        };
+        if let Some((_, hit)) = cache.iter().find(|(from, _)| *from == have) {
+            return Some(hit.clone().map_or(Update::Full, Update::Delta));
+        }
+        let format = self.format?;
+        let mut merged = self.deltas[start].delta.clone();
+        for later in self.deltas.iter().skip(start + 1) {
+            merged.merge(later.delta.clone());
+        }
+        let message = Arc::new(DeltaMessage::new(merged, format));
+        let entry = (message.body_len < self.snapshot.body.len()).then_some(message);
+        // Kept for the next subscriber at `have` while all kept merged deltas are no larger than the snapshot.
+        let cached: usize = cache
+            .iter()
+            .filter_map(|(_, m)| m.as_ref().map(|m| m.body_len))
+            .sum();
+        let size = entry.as_ref().map_or(0, |m| m.body_len);
+        if cached.saturating_add(size) <= self.snapshot.body.len() {
+            cache.push((have, entry.clone()));
+        }
+        Some(entry.map_or(Update::Full, Update::Delta))
+    }
+}
+
+/// The latest state of each source (`None` until synced).
 #[derive(Debug, Clone)]
 pub struct Snapshots {
     /// `v1/addresses`.
-    pub addresses: watch::Receiver<Option<Arc<Snapshot>>>,
+    pub addresses: Latest,
     /// `maas`.
-    pub maas: watch::Receiver<Option<Arc<Snapshot>>>,
+    pub maas: Latest,
     /// `v1/flavors`.
-    pub flavors: watch::Receiver<Option<Arc<Snapshot>>>,
+    pub flavors: Latest,
     /// `podsense` pods (each subscriber filters and encodes its own view); `None` without a pod source.
     pub pods: Option<watch::Receiver<Option<Arc<Vec<PodInfo>>>>>,
 }
 
 impl Snapshots {
-    /// The latest snapshot channel of a static source (`podsense` has none).
-    pub fn of(&self, source: Source) -> Option<&watch::Receiver<Option<Arc<Snapshot>>>> {
+    /// The latest state channel of a static source (`podsense` has none).
+    pub fn of(&self, source: Source) -> Option<&Latest> {
         match source {
             Source::Addresses => Some(&self.addresses),
             Source::Maas => Some(&self.maas),
@@ -157,24 +353,102 @@ fn build(source: Source, config: &Config, metrics: &Metrics) -> Arc<Snapshot> {
     snapshot
 }
 
-/// Publishes the configuration snapshots: on every new [`ConfigState`] with a configuration, rebuilds the three
-/// static sources and replaces those whose body changed. Also keeps the config metrics and reports readiness
-/// through `on_synced`. Ends when `stop` fires or the source ends.
+/// The publisher's state of one static source: its generation counter, the configuration of the last published
+/// state (to compute the next delta from) and the delta history.
+struct Feed {
+    source: Source,
+    tx: watch::Sender<Option<Arc<Published>>>,
+    generation: u64,
+    last: Option<Arc<Config>>,
+    deltas: VecDeque<Arc<DeltaMessage>>,
+}
+
+impl Feed {
+    fn new(source: Source) -> (Feed, Latest) {
+        let (tx, rx) = watch::channel(None);
+        let feed = Feed {
+            source,
+            tx,
+            generation: 0,
+            last: None,
+            deltas: VecDeque::new(),
+        };
+        (feed, rx)
+    }
+
+    /// Publishes `config` when its body differs from the current one.
+    fn offer(&mut self, config: &Arc<Config>, metrics: &Metrics) {
+        let started = Instant::now();
+        let snapshot = build(self.source, config, metrics);
+        let same = self
+            .tx
+            .borrow()
+            .as_ref()
+            .is_some_and(|c| c.snapshot.body == snapshot.body);
+        if same {
+            return;
+        }
+        self.generation += 1;
+        let built = started.elapsed();
+        let format = self.source.delta_format();
+        match (format, &self.last) {
+            (Some(format), Some(last)) => {
+                let delta_started = Instant::now();
+                let delta = AddressDelta::between(
+                    &last.addresses,
+                    &config.addresses,
+                    self.generation - 1,
+                    self.generation,
+                );
+                let message = DeltaMessage::new(delta, format);
+                metrics
+                    .delta_build_time(self.source.address(), delta_started.elapsed().as_secs_f64());
+                // The latest delta is always kept (a subscriber one change behind gets exactly it); older ones
+                // only while all together are no larger than the full snapshot, which is what a subscriber gets
+                // once the history no longer reaches back to it.
+                self.deltas.push_back(Arc::new(message));
+                let limit = snapshot.body.len();
+                let mut bytes: usize = self.deltas.iter().map(|d| d.body_len).sum();
+                while self.deltas.len() > DELTA_HISTORY || (self.deltas.len() > 1 && bytes > limit)
+                {
+                    match self.deltas.pop_front() {
+                        Some(d) => bytes = bytes.saturating_sub(d.body_len),
+                        None => break,
+                    }
+                }
+            }
+            _ => self.deltas.clear(),
+        }
+        self.last = Some(Arc::clone(config));
+        let published =
+            Published::with_deltas(self.generation, snapshot, format, self.deltas.clone());
+        self.tx.send_replace(Some(Arc::new(published)));
+        debug!(
+            source = self.source.address(),
+            generation = self.generation,
+            deltas_kept = self.deltas.len(),
+            snapshot_ms = built.as_secs_f64() * 1e3,
+            took_ms = started.elapsed().as_secs_f64() * 1e3,
+            "published"
+        );
+    }
+}
+
+/// Publishes the configuration states: on every new [`ConfigState`] with a configuration, rebuilds the three
+/// static sources and publishes those whose body changed (with the next generation and, for the address sources,
+/// the delta from the previous state). Also keeps the config metrics and reports readiness through `on_state`.
+/// Ends when `stop` fires or the source ends.
 pub fn spawn_config_publisher(
     mut config: watch::Receiver<Arc<ConfigState>>,
     metrics: Metrics,
     stop: CancellationToken,
     on_state: impl Fn(&ConfigState) + Send + 'static,
 ) -> (Latest, Latest, Latest) {
-    let (addresses_tx, addresses_rx) = watch::channel(None::<Arc<Snapshot>>);
-    let (maas_tx, maas_rx) = watch::channel(None::<Arc<Snapshot>>);
-    let (flavors_tx, flavors_rx) = watch::channel(None::<Arc<Snapshot>>);
+    let (addresses, addresses_rx) = Feed::new(Source::Addresses);
+    let (maas, maas_rx) = Feed::new(Source::Maas);
+    let (flavors, flavors_rx) = Feed::new(Source::Flavors);
     tokio::spawn(async move {
-        let txs = [
-            (Source::Addresses, addresses_tx),
-            (Source::Maas, maas_tx),
-            (Source::Flavors, flavors_tx),
-        ];
+        let mut feeds = [addresses, maas, flavors];
         let mut seen_error_events = 0u64;
         loop {
             let state = config.borrow_and_update().clone();
@@ -186,15 +460,8 @@ pub fn spawn_config_publisher(
             metrics.config_state(state.errors.len(), addresses, state.generation);
             metrics.inputs(state.inputs_valid, state.inputs_invalid);
             if let Some(cfg) = &state.config {
-                for (source, tx) in &txs {
-                    let next = build(*source, cfg, &metrics);
-                    tx.send_if_modified(|current| {
-                        let same = current.as_ref().is_some_and(|c| c.body == next.body);
-                        if !same {
-                            *current = Some(Arc::clone(&next));
-                        }
-                        !same
-                    });
+                for feed in &mut feeds {
+                    feed.offer(cfg, &metrics);
                 }
             }
             on_state(&state);
@@ -286,4 +553,167 @@ pub fn spawn_pods_file(
         }
     });
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fe2o3_amqp::types::messaging::message::__private::Serializable;
+    use maas_model::{Address, AddressKind, AddressSet};
+
+    fn encoded<T: fe2o3_amqp::types::messaging::SerializableBody>(m: &Message<T>) -> Vec<u8> {
+        serde_amqp::to_vec(&Serializable(m)).unwrap()
+    }
+
+    #[test]
+    fn a_plain_snapshot_is_byte_for_byte_the_message_of_a_string_body() {
+        let body = r#"{"apiVersion":"enmasse.io/v1","kind":"AddressList","items":[]}"#.to_string();
+        let before: Message<AmqpValue<String>> = Message::builder()
+            .properties(
+                Properties::builder()
+                    .subject(Source::Addresses.subject())
+                    .content_type(Symbol::from(CONTENT_TYPE))
+                    .build(),
+            )
+            .value(body.clone())
+            .build();
+        let now = Snapshot::new(Source::Addresses, body);
+        assert_eq!(encoded(&now.sendable.message), encoded(&before));
+        assert!(now.sendable.message.application_properties.is_none());
+    }
+
+    fn anycast(name: &str) -> Address {
+        Address {
+            address: name.into(),
+            kind: AddressKind::Anycast,
+            flavor: None,
+            topic: None,
+        }
+    }
+
+    /// A feed's states for the sets `sets` in turn (generation 1 for the first), as the publisher builds them.
+    fn states(sets: &[Vec<&str>]) -> Vec<Arc<Published>> {
+        states_with(sets, 30)
+    }
+
+    /// [`states`] with `filler` more unchanged addresses in every set.
+    fn states_with(sets: &[Vec<&str>], filler: usize) -> Vec<Arc<Published>> {
+        let metrics = Metrics::register(
+            &mut prometheus_client::registry::Registry::default(),
+            Arc::default(),
+        );
+        let (mut feed, rx) = Feed::new(Source::Addresses);
+        let mut out = Vec::new();
+        for names in sets {
+            // Unchanged filler, so that the snapshot is larger than a few deltas (the history's byte bound).
+            let mut addresses = AddressSet::default();
+            for i in 0..filler {
+                addresses.insert(anycast(&format!("zz-filler-{i}")));
+            }
+            for n in names {
+                addresses.insert(anycast(n));
+            }
+            let config = Arc::new(Config {
+                addresses,
+                ..Config::default()
+            });
+            feed.offer(&config, &metrics);
+            out.push(rx.borrow().clone().unwrap());
+        }
+        out
+    }
+
+    fn delta_of(update: Option<Update>) -> Arc<DeltaMessage> {
+        match update {
+            Some(Update::Delta(d)) => d,
+            other => panic!("expected a delta, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn generations_chain_and_a_subscriber_behind_gets_one_merged_delta() {
+        let s = states(&[
+            vec!["a", "b"],
+            vec!["a", "b", "c"],
+            vec!["a", "b", "c"], // unchanged: not published, no generation
+            vec!["a", "c"],
+            vec!["a", "c", "d"],
+        ]);
+        let latest = &s[4];
+        assert_eq!(
+            s.iter().map(|p| p.generation).collect::<Vec<_>>(),
+            [1, 2, 2, 3, 4]
+        );
+        assert!(matches!(latest.update_from(None), Some(Update::Full)));
+        assert!(latest.update_from(Some(4)).is_none());
+        let one = delta_of(latest.update_from(Some(3)));
+        assert_eq!((one.delta.follows, one.delta.generation), (3, 4));
+        assert_eq!(one.delta.upserted, [anycast("d")]);
+        let merged = delta_of(latest.update_from(Some(1)));
+        assert_eq!((merged.delta.follows, merged.delta.generation), (1, 4));
+        assert_eq!(merged.delta.upserted, [anycast("c"), anycast("d")]);
+        assert_eq!(merged.delta.removed, ["b"]);
+        // Shared by every subscriber at generation 1.
+        assert!(Arc::ptr_eq(&merged, &delta_of(latest.update_from(Some(1)))));
+        let text = String::from_utf8_lossy(&encoded(&merged.sendable.message)).to_string();
+        assert!(
+            text.contains(DELTA_SUBJECT) && text.contains(GENERATION_PROPERTY),
+            "{text}"
+        );
+        // The tagged full snapshot: the same body, with its generation.
+        let tagged = latest.tagged_full();
+        let generation = tagged
+            .message
+            .application_properties
+            .as_ref()
+            .and_then(|p| p.0.get(GENERATION_PROPERTY).cloned());
+        assert_eq!(
+            generation,
+            Some(fe2o3_amqp::types::primitives::SimpleValue::Ulong(4))
+        );
+        assert_eq!(*tagged.message.body.0.0, *latest.snapshot.body);
+    }
+
+    #[test]
+    fn the_history_is_bounded_by_count_and_by_the_size_of_the_snapshot() {
+        let mut sets = vec![vec!["base-address-with-a-long-name"]];
+        for i in 0..(DELTA_HISTORY + 10) {
+            let mut names = vec!["base-address-with-a-long-name"];
+            let name = format!("n{i}");
+            names.push(Box::leak(name.into_boxed_str()));
+            sets.push(names);
+        }
+        let s = states_with(&sets, 0);
+        let latest = s.last().unwrap();
+        // Two deltas add up to more bytes than this small snapshot: only the latest is kept (and sent to a
+        // subscriber one change behind, even though it is larger), a subscriber further behind gets the full one.
+        assert_eq!(latest.history_from(), Some(latest.generation - 1));
+        let last = delta_of(latest.update_from(Some(latest.generation - 1)));
+        assert!(last.body_len > latest.snapshot.body.len() / 2);
+        assert!(matches!(
+            latest.update_from(Some(latest.generation - 2)),
+            Some(Update::Full)
+        ));
+
+        let mut big: Vec<String> = (0..400).map(|i| format!("address-{i}")).collect();
+        let mut sets = vec![big.clone()];
+        for i in 0..(DELTA_HISTORY + 10) {
+            big.push(format!("x{i}"));
+            sets.push(big.clone());
+        }
+        let sets: Vec<Vec<&str>> = sets
+            .iter()
+            .map(|v| v.iter().map(String::as_str).collect())
+            .collect();
+        let s = states(&sets);
+        let latest = s.last().unwrap();
+        let from = latest.history_from().unwrap();
+        assert_eq!(latest.generation - from, DELTA_HISTORY as u64);
+        assert!(matches!(
+            latest.update_from(Some(from - 1)),
+            Some(Update::Full)
+        ));
+        let d = delta_of(latest.update_from(Some(from)));
+        assert_eq!(d.delta.upserted.len(), DELTA_HISTORY);
+    }
 }

@@ -1,7 +1,8 @@
 //! Interop with an independent AMQP implementation: `e2e/python/cs_interop.py` (python3-qpid-proton) against an
 //! in-process config-service — snapshots on `v1/addresses` and `maas`, the `amqp:not-found` detach of an unknown
-//! source, a kubelet-style edit, and SASL PLAIN accepted/rejected. Skipped (with a message) only when
-//! `import proton` fails.
+//! source, a kubelet-style edit, and SASL PLAIN accepted/rejected; and `tests/cs_delta_interop.py`: a proton receiver
+//! asking for incremental mode (source capability `maas:delta`) next to a plain one. Skipped (with a message) only
+//! when `import proton` fails.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -22,7 +23,15 @@ fn proton_available() -> bool {
     maas_e2e::support::proton_available()
 }
 
+fn delta_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cs_delta_interop.py")
+}
+
 async fn run_case(plain: bool) {
+    run_script(script(), plain).await;
+}
+
+async fn run_script(script: PathBuf, plain: bool) {
     if !proton_available() {
         // proton_available() reported it (a failure in CI).
         return;
@@ -61,7 +70,7 @@ async fn run_case(plain: bool) {
     let out = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new(PYTHON)
-            .arg(script())
+            .arg(&script)
             .arg(&url)
             .arg(&cfg)
             .args(&extra)
@@ -81,10 +90,14 @@ async fn run_case(plain: bool) {
         );
         assert!(stdout.contains("ALL OK"), "{stdout}");
         eprintln!("{stdout}");
-        assert!(
-            stdout.contains("OK unknown source: amqp:not-found"),
-            "{stdout}"
-        );
+        if script.ends_with("cs_delta_interop.py") {
+            assert!(stdout.contains("OK delta: b1 upserted"), "{stdout}");
+        } else {
+            assert!(
+                stdout.contains("OK unknown source: amqp:not-found"),
+                "{stdout}"
+            );
+        }
         if plain {
             assert!(
                 stdout.contains("OK PLAIN wrong password rejected"),
@@ -108,4 +121,9 @@ async fn proton_client_anonymous_snapshots_not_found_and_kubelet_edit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proton_client_sasl_plain_accepted_and_rejected() {
     run_case(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proton_client_asking_for_maas_delta_gets_full_then_a_delta_and_plain_stays_full() {
+    run_script(delta_script(), false).await;
 }
