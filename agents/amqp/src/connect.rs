@@ -65,14 +65,32 @@ pub async fn open_connection(opts: &ConnectOptions) -> Result<Opened, ConnectErr
     open_connection_logged(opts, None).await
 }
 
+/// [`open_connection`], announcing `max_frame_size` in our `open` frame instead of fe2o3's default (the largest
+/// frame the peer may send us). A server keeps a write buffer per connection as large as the largest frame it
+/// wrote on it, so subscribers of big snapshots announce small frames (see [`crate::subscriber`]).
+pub async fn open_connection_with_max_frame(
+    opts: &ConnectOptions,
+    max_frame_size: u32,
+) -> Result<Opened, ConnectError> {
+    open_timed(opts, None, Some(max_frame_size)).await
+}
+
 /// [`open_connection`], and every byte read from the peer also goes to `log` (which keeps the first bytes of
 /// each delivery, for replies fe2o3 cannot decode; see [`crate::wire::DeliveryLog`]).
 pub async fn open_connection_logged(
     opts: &ConnectOptions,
     log: Option<Arc<DeliveryLog>>,
 ) -> Result<Opened, ConnectError> {
+    open_timed(opts, log, None).await
+}
+
+async fn open_timed(
+    opts: &ConnectOptions,
+    log: Option<Arc<DeliveryLog>>,
+    max_frame_size: Option<u32>,
+) -> Result<Opened, ConnectError> {
     let peer = opts.to_string();
-    match tokio::time::timeout(opts.connect_timeout, open_inner(opts, log)).await {
+    match tokio::time::timeout(opts.connect_timeout, open_inner(opts, log, max_frame_size)).await {
         Ok(Ok(opened)) => Ok(opened),
         Ok(Err(reason)) => Err(ConnectError { peer, reason }),
         Err(_) => Err(ConnectError {
@@ -85,6 +103,7 @@ pub async fn open_connection_logged(
 async fn open_inner(
     opts: &ConnectOptions,
     log: Option<Arc<DeliveryLog>>,
+    max_frame_size: Option<u32>,
 ) -> Result<Opened, String> {
     if opts.sasl == SaslOptions::External {
         check_external(opts.tls.as_ref())?;
@@ -96,7 +115,15 @@ async fn open_inner(
         .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
     let capture = Capture::default();
     match &opts.tls {
-        None => open_amqp(opts, Sniff::new(tcp, capture.clone(), log), capture).await,
+        None => {
+            open_amqp(
+                opts,
+                Sniff::new(tcp, capture.clone(), log),
+                capture,
+                max_frame_size,
+            )
+            .await
+        }
         Some(tls) => {
             let connector = tls_connector(tls)?;
             let name = tls.server_name.clone().unwrap_or_else(|| opts.host.clone());
@@ -109,7 +136,13 @@ async fn open_inner(
             if opts.sasl == SaslOptions::External {
                 sasl_external(&mut stream, &opts.host).await?;
             }
-            open_amqp(opts, Sniff::new(stream, capture.clone(), log), capture).await
+            open_amqp(
+                opts,
+                Sniff::new(stream, capture.clone(), log),
+                capture,
+                max_frame_size,
+            )
+            .await
         }
     }
 }
@@ -118,6 +151,7 @@ async fn open_amqp<Io>(
     opts: &ConnectOptions,
     stream: Sniff<Io>,
     capture: Capture,
+    max_frame_size: Option<u32>,
 ) -> Result<Opened, String>
 where
     Io: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug + 'static,
@@ -128,6 +162,10 @@ where
         .hostname(opts.host.as_str())
         .idle_time_out(idle_ms)
         .scheme("amqp");
+    let builder = match max_frame_size {
+        Some(n) => builder.max_frame_size(n),
+        None => builder,
+    };
     let builder = match &opts.sasl {
         // EXTERNAL was negotiated before (sasl_external): fe2o3 goes straight to the AMQP header.
         SaslOptions::None | SaslOptions::External => builder,

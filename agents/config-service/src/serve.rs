@@ -175,10 +175,7 @@ impl LinkHandler for SnapshotHandler {
                 let Some(rx) = self.snapshots.of(source).cloned() else {
                     return;
                 };
-                let asks_delta = link
-                    .source_capabilities()
-                    .iter()
-                    .any(|c| c == DELTA_CAPABILITY);
+                let asks_delta = maas_amqp::subscriber::asks_for_delta(&link);
                 if asks_delta && source.delta_format().is_some() {
                     if let Some(accepted) =
                         accept_with(link, source, connection, &[DELTA_CAPABILITY]).await
