@@ -183,6 +183,11 @@ impl Users {
         self.users.len()
     }
 
+    /// True when `name` is a user of this file.
+    pub fn knows(&self, name: &str) -> bool {
+        self.users.contains_key(name)
+    }
+
     /// True when there is no user.
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
@@ -1353,6 +1358,17 @@ async fn connection_task<H: LinkHandler>(
         Ok(Err(HandshakeError::Sasl(code))) => {
             stats.sasl_failures.fetch_add(1, Ordering::Relaxed);
             let (mechanism, user) = seen.unwrap_or_default();
+            // A name that is no user is not logged: it may be a password typed into the user field.
+            let known = options
+                .sasl
+                .plain
+                .as_ref()
+                .is_some_and(|users| users.knows(&user));
+            let user = if known || user.is_empty() {
+                user
+            } else {
+                "(not a known user)".to_string()
+            };
             info!(connection = id, %peer, %mechanism, %user, ?code, "SASL authentication failed");
             return;
         }

@@ -1,7 +1,7 @@
 //! Secrets stay in their files (docs/architecture.md §7): the `config-service` binary serves SASL PLAIN with a
 //! users file holding a known password, and neither its logs (debug level), `/readyz`, `/metrics`, `/healthz`, nor
 //! what a refused client sees shows it: a right login (a snapshot received), a wrong password, the password given
-//! for an unknown user, ANONYMOUS; and a users file that does not parse (the error names the line, not its text).
+//! for an unknown user, the password typed as user name, ANONYMOUS; and a users file that does not parse (the error names the line, not its text).
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -142,14 +142,15 @@ async fn the_users_password_appears_in_no_output() {
     assert!(got.contains("orders"), "{got}");
     assert_clean("the snapshot", &got);
 
-    // Refused logins: what the client sees never carries the password. (Not covered: a client that types the
-    // password into the user name field; the server logs the user name of a failed login.)
+    // Refused logins: what the client sees never carries the password, and neither do the logs — also when a
+    // client types the password into the user name field (a name that is no user is not logged).
     for (what, sasl) in [
         (
             "a wrong password",
             plain(USER, &format!("{PASSWORD}-wrong")),
         ),
         ("an unknown user", plain("mallory", PASSWORD)),
+        ("the password as user name", plain(PASSWORD, "x")),
         ("ANONYMOUS", SaslProfile::Anonymous),
     ] {
         let err = snapshot(&url, sasl).await.unwrap_err();
@@ -166,6 +167,10 @@ async fn the_users_password_appears_in_no_output() {
     assert_clean("logs", &stderr);
     // The logs did record the refusals (so the check above looked at the failure path), but not the password.
     assert!(!stderr.trim().is_empty(), "no logs at debug level");
+    assert!(
+        stderr.contains("SASL authentication failed") && stderr.contains(USER),
+        "a known user's failed login is logged with the name: {stderr}"
+    );
 }
 
 #[test]
