@@ -39,14 +39,25 @@ async fn two_queues_of_one_client(b: &BrokerEmulator) {
     publish(b, "news::unknown-router.sub1@c1", 100..105).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn once_merges_a_clients_queue_made_through_another_router_into_the_newer_one() {
+/// Two broker pods (keep both alive: the brokers file lists them), b-0 draining (so the topic's pod is b-1), with
+/// [`two_queues_of_one_client`] on b-1, and the brokers file.
+async fn merge_setup() -> (
+    BrokerEmulator,
+    BrokerEmulator,
+    tempfile::TempDir,
+    std::path::PathBuf,
+) {
     let (b0, b1) = two_brokers().await;
     let dir = workdir();
     let brokers = dir.path().join("brokers.json");
-    // b-0 drains: the topic's pod is b-1, and the queues are there already.
     brokers_file(&brokers, &b0, &b1, Some("b-0"));
     two_queues_of_one_client(&b1).await;
+    (b0, b1, dir, brokers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_merges_a_clients_queue_made_through_another_router_into_the_newer_one() {
+    let (b0, b1, dir, brokers) = merge_setup().await;
     let routers = routers_file(dir.path());
 
     let out = output(command(
@@ -75,10 +86,10 @@ async fn once_merges_a_clients_queue_made_through_another_router_into_the_newer_
         "the target is the client's queue, untouched but for its messages"
     );
     let held = b1.messages("router-1.sub1@c1").unwrap();
-    let seqs: Vec<u64> = held.iter().map(seq_of).collect();
-    assert_eq!(seqs.len(), 60, "{seqs:?}");
+    let got: Vec<u64> = held.iter().map(seq_of).collect();
+    assert_eq!(got.len(), 60, "{got:?}");
     assert_eq!(
-        seqs,
+        got,
         (50..60).chain(0..50).collect::<Vec<_>>(),
         "its own 10 first, then the 50 of the other queue, once each, in order"
     );
@@ -91,7 +102,7 @@ async fn once_merges_a_clients_queue_made_through_another_router_into_the_newer_
     assert!(held[..10].iter().all(|m| moved_from(m).is_none()));
     // A queue made through a router that is not known is never merged (its prefix cannot be told from its link).
     assert_eq!(
-        seqs_of(&b1, "unknown-router.sub1@c1"),
+        seqs(&b1, "unknown-router.sub1@c1"),
         (100..105).collect::<Vec<_>>()
     );
     assert_eq!(
@@ -119,11 +130,7 @@ async fn once_merges_a_clients_queue_made_through_another_router_into_the_newer_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_queue_the_client_is_attached_to_takes_the_other_even_when_older() {
-    let (b0, b1) = two_brokers().await;
-    let dir = workdir();
-    let brokers = dir.path().join("brokers.json");
-    brokers_file(&brokers, &b0, &b1, Some("b-0"));
-    two_queues_of_one_client(&b1).await;
+    let (_b0, b1, dir, brokers) = merge_setup().await;
     // The client is back through router-0 (listQueues shows a consumer on its queue).
     assert!(b1.set_consumers("router-0.sub1@c1", 1));
     let routers = routers_file(dir.path());
@@ -143,19 +150,12 @@ async fn the_queue_the_client_is_attached_to_takes_the_other_even_when_older() {
         topic_queues(&b1),
         ["router-0.sub1@c1", "unknown-router.sub1@c1"]
     );
-    assert_eq!(
-        seqs_of(&b1, "router-0.sub1@c1"),
-        (0..60).collect::<Vec<_>>()
-    );
+    assert_eq!(seqs(&b1, "router-0.sub1@c1"), (0..60).collect::<Vec<_>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_router_ids_nothing_is_merged() {
-    let (b0, b1) = two_brokers().await;
-    let dir = workdir();
-    let brokers = dir.path().join("brokers.json");
-    brokers_file(&brokers, &b0, &b1, Some("b-0"));
-    two_queues_of_one_client(&b1).await;
+    let (_b0, b1, dir, brokers) = merge_setup().await;
     // No --routers-file, no --kube, no config-service: no router id is known.
     let out = output(command(dir.path(), &brokers, &["--once"])).await;
     assert_eq!(
@@ -164,8 +164,8 @@ async fn without_router_ids_nothing_is_merged() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(seqs_of(&b1, "router-0.sub1@c1").len(), 50);
-    assert_eq!(seqs_of(&b1, "router-1.sub1@c1").len(), 10);
+    assert_eq!(seqs(&b1, "router-0.sub1@c1").len(), 50);
+    assert_eq!(seqs(&b1, "router-1.sub1@c1").len(), 10);
     assert_eq!(topic_queues(&b1).len(), 3);
 }
 
@@ -178,17 +178,9 @@ fn topic_queues(b: &BrokerEmulator) -> Vec<String> {
         .collect()
 }
 
-fn seqs_of(b: &BrokerEmulator, queue: &str) -> Vec<u64> {
-    seqs(b, queue)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_and_metrics_report_the_merge() {
-    let (b0, b1) = two_brokers().await;
-    let dir = workdir();
-    let brokers = dir.path().join("brokers.json");
-    brokers_file(&brokers, &b0, &b1, Some("b-0"));
-    two_queues_of_one_client(&b1).await;
+    let (_b0, b1, dir, brokers) = merge_setup().await;
     let routers = routers_file(dir.path());
     let mut c = command(
         dir.path(),
