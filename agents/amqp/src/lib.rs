@@ -12,6 +12,7 @@
 
 pub mod artemis;
 pub mod connect;
+pub mod lean;
 pub mod messaging;
 pub mod options;
 pub mod request;

@@ -43,7 +43,7 @@ use fe2o3_amqp::link::Sender;
 use fe2o3_amqp::types::definitions::SenderSettleMode;
 use fe2o3_amqp::types::definitions::{AmqpError, Error as AmqpErrorBody, ErrorCondition, Role};
 use fe2o3_amqp::types::performatives::Attach;
-use fe2o3_amqp::types::primitives::{Array, Symbol, Value};
+use fe2o3_amqp::types::primitives::{Array, Symbol};
 use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslOutcome, SaslResponse};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -315,7 +315,7 @@ impl SaslConfig {
 
 /// The per-connection SASL acceptor: checks the mechanism and credentials and records who authenticated.
 #[derive(Clone)]
-struct ConnSasl {
+pub(crate) struct ConnSasl {
     config: SaslConfig,
     /// Offer EXTERNAL to connections with a verified client certificate.
     external: bool,
@@ -327,6 +327,46 @@ struct ConnSasl {
 }
 
 impl ConnSasl {
+    /// A fresh acceptor for one connection.
+    pub(crate) fn new(config: SaslConfig, external: bool) -> ConnSasl {
+        ConnSasl {
+            config,
+            external,
+            peer_cert_user: Arc::new(Mutex::new(None)),
+            seen: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Records the [`x509_user`] of the connection's verified TLS client certificate.
+    pub(crate) fn set_peer_cert_user(&self, user: String) {
+        if let Ok(mut slot) = self.peer_cert_user.lock() {
+            *slot = Some(user);
+        }
+    }
+
+    /// The outcome of a `sasl-init` (no mechanism here sends a challenge).
+    pub(crate) fn check_init(&mut self, init: SaslInit) -> SaslCode {
+        match self.on_init(init) {
+            SaslServerFrame::Outcome(o) => o.code,
+            SaslServerFrame::Challenge(_) => SaslCode::Sys,
+        }
+    }
+
+    /// `user` as it may be logged after a failed login: a name that is no user is not shown (it may be a password
+    /// typed into the user field).
+    pub(crate) fn loggable_user(&self, user: String) -> String {
+        let known = self
+            .config
+            .plain
+            .as_ref()
+            .is_some_and(|users| users.knows(&user));
+        if known || user.is_empty() {
+            user
+        } else {
+            "(not a known user)".to_string()
+        }
+    }
+
     /// The x509 user EXTERNAL would authenticate, when EXTERNAL is on and a verified certificate is there.
     fn external_user(&self) -> Option<String> {
         if !self.external {
@@ -341,7 +381,7 @@ impl ConnSasl {
         }
     }
 
-    fn seen(&self) -> Option<(String, String)> {
+    pub(crate) fn seen(&self) -> Option<(String, String)> {
         self.seen.lock().ok().and_then(|g| g.clone())
     }
 }
@@ -656,9 +696,16 @@ impl WriteProgress {
 
 /// The socket under TLS and fe2o3, counting the bytes written into [`WriteProgress`].
 #[derive(Debug)]
-struct Counted<S> {
+pub(crate) struct Counted<S> {
     inner: S,
     progress: Arc<WriteProgress>,
+}
+
+impl<S> Counted<S> {
+    /// `inner`, counting what is written to it into `progress`.
+    pub(crate) fn new(inner: S, progress: Arc<WriteProgress>) -> Counted<S> {
+        Counted { inner, progress }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
@@ -714,6 +761,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 pub struct LinkGuard {
     links: Arc<AtomicUsize>,
     stats: Arc<ServerStats>,
+}
+
+impl LinkGuard {
+    /// Counts one more link open, in `links` (its connection's) and `stats`, until dropped; the caller has already
+    /// incremented both.
+    pub(crate) fn new(links: Arc<AtomicUsize>, stats: Arc<ServerStats>) -> LinkGuard {
+        LinkGuard { links, stats }
+    }
 }
 
 impl Drop for LinkGuard {
@@ -808,17 +863,14 @@ impl<'s> IncomingLink<'s> {
 
     /// The source address the peer asked for (`None` without a source or address).
     pub fn source_address(&self) -> Option<String> {
-        let source = self.attach.as_ref()?.source.as_ref()?;
-        source.address.as_ref().map(|a| a.to_string())
+        attach_fields::source_address(self.attach.as_ref()?)
     }
 
     /// The capabilities of the source the peer asked for (e.g. an opt-in mode such as `maas:delta`), in order.
     pub fn source_capabilities(&self) -> Vec<String> {
         self.attach
             .as_ref()
-            .and_then(|a| a.source.as_ref())
-            .and_then(|s| s.capabilities.as_ref())
-            .map(|caps| caps.0.iter().map(|c| c.0.clone()).collect())
+            .map(attach_fields::source_capabilities)
             .unwrap_or_default()
     }
 
@@ -826,48 +878,21 @@ impl<'s> IncomingLink<'s> {
     pub fn source_dynamic(&self) -> bool {
         self.attach
             .as_ref()
-            .and_then(|a| a.source.as_ref())
-            .is_some_and(|s| s.dynamic)
+            .is_some_and(attach_fields::source_dynamic)
     }
 
     /// The target address of the peer's attach.
     pub fn target_address(&self) -> Option<String> {
-        let target = self.attach.as_ref()?.target.as_ref()?;
-        match target.as_ref() {
-            fe2o3_amqp::types::messaging::TargetArchetype::Target(t) => {
-                t.address.as_ref().map(|a| a.to_string())
-            }
-            #[allow(unreachable_patterns)]
-            _ => None,
-        }
+        attach_fields::target_address(self.attach.as_ref()?)
     }
 
     /// The source's filter map as strings: keys and string/symbol values (a described value holding a
     /// string counts too). `Err(key)` names the first entry whose value is not a string.
     pub fn filter_strings(&self) -> Result<BTreeMap<String, String>, String> {
-        let mut out = BTreeMap::new();
-        let Some(filter) = self
-            .attach
-            .as_ref()
-            .and_then(|a| a.source.as_ref())
-            .and_then(|s| s.filter.as_ref())
-        else {
-            return Ok(out);
-        };
-        for (key, value) in filter.iter() {
-            let text = match value {
-                Value::String(s) => s.clone(),
-                Value::Symbol(s) => s.0.clone(),
-                Value::Described(d) => match &d.value {
-                    Value::String(s) => s.clone(),
-                    Value::Symbol(s) => s.0.clone(),
-                    _ => return Err(key.0.clone()),
-                },
-                _ => return Err(key.0.clone()),
-            };
-            out.insert(key.0.clone(), text);
+        match self.attach.as_ref() {
+            Some(a) => attach_fields::filter_strings(a),
+            None => Ok(BTreeMap::new()),
         }
-        Ok(out)
     }
 
     /// Who is on the other end.
@@ -1099,6 +1124,70 @@ fn sender_link_acceptor() -> PlainLinkAcceptor {
         .build()
 }
 
+/// What an incoming attach asks for, read off the frame (shared by [`IncomingLink`] and the lean server's
+/// attaches).
+pub(crate) mod attach_fields {
+    use std::collections::BTreeMap;
+
+    use fe2o3_amqp::types::performatives::Attach;
+    use fe2o3_amqp::types::primitives::Value;
+
+    /// The source address (`None` without a source or address).
+    pub(crate) fn source_address(attach: &Attach) -> Option<String> {
+        let source = attach.source.as_ref()?;
+        source.address.as_ref().map(|a| a.to_string())
+    }
+
+    /// The source's capabilities, in order.
+    pub(crate) fn source_capabilities(attach: &Attach) -> Vec<String> {
+        attach
+            .source
+            .as_ref()
+            .and_then(|s| s.capabilities.as_ref())
+            .map(|caps| caps.0.iter().map(|c| c.0.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// True for a dynamic source.
+    pub(crate) fn source_dynamic(attach: &Attach) -> bool {
+        attach.source.as_ref().is_some_and(|s| s.dynamic)
+    }
+
+    /// The target address.
+    pub(crate) fn target_address(attach: &Attach) -> Option<String> {
+        let target = attach.target.as_ref()?;
+        match target.as_ref() {
+            fe2o3_amqp::types::messaging::TargetArchetype::Target(t) => {
+                t.address.as_ref().map(|a| a.to_string())
+            }
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// The source's filter map as strings; `Err(key)` names the first entry whose value is not a string.
+    pub(crate) fn filter_strings(attach: &Attach) -> Result<BTreeMap<String, String>, String> {
+        let mut out = BTreeMap::new();
+        let Some(filter) = attach.source.as_ref().and_then(|s| s.filter.as_ref()) else {
+            return Ok(out);
+        };
+        for (key, value) in filter.iter() {
+            let text = match value {
+                Value::String(s) => s.clone(),
+                Value::Symbol(s) => s.0.clone(),
+                Value::Described(d) => match &d.value {
+                    Value::String(s) => s.clone(),
+                    Value::Symbol(s) => s.0.clone(),
+                    _ => return Err(key.0.clone()),
+                },
+                _ => return Err(key.0.clone()),
+            };
+            out.insert(key.0.clone(), text);
+        }
+        Ok(out)
+    }
+}
+
 /// The application's decision per incoming link.
 pub trait LinkHandler: Send + Sync + 'static {
     /// Called for every incoming attach (within the link limit). Must accept or refuse `link` promptly (the
@@ -1301,9 +1390,8 @@ async fn handshake(
                 .1
                 .peer_certificates()
                 .and_then(|chain| chain.first())
-                && let Ok(mut slot) = sasl.peer_cert_user.lock()
             {
-                *slot = Some(x509_user(cert));
+                sasl.set_peer_cert_user(x509_user(cert));
             }
             acceptor
                 .accept(tls_stream)
@@ -1336,17 +1424,9 @@ async fn connection_task<H: LinkHandler>(
 ) {
     let options = &shared.options;
     let stats = &shared.stats;
-    let sasl = ConnSasl {
-        config: options.sasl.clone(),
-        external: options.sasl_external,
-        peer_cert_user: Arc::new(Mutex::new(None)),
-        seen: Arc::new(Mutex::new(None)),
-    };
+    let sasl = ConnSasl::new(options.sasl.clone(), options.sasl_external);
     let written = Arc::new(WriteProgress::default());
-    let counted = Counted {
-        inner: stream,
-        progress: Arc::clone(&written),
-    };
+    let counted = Counted::new(stream, Arc::clone(&written));
     let opened = tokio::select! {
         () = token.cancelled() => return,
         // Boxed: the handshake's state (TLS, SASL) is large and needed only here, not for the connection's life.
@@ -1358,17 +1438,7 @@ async fn connection_task<H: LinkHandler>(
         Ok(Err(HandshakeError::Sasl(code))) => {
             stats.sasl_failures.fetch_add(1, Ordering::Relaxed);
             let (mechanism, user) = seen.unwrap_or_default();
-            // A name that is no user is not logged: it may be a password typed into the user field.
-            let known = options
-                .sasl
-                .plain
-                .as_ref()
-                .is_some_and(|users| users.knows(&user));
-            let user = if known || user.is_empty() {
-                user
-            } else {
-                "(not a known user)".to_string()
-            };
+            let user = sasl.loggable_user(user);
             info!(connection = id, %peer, %mechanism, %user, ?code, "SASL authentication failed");
             return;
         }

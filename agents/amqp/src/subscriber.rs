@@ -470,9 +470,12 @@ pub fn source_message(
 
 /// True when an incoming link's source asks for incremental mode (capability [`DELTA_CAPABILITY`]).
 pub fn asks_for_delta(link: &crate::server::IncomingLink<'_>) -> bool {
-    link.source_capabilities()
-        .iter()
-        .any(|c| c == DELTA_CAPABILITY)
+    lists_delta(&link.source_capabilities())
+}
+
+/// True when a source's `capabilities` list [`DELTA_CAPABILITY`].
+pub fn lists_delta(capabilities: &[String]) -> bool {
+    capabilities.iter().any(|c| c == DELTA_CAPABILITY)
 }
 
 /// A `u64` application property (any unsigned or non-negative integer encoding, or a decimal string).

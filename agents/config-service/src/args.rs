@@ -86,9 +86,9 @@ pub struct Args {
     #[arg(long, env = "DEBOUNCE", default_value = "200ms", value_parser = maas_ops::parse_duration)]
     pub debounce: Duration,
 
-    /// Most snapshot sends in progress at once, over all subscribers. fe2o3 encodes a message before it waits for
-    /// the link's credit, so each send in progress holds one encoded copy (about the body's size): this bounds that
-    /// memory (16 x 1.3 MB for 10,000 addresses).
+    /// Most snapshot sends in progress at once, over all subscribers. A message is encoded once and shared by
+    /// every send, so this bounds the work in flight (and how many subscribers a burst serves at once), not copies;
+    /// a delta of at most 64 KiB needs no permit.
     #[arg(long, env = "MAX_CONCURRENT_SENDS", default_value_t = 16)]
     pub max_concurrent_sends: usize,
 

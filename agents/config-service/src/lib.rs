@@ -19,9 +19,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use maas_amqp::server::{
-    SaslConfig, Server, ServerOptions, tls_acceptor, tls_acceptor_with_client_ca,
-};
+use maas_amqp::server::{SaslConfig, ServerOptions, tls_acceptor, tls_acceptor_with_client_ca};
 use maas_ops::{Health, HttpServer};
 use maas_source::{ConfigState, FileConfig, WatchOptions};
 use prometheus_client::registry::Registry;
@@ -259,7 +257,8 @@ pub async fn start(
         metrics: metrics.clone(),
         sends: serve::SendGate::new(args.max_concurrent_sends, args.send_timeout),
     };
-    let server = Server::bind_with_stats(args.listen, options, handler, stats).await?;
+    let server =
+        maas_amqp::lean::LeanServer::bind_with_stats(args.listen, options, handler, stats).await?;
     let amqp_addr = server.local_addr();
     let http = HttpServer::bind(args.http_addr, health.clone(), Arc::new(registry))
         .await

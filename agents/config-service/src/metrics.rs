@@ -141,8 +141,8 @@ impl Metrics {
         );
         registry.register(
             "sends_in_flight",
-            "Snapshot sends in progress now (each holds one encoded copy of its message; at most \
-             --max-concurrent-sends)",
+            "Snapshot sends in progress now (at most --max-concurrent-sends; they share the one encoded \
+             message)",
             m.sends_in_flight.clone(),
         );
         registry.register(

@@ -12,24 +12,18 @@
 //! behind). A link to `v1/flavors` or `podsense` asking for it is answered without the capability and served as
 //! any other. Links without the capability get exactly the plain snapshots.
 //!
-//! One task per subscriber, pre-settled sends. Waiting subscribers share the source's one `Arc` snapshot, but
-//! fe2o3 0.18 encodes a message BEFORE it waits for the link's credit, so a send in progress holds its own
-//! encoded copy — and a link that never grants credit would hold one forever. [`SendGate`] bounds that: a task
-//! takes one of `--max-concurrent-sends` permits, then the LATEST snapshot (intermediate ones are skipped), and
-//! gives the permit back when `send` returns. A send not done within `--send-timeout` (no credit granted, or the
-//! peer does not read) is dropped — which fe2o3 allows: while it waits for credit it has consumed none and handed
-//! nothing to the session, and a half-handed delivery dies with the link — and the link is closed with
+//! One task per subscriber, pre-settled sends, over the lean server of [`maas_amqp::lean`]: every message is
+//! encoded once ([`Outgoing`]) and each send writes slices of that one encoding, so waiting or sending subscribers
+//! hold no copy of their own. [`SendGate`] still bounds the sends in progress (the work done at once, and what a
+//! burst of full snapshots puts in flight): a task takes one of `--max-concurrent-sends` permits, then the LATEST
+//! snapshot (intermediate ones are skipped), and gives the permit back when `send` returns — once the last frame is
+//! queued for the socket (a connection queues at most [`maas_amqp::lean::WRITE_QUEUE`] frames). A send not done
+//! within `--send-timeout` (no credit granted, or the peer does not read) is dropped — while it waits for credit
+//! nothing was written, and a half-written delivery dies with the link — and the link is closed with
 //! `amqp:link:detach-forced` ("no credit for N s; re-attach to resume"), counted in `subscribers_detached_total`.
 //! A delta link chooses its message first (it must follow what the link holds) and takes a permit only for one
 //! larger than [`SMALL_MESSAGE`] (its full snapshot, a large delta): a delta link waiting for credit for a small
 //! delta holds no permit, so it cannot slow the others; it is closed after the same timeout.
-//!
-//! A send counts as done only once its connection has WRITTEN the message to the socket: fe2o3's `send` returns
-//! when the frames are queued inside the connection (queues `u16::MAX` frames deep), so the permit is held until
-//! the connection's [`WriteProgress`](maas_amqp::server::WriteProgress) has grown by the body's length. Without
-//! that, 1,000 subscribers got 1,000 encoded copies queued at once. Not bounded here: what fe2o3 keeps per
-//! connection (its channels, and a write buffer as large as the PEER's max-frame-size once a large message went
-//! out).
 //!
 //! Each task ends when its link is detached, its session or connection ends, or the server stops.
 
@@ -38,7 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fe2o3_amqp::types::definitions::{self, AmqpError, LinkError};
-use maas_amqp::server::{AcceptedSender, IncomingLink, LinkHandler};
+use maas_amqp::lean::{AcceptedSender, IncomingAttach, SendHandler};
 use maas_model::delta::DELTA_CAPABILITY;
 use maas_model::pods::PodInfo;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -63,8 +57,7 @@ pub struct SnapshotHandler {
 /// How long closing a stuck link may wait for the peer's detach before the link is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Bounds the snapshot sends in progress (each holds one encoded copy of its message inside fe2o3) and how long
-/// one may take; shared by every subscriber of the server.
+/// Bounds the snapshot sends in progress and how long one may take; shared by every subscriber of the server.
 #[derive(Debug, Clone)]
 pub struct SendGate {
     permits: Arc<Semaphore>,
@@ -109,8 +102,8 @@ struct InFlight {
     _permit: OwnedSemaphorePermit,
 }
 
-impl LinkHandler for SnapshotHandler {
-    async fn on_attach<'a>(&'a self, link: IncomingLink<'a>) {
+impl SendHandler for SnapshotHandler {
+    async fn on_attach(&self, link: IncomingAttach) {
         let address = link.source_address().unwrap_or_default();
         if !link.peer_receives() {
             let target = link.target_address().unwrap_or_default();
@@ -175,7 +168,7 @@ impl LinkHandler for SnapshotHandler {
                 let Some(rx) = self.snapshots.of(source).cloned() else {
                     return;
                 };
-                let asks_delta = maas_amqp::subscriber::asks_for_delta(&link);
+                let asks_delta = maas_amqp::subscriber::lists_delta(&link.source_capabilities());
                 if asks_delta && source.delta_format().is_some() {
                     if let Some(accepted) =
                         accept_with(link, source, connection, &[DELTA_CAPABILITY]).await
@@ -205,13 +198,13 @@ impl LinkHandler for SnapshotHandler {
 }
 
 /// Accepts `link` as our sender.
-async fn accept(link: IncomingLink<'_>, source: Source, connection: u64) -> Option<AcceptedSender> {
+async fn accept(link: IncomingAttach, source: Source, connection: u64) -> Option<AcceptedSender> {
     accept_with(link, source, connection, &[]).await
 }
 
 /// Accepts `link` as our sender, granting `capabilities` (listed in the source of our attach).
 async fn accept_with(
-    link: IncomingLink<'_>,
+    link: IncomingAttach,
     source: Source,
     connection: u64,
     capabilities: &[&str],
@@ -310,33 +303,16 @@ async fn send(
     timeout: Duration,
     _in_flight: Option<InFlight>,
 ) -> Sent {
-    // Dropping this future on timeout is safe in fe2o3 0.18.4: while it waits for credit it has consumed none and
-    // handed nothing to the session; if it stalls part-way through the transfer frames of a large message, the
-    // link is closed right after, which discards the partial delivery at the peer.
-    //
-    // `send` returns once the frames are queued inside fe2o3; the permit is held until the connection has written
-    // at least the body's length more to its socket, so the encoded copies in memory stay bounded by the permits.
-    let written = Arc::clone(&accepted.written);
-    let before = written.written();
-    let sending = async {
-        let queued = match accepted.sender.send_batchable_ref(pick.sendable()).await {
-            // Pre-settled: the delivery future resolves at once; awaiting it just collects the result.
-            Ok(delivery) => delivery.await.is_ok(),
-            Err(error) => {
-                debug!(%error, "send failed; ending the subscription");
-                false
-            }
-        };
-        if queued {
-            written
-                .wait_for(before.saturating_add(pick.len() as u64))
-                .await;
+    // Dropping this future on timeout is safe: while it waits for credit nothing was written; if it stalls part-way
+    // through the transfer frames of a large message, the link is closed right after, which discards the partial
+    // delivery at the peer. `send` returns once the last frame is queued for the socket (the queue holds a few
+    // frames, slices of the one encoded message), so a permit bounds the work in progress, not copies.
+    match tokio::time::timeout(timeout, accepted.sender.send(&pick.sendable().encoded)).await {
+        Ok(Ok(())) => Sent::Done,
+        Ok(Err(error)) => {
+            debug!(%error, "send failed; ending the subscription");
+            Sent::Failed
         }
-        queued
-    };
-    match tokio::time::timeout(timeout, sending).await {
-        Ok(true) => Sent::Done,
-        Ok(false) => Sent::Failed,
         Err(_) => Sent::TimedOut,
     }
 }
@@ -370,11 +346,9 @@ async fn close_stuck(
     let error = definitions::Error::new(LinkError::DetachForced, description, None);
     tokio::select! {
         () = scope.cancelled() => {}
-        r = tokio::time::timeout(CLOSE_TIMEOUT, sender.close_with_error(error)) => match r {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => debug!(%error, "closing the stuck link"),
+        r = tokio::time::timeout(CLOSE_TIMEOUT, sender.close_with_error(error)) => if r.is_err() {
             // The peer does not answer (or read): dropping the sender ends the link locally.
-            Err(_) => debug!("the stuck link's peer did not answer the detach in time"),
+            debug!("the stuck link's peer did not answer the detach in time");
         },
     }
     drop(guard);

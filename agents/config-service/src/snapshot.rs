@@ -18,9 +18,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use fe2o3_amqp::Sendable;
 use fe2o3_amqp::types::messaging::{AmqpValue, ApplicationProperties, Message, Properties};
 use fe2o3_amqp::types::primitives::Symbol;
+use maas_amqp::lean::Encoded;
 use maas_model::Config;
 use maas_model::delta::{
     AddressDelta, DELTA_SUBJECT, DeltaFormat, FOLLOWS_PROPERTY, GENERATION_PROPERTY,
@@ -112,8 +112,15 @@ impl Serialize for SharedText {
     }
 }
 
-/// A pre-settled message as sent (fe2o3 encodes it per send, by reference).
-pub type Outgoing = Sendable<AmqpValue<SharedText>>;
+/// A message as sent: built once, encoded once; every send writes slices of the one encoding
+/// ([`maas_amqp::lean`]).
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The message (subject, content type, application properties, body).
+    pub message: Message<AmqpValue<SharedText>>,
+    /// Its encoding.
+    pub encoded: Encoded,
+}
 
 fn outgoing(subject: &str, properties: Option<ApplicationProperties>, body: Arc<str>) -> Outgoing {
     let builder = Message::builder().properties(
@@ -129,7 +136,12 @@ fn outgoing(subject: &str, properties: Option<ApplicationProperties>, body: Arc<
             .build(),
         None => builder.value(SharedText(body)).build(),
     };
-    Sendable::builder().message(message).settled(true).build()
+    let encoded = Encoded::new(&message).unwrap_or_else(|error| {
+        // Only a body over 4 GiB could fail to encode; the read limits keep bodies far below that.
+        tracing::error!(%error, subject, "cannot encode a message");
+        Encoded::empty()
+    });
+    Outgoing { message, encoded }
 }
 
 /// The latest published state of one source (`None` until synced).
