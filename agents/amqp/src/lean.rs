@@ -1432,7 +1432,12 @@ async fn on_frame<H: SendHandler>(
         }
         Performative::Attach(attach) => {
             let session = session_of(conn, channel)?;
-            if lock(&session.links).contains_key(&attach.handle.0) {
+            // A handle still held by a link WE detached may be reused: fe2o3 clients, for one, do not answer the
+            // detach of a link whose attach we refused, and take its handle again.
+            let live = lock(&session.links)
+                .get(&attach.handle.0)
+                .is_some_and(|l| !lock(&l.flow).detached);
+            if live {
                 return Err(Fail::Protocol(
                     ConnectionError::FramingError.into(),
                     format!("handle {} is already attached", attach.handle.0),
