@@ -57,7 +57,7 @@ use tracing::{debug, info, warn};
 
 use crate::server::{
     ConnSasl, ConnectionInfo, Counted, LinkGuard, ServerError, ServerOptions, ServerStats,
-    WriteProgress, attach_fields, x509_user,
+    WriteProgress, accept_connections, attach_fields, bind_listener, x509_user,
 };
 
 /// Frames the writer task of a connection queues at most (each a frame header and a slice of a shared message, or
@@ -768,12 +768,7 @@ impl<H: SendHandler> LeanServer<H> {
         handler: H,
         stats: Arc<ServerStats>,
     ) -> Result<LeanServer<H>, ServerError> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::Bind { addr, source })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| ServerError::Bind { addr, source })?;
+        let (listener, local_addr) = bind_listener(addr).await?;
         Ok(LeanServer {
             listener,
             local_addr,
@@ -798,67 +793,26 @@ impl<H: SendHandler> LeanServer<H> {
             handler,
             stats,
         } = self;
-        let root = CancellationToken::new();
         let tracker = TaskTracker::new();
-        info!(
-            addr = %local_addr,
-            sasl = ?options.sasl.mechanism_names(),
-            sasl_external = options.sasl_external,
-            tls = options.tls.is_some(),
-            "AMQP server listening"
-        );
-        let in_progress = Arc::new(AtomicUsize::new(0));
-        let mut next_id: u64 = 0;
-        tokio::pin!(shutdown);
-        loop {
-            let accepted = tokio::select! {
-                () = &mut shutdown => break,
-                accepted = listener.accept() => accepted,
-            };
-            let (stream, peer) = match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            if let Err(error) = stream.set_nodelay(true) {
-                debug!(%peer, %error, "cannot set TCP_NODELAY");
-            }
-            next_id += 1;
-            let tasks = in_progress.fetch_add(1, Ordering::AcqRel) + 1;
-            if tasks > options.max_connections.saturating_mul(2).max(4) {
-                in_progress.fetch_sub(1, Ordering::AcqRel);
-                stats.refused_connections.fetch_add(1, Ordering::Relaxed);
-                warn!(%peer, limit = options.max_connections, "connection dropped: far over the connection limit");
-                continue;
-            }
-            let ctx = Ctx {
-                options: Arc::clone(&options),
-                handler: Arc::clone(&handler),
-                stats: Arc::clone(&stats),
-                tracker: tracker.clone(),
-            };
-            let token = root.child_token();
-            let in_progress = Arc::clone(&in_progress);
-            tracker.spawn(async move {
-                connection(stream, peer, next_id, ctx, token).await;
-                in_progress.fetch_sub(1, Ordering::AcqRel);
-            });
-        }
-        drop(listener);
-        info!(addr = %local_addr, "AMQP server stopping: closing connections");
-        root.cancel();
-        tracker.close();
-        let limit = options.close_timeout + Duration::from_secs(1);
-        if tokio::time::timeout(limit, tracker.wait()).await.is_err() {
-            warn!(
-                remaining = tracker.len(),
-                "AMQP tasks still running after shutdown; abandoning them"
-            );
-        }
-        info!(addr = %local_addr, "AMQP server stopped");
+        let connections = tracker.clone();
+        accept_connections(
+            listener,
+            local_addr,
+            &options,
+            &stats,
+            tracker,
+            shutdown,
+            |stream, peer, id, token| {
+                let ctx = Ctx {
+                    options: Arc::clone(&options),
+                    handler: Arc::clone(&handler),
+                    stats: Arc::clone(&stats),
+                    tracker: connections.clone(),
+                };
+                connection(stream, peer, id, ctx, token)
+            },
+        )
+        .await;
     }
 }
 

@@ -1248,12 +1248,7 @@ impl<H: LinkHandler> Server<H> {
         handler: H,
         stats: Arc<ServerStats>,
     ) -> Result<Server<H>, ServerError> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::Bind { addr, source })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| ServerError::Bind { addr, source })?;
+        let (listener, local_addr) = bind_listener(addr).await?;
         Ok(Server {
             listener,
             local_addr,
@@ -1283,7 +1278,6 @@ impl<H: LinkHandler> Server<H> {
             handler,
             stats,
         } = self;
-        let root = CancellationToken::new();
         let tracker = TaskTracker::new();
         let shared = Arc::new(Shared {
             options: Arc::clone(&options),
@@ -1291,64 +1285,105 @@ impl<H: LinkHandler> Server<H> {
             stats: Arc::clone(&stats),
             tracker: tracker.clone(),
         });
-        info!(
-            addr = %local_addr,
-            sasl = ?options.sasl.mechanism_names(),
-            sasl_external = options.sasl_external,
-            tls = options.tls.is_some(),
-            "AMQP server listening"
-        );
-        let mut next_id: u64 = 0;
-        // Counts connection tasks (handshaking or open): refuse-by-closing needs a bound too.
-        let in_progress = Arc::new(AtomicUsize::new(0));
-        tokio::pin!(shutdown);
-        loop {
-            let accepted = tokio::select! {
-                () = &mut shutdown => break,
-                accepted = listener.accept() => accepted,
-            };
-            let (stream, peer) = match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    // E.g. EMFILE: back off briefly instead of spinning.
-                    warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            if let Err(error) = stream.set_nodelay(true) {
-                debug!(%peer, %error, "cannot set TCP_NODELAY");
-            }
-            next_id += 1;
-            let tasks = in_progress.fetch_add(1, Ordering::AcqRel) + 1;
-            // Beyond twice the limit even the polite refusal is skipped: the socket is just dropped.
-            if tasks > options.max_connections.saturating_mul(2).max(4) {
-                in_progress.fetch_sub(1, Ordering::AcqRel);
-                stats.refused_connections.fetch_add(1, Ordering::Relaxed);
-                warn!(%peer, limit = options.max_connections, "connection dropped: far over the connection limit");
+        accept_connections(
+            listener,
+            local_addr,
+            &options,
+            &stats,
+            tracker,
+            shutdown,
+            |stream, peer, id, token| connection_task(stream, peer, id, Arc::clone(&shared), token),
+        )
+        .await;
+    }
+}
+
+/// Binds `addr`, returning the listener and the address actually bound.
+pub(crate) async fn bind_listener(
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    Ok((listener, local_addr))
+}
+
+/// The accept loop of [`Server`] and of the lean server: accepts until `shutdown` resolves (`TCP_NODELAY` on every
+/// socket, a back-off on accept errors, sockets far over the connection limit dropped), runs `connection` for each
+/// in a task of `tracker` with a child token of the server's; then cancels every connection and waits (at most the
+/// close timeout plus a second) for every task of `tracker`.
+pub(crate) async fn accept_connections<F, Fut>(
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    options: &ServerOptions,
+    stats: &Arc<ServerStats>,
+    tracker: TaskTracker,
+    shutdown: impl Future<Output = ()> + Send,
+    mut connection: F,
+) where
+    F: FnMut(TcpStream, SocketAddr, u64, CancellationToken) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let root = CancellationToken::new();
+    info!(
+        addr = %local_addr,
+        sasl = ?options.sasl.mechanism_names(),
+        sasl_external = options.sasl_external,
+        tls = options.tls.is_some(),
+        "AMQP server listening"
+    );
+    let mut next_id: u64 = 0;
+    // Counts connection tasks (handshaking or open): refuse-by-closing needs a bound too.
+    let in_progress = Arc::new(AtomicUsize::new(0));
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                // E.g. EMFILE: back off briefly instead of spinning.
+                warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
-            let shared = Arc::clone(&shared);
-            let token = root.child_token();
-            let in_progress = Arc::clone(&in_progress);
-            tracker.spawn(async move {
-                connection_task(stream, peer, next_id, shared, token).await;
-                in_progress.fetch_sub(1, Ordering::AcqRel);
-            });
+        };
+        if let Err(error) = stream.set_nodelay(true) {
+            debug!(%peer, %error, "cannot set TCP_NODELAY");
         }
-        drop(listener);
-        info!(addr = %local_addr, "AMQP server stopping: closing connections");
-        root.cancel();
-        tracker.close();
-        let limit = options.close_timeout + Duration::from_secs(1);
-        if tokio::time::timeout(limit, tracker.wait()).await.is_err() {
-            warn!(
-                remaining = tracker.len(),
-                "AMQP tasks still running after shutdown; abandoning them"
-            );
+        next_id += 1;
+        let tasks = in_progress.fetch_add(1, Ordering::AcqRel) + 1;
+        // Beyond twice the limit even the polite refusal is skipped: the socket is just dropped.
+        if tasks > options.max_connections.saturating_mul(2).max(4) {
+            in_progress.fetch_sub(1, Ordering::AcqRel);
+            stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+            warn!(%peer, limit = options.max_connections, "connection dropped: far over the connection limit");
+            continue;
         }
-        info!(addr = %local_addr, "AMQP server stopped");
+        let task = connection(stream, peer, next_id, root.child_token());
+        let in_progress = Arc::clone(&in_progress);
+        tracker.spawn(async move {
+            task.await;
+            in_progress.fetch_sub(1, Ordering::AcqRel);
+        });
     }
+    drop(listener);
+    info!(addr = %local_addr, "AMQP server stopping: closing connections");
+    root.cancel();
+    tracker.close();
+    let limit = options.close_timeout + Duration::from_secs(1);
+    if tokio::time::timeout(limit, tracker.wait()).await.is_err() {
+        warn!(
+            remaining = tracker.len(),
+            "AMQP tasks still running after shutdown; abandoning them"
+        );
+    }
+    info!(addr = %local_addr, "AMQP server stopped");
 }
 
 /// Decrements the open connection count when the connection task ends.
