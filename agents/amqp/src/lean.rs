@@ -60,6 +60,13 @@ use crate::server::{
     WriteProgress, accept_connections, attach_fields, bind_listener, x509_user,
 };
 
+/// How long a refused link waits for the peer's own detach before we send ours (with the error). A peer that sees
+/// our attach without the source (or target) it asked for may detach at once — fe2o3 clients do, and an fe2o3
+/// client that gets our detach while it is still processing that attach can lose its whole session (seen with
+/// fe2o3 0.18.4 when attach and detach arrived in one write) — so our detach, carrying the reason, answers theirs;
+/// a peer that waits for us (proton) gets it after this grace.
+pub const REFUSE_GRACE: Duration = Duration::from_millis(200);
+
 /// Frames the writer task of a connection queues at most (each a frame header and a slice of a shared message, or
 /// one small encoded frame): what a sender may be ahead of the socket.
 pub const WRITE_QUEUE: usize = 16;
@@ -159,6 +166,8 @@ struct Link {
     scope: CancellationToken,
     /// Cancelled when the PEER detached (their detach arrived).
     peer_detached: CancellationToken,
+    /// The error of a refusal not yet sent: it goes with our detach (see [`REFUSE_GRACE`]).
+    refusal: Mutex<Option<ErrorBody>>,
 }
 
 #[derive(Debug, Default)]
@@ -424,15 +433,24 @@ impl IncomingAttach {
             properties: None,
         };
         let channel = self.session.our_channel;
-        if self.conn.write_performative(channel, &reply).await {
-            detach(
-                &self.conn,
-                channel,
-                &link,
-                Some(ErrorBody::new(condition, Some(description), None)),
-            )
-            .await;
+        *lock(&link.refusal) = Some(ErrorBody::new(condition, Some(description), None));
+        if !self.conn.write_performative(channel, &reply).await {
+            return;
         }
+        // The detach with the error follows the peer's own detach, or REFUSE_GRACE.
+        let conn = Arc::clone(&self.conn);
+        self.conn.tracker.spawn(async move {
+            tokio::select! {
+                () = link.peer_detached.cancelled() => {}
+                () = link.scope.cancelled() => {}
+                () = tokio::time::sleep(REFUSE_GRACE) => {
+                    let error = lock(&link.refusal).take();
+                    if error.is_some() {
+                        detach(&conn, channel, &link, error).await;
+                    }
+                }
+            }
+        });
     }
 
     /// Registers the peer's link (by its handle) with a new handle of ours.
@@ -450,6 +468,7 @@ impl IncomingAttach {
             changed: Notify::new(),
             scope: self.session.scope.child_token(),
             peer_detached: CancellationToken::new(),
+            refusal: Mutex::new(None),
         });
         lock(&self.session.links).insert(attach.handle.0, Arc::clone(&link));
         link
@@ -1488,7 +1507,8 @@ async fn on_frame<H: SendHandler>(
                 link.peer_detached.cancel();
                 link.scope.cancel();
                 link.changed.notify_waiters();
-                detach(conn, session.our_channel, &link, None).await;
+                let refusal = lock(&link.refusal).take();
+                detach(conn, session.our_channel, &link, refusal).await;
             }
         }
     }
