@@ -555,6 +555,10 @@ impl LeanSender {
                     return Err(SendError::Gone);
                 }
                 if flow.credit > 0 {
+                    // The delivery counts from its first frame on: the peer may hold it (and report it in a flow)
+                    // before this send returns, so credit and count move now, not after the last frame.
+                    flow.credit -= 1;
+                    flow.delivery_count = flow.delivery_count.wrapping_add(1);
                     flow.sending = true;
                     break;
                 }
@@ -564,16 +568,11 @@ impl LeanSender {
                 () = notified => {}
             }
         }
+        let link = Arc::clone(&self.link);
+        let sending = Sending(&link);
         let result = self.write_delivery(message).await;
-        let drain_flow = {
-            let mut flow = lock(&self.link.flow);
-            flow.sending = false;
-            if result.is_ok() {
-                flow.delivery_count = flow.delivery_count.wrapping_add(1);
-                flow.credit = flow.credit.saturating_sub(1);
-            }
-            drain_now(&mut flow)
-        };
+        drop(sending);
+        let drain_flow = drain_now(&mut lock(&self.link.flow));
         if let Some((delivery_count, credit)) = drain_flow {
             send_link_flow(
                 &self.conn,
@@ -713,6 +712,25 @@ impl Drop for LeanSender {
                 let _ = self.conn.out.try_send(Out::Frame(bytes));
             }
         }
+    }
+}
+
+/// The credit we hold after a flow (AMQP 1.0 §2.6.7): link-credit(ours) = delivery-count(flow) + link-credit(flow)
+/// - delivery-count(ours), in serial-number arithmetic. A flow sent before the peer saw our latest deliveries grants
+/// that much less; one granting less than we delivered since leaves none (the subtraction would wrap).
+fn credit_after_flow(their_count: u32, link_credit: u32, our_count: u32) -> u32 {
+    let credit = their_count
+        .wrapping_add(link_credit)
+        .wrapping_sub(our_count);
+    if credit > link_credit { 0 } else { credit }
+}
+
+/// Marks a link's delivery as written until dropped (also when its send is cancelled part-way).
+struct Sending<'a>(&'a Link);
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.flow).sending = false;
     }
 }
 
@@ -1466,17 +1484,11 @@ async fn on_frame<H: SendHandler>(
                 if let Some(link) = link {
                     let drained = {
                         let mut l = lock(&link.flow);
-                        // §2.6.7: link-credit(ours) = delivery-count(flow) + link-credit(flow) - delivery-count(ours).
-                        let their_count = flow.delivery_count.unwrap_or(0);
-                        let credit = flow.link_credit.unwrap_or(0);
-                        l.credit = their_count
-                            .wrapping_add(credit)
-                            .wrapping_sub(l.delivery_count);
-                        if l.credit > credit {
-                            // More than granted: the peer granted less than we delivered since (the subtraction
-                            // wrapped), so there is none left.
-                            l.credit = 0;
-                        }
+                        l.credit = credit_after_flow(
+                            flow.delivery_count.unwrap_or(0),
+                            flow.link_credit.unwrap_or(0),
+                            l.delivery_count,
+                        );
                         l.drain = flow.drain;
                         drain_now(&mut l)
                     };
@@ -1569,6 +1581,21 @@ mod tests {
         });
         write_batch(&mut writer, &batch).await.unwrap();
         assert_eq!(reader.await.unwrap(), expected);
+    }
+
+    #[test]
+    fn credit_counts_the_deliveries_the_flow_did_not_see_yet() {
+        // Granted 10 after 5 deliveries, and we sent 5: 10 left.
+        assert_eq!(credit_after_flow(5, 10, 5), 10);
+        // A flow from before our last 2 deliveries: 8 left.
+        assert_eq!(credit_after_flow(3, 10, 5), 8);
+        // Granted 1 when we had sent 2 more already: none left.
+        assert_eq!(credit_after_flow(3, 1, 5), 0);
+        // Serial numbers wrap.
+        assert_eq!(credit_after_flow(u32::MAX, 10, 2), 7);
+        // A count of ours taken at the first frame keeps a fast peer's flow (it already holds the delivery) exact;
+        // counted after the last frame, the same flow (their 5, ours still 4) granted nothing: the stall this fixed.
+        assert_eq!(credit_after_flow(5, 10, 5), 10);
     }
 
     #[test]

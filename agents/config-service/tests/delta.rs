@@ -400,6 +400,12 @@ async fn a_delta_link_waiting_for_credit_holds_no_send_permit() {
     svc.edit(&[("q1", QUEUE), ("b1", BROADCAST)]);
     let p = next(&mut plain).await;
     assert!(!p.body.contains("a1"), "{p:?}");
+    // The plain link's send gives its permit back once its last frame is queued: at most a moment after the
+    // subscriber has the message.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while svc.r().metrics.sends_in_flight() != 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert_eq!(svc.r().metrics.sends_in_flight(), 0);
 
     // Credit at last: the delta it was holding, then the rest, chained.
