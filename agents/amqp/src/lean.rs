@@ -715,8 +715,8 @@ impl Drop for LeanSender {
     }
 }
 
-/// The credit we hold after a flow (AMQP 1.0 §2.6.7): link-credit(ours) = delivery-count(flow) + link-credit(flow)
-/// - delivery-count(ours), in serial-number arithmetic. A flow sent before the peer saw our latest deliveries grants
+/// The credit we hold after a flow (AMQP 1.0 §2.6.7): link-credit(ours) = delivery-count(flow) +
+/// link-credit(flow) minus delivery-count(ours), in serial-number arithmetic. A flow sent before the peer saw our latest deliveries grants
 /// that much less; one granting less than we delivered since leaves none (the subtraction would wrap).
 fn credit_after_flow(their_count: u32, link_credit: u32, our_count: u32) -> u32 {
     let credit = their_count
