@@ -196,3 +196,64 @@ async fn a_peer_without_sasl_gets_the_sasl_header_and_is_dropped() {
     assert_eq!(stats.handshake_failures.load(Ordering::Acquire), 1);
     stop.cancel();
 }
+
+/// One frame of `body` (SASL frames: type 1), as the wire has it.
+fn frame_bytes<B: serde_amqp::serde::Serialize>(frame_type: u8, body: &B) -> Vec<u8> {
+    let mut out = vec![0, 0, 0, 0, 2, frame_type, 0, 0];
+    out.extend(serde_amqp::to_vec(body).unwrap());
+    let size = (out.len() as u32).to_be_bytes();
+    out[..4].copy_from_slice(&size);
+    out
+}
+
+#[tokio::test]
+async fn a_peer_silent_past_our_idle_timeout_is_closed_with_a_reason() {
+    use fe2o3_amqp::frames::sasl::Frame as SaslFrame;
+    use fe2o3_amqp::types::performatives::{ChannelMax, MaxFrameSize, Open};
+    use fe2o3_amqp::types::primitives::Symbol;
+    use fe2o3_amqp::types::sasl::SaslInit;
+
+    let mut options = ServerOptions::new("lean");
+    options.idle_timeout = Duration::from_millis(300);
+    let (addr, stats, stop) = start("hello", 1, options).await;
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let init = SaslFrame::Init(SaslInit {
+        mechanism: Symbol::from("ANONYMOUS"),
+        initial_response: None,
+        hostname: None,
+    });
+    let open = Open {
+        container_id: "silent".to_string(),
+        hostname: None,
+        max_frame_size: MaxFrameSize(4096),
+        channel_max: ChannelMax(0),
+        idle_time_out: None,
+        outgoing_locales: None,
+        incoming_locales: None,
+        offered_capabilities: None,
+        desired_capabilities: None,
+        properties: None,
+    };
+    let mut hello = b"AMQP\x03\x01\x00\x00".to_vec();
+    hello.extend(frame_bytes(1, &init));
+    hello.extend(b"AMQP\x00\x01\x00\x00");
+    hello.extend(frame_bytes(0, &open));
+    socket.write_all(&hello).await.unwrap();
+    // Then nothing: the server closes after 300 ms, saying why, and ends the socket.
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut got))
+        .await
+        .expect("the server ends the connection")
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("local-idle-timeout expired"), "{text:?}");
+    assert!(text.contains("amqp:resource-limit-exceeded"), "{text:?}");
+    assert_eq!(stats.open_connections.load(Ordering::Acquire), 0);
+    stop.cancel();
+}
