@@ -71,6 +71,14 @@ impl Metrics {
             sends_in_flight: Gauge::default(),
             sends_in_flight_max: Gauge::default(),
         };
+        // The delta counters of the sources with incremental mode exist from the start (0), not from their first
+        // increment: a dashboard sees "no resync yet", not "no such series".
+        for source in crate::snapshot::Source::ALL {
+            if source.delta_format().is_some() {
+                drop(m.deltas_sent.get_or_create(&label(source.address())));
+                drop(m.delta_resyncs.get_or_create(&label(source.address())));
+            }
+        }
         registry.register(
             "subscribers",
             "Receiving links attached now, by source",

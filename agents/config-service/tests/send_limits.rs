@@ -191,6 +191,13 @@ async fn a_subscriber_granting_no_credit_is_closed_after_the_send_timeout_and_th
         text.contains(r#"maas_config_service_subscribers_detached_total{source="v1/addresses"} 1"#),
         "{text}"
     );
+    // The delta counters of the incremental sources are there from the start, at 0.
+    for source in ["v1/addresses", "maas"] {
+        for counter in ["deltas_sent_total", "delta_resyncs_total"] {
+            let series = format!("maas_config_service_{counter}{{source=\"{source}\"}} 0");
+            assert!(text.contains(&series), "{series} missing in {text}");
+        }
+    }
     // Its permit came back and nothing is in flight.
     assert_eq!(metrics.sends_in_flight(), 0);
 
