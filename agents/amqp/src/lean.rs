@@ -183,6 +183,8 @@ struct LinkFlow {
 
 struct Session {
     our_channel: u16,
+    /// Held while the first frame of a delivery is numbered and queued (see [`LeanSender::send`]).
+    order: tokio::sync::Mutex<()>,
     flow: Mutex<SessionFlow>,
     changed: Notify,
     /// By the PEER's handle.
@@ -587,82 +589,83 @@ impl LeanSender {
     }
 
     async fn write_delivery(&mut self, message: &Encoded) -> Result<(), SendError> {
-        let delivery_id = {
-            let mut flow = lock(&self.session.flow);
-            let id = flow.next_delivery_id;
-            flow.next_delivery_id = flow.next_delivery_id.wrapping_add(1);
-            id
-        };
         let tag = self.next_tag.to_be_bytes();
         self.next_tag = self.next_tag.wrapping_add(1);
         let handle = Handle(self.link.our_handle);
         let channel = self.session.our_channel;
         let payload = &message.0;
         let mut offset = 0usize;
-        let mut first = true;
-        while first || offset < payload.len() {
-            let mut transfer = Transfer {
-                handle: handle.clone(),
-                delivery_id: None,
-                delivery_tag: None,
-                message_format: None,
-                settled: None,
-                more: false,
-                rcv_settle_mode: None,
-                state: None,
-                resume: false,
-                aborted: false,
-                batchable: false,
+        // Delivery-ids must reach the wire in the order they are numbered (a peer checks the sequence: proton closes
+        // the session with "sequencing error"), so the first frame of a delivery is numbered and queued under the
+        // session's order lock, in one step with no await between.
+        let mut order = Some(self.session.order.lock().await);
+        loop {
+            self.window_open().await?;
+            // Queue space first (cancel-safe); then window, numbering and queueing happen at once.
+            let permit = self.conn.out.reserve().await.map_err(|_| SendError::Gone)?;
+            let first = order.is_some();
+            let (head, end) = {
+                let mut flow = lock(&self.session.flow);
+                if flow.remote_incoming_window == 0 {
+                    continue;
+                }
+                let mut transfer = Transfer {
+                    handle: handle.clone(),
+                    delivery_id: None,
+                    delivery_tag: None,
+                    message_format: None,
+                    settled: None,
+                    // The performative with `more` set is the longest (by one byte at most): size the chunk on it.
+                    more: true,
+                    rcv_settle_mode: None,
+                    state: None,
+                    resume: false,
+                    aborted: false,
+                    batchable: false,
+                };
+                if first {
+                    transfer.delivery_id = Some(flow.next_delivery_id);
+                    transfer.delivery_tag = Some(serde_bytes::ByteBuf::from(tag.to_vec()));
+                    transfer.message_format = Some(0);
+                    transfer.settled = Some(true);
+                }
+                let probe =
+                    encode_frame(FRAME_TYPE_AMQP, channel, Some(&transfer), 0).map_err(|e| {
+                        warn!(error = %e, "cannot encode a transfer");
+                        SendError::Gone
+                    })?;
+                let room = self.conn.peer_max_frame.saturating_sub(probe.len()).max(1);
+                let end = (offset + room).min(payload.len());
+                transfer.more = end < payload.len();
+                let head = encode_frame(FRAME_TYPE_AMQP, channel, Some(&transfer), end - offset)
+                    .map_err(|_| SendError::Gone)?;
+                flow.remote_incoming_window -= 1;
+                flow.next_outgoing_id = flow.next_outgoing_id.wrapping_add(1);
+                if first {
+                    flow.next_delivery_id = flow.next_delivery_id.wrapping_add(1);
+                }
+                (head, end)
             };
-            if first {
-                transfer.delivery_id = Some(delivery_id);
-                transfer.delivery_tag = Some(serde_bytes::ByteBuf::from(tag.to_vec()));
-                transfer.message_format = Some(0);
-                transfer.settled = Some(true);
-            }
-            // The performative with `more` set is the longest (by one byte at most): size the chunk on it.
-            transfer.more = true;
-            let probe =
-                encode_frame(FRAME_TYPE_AMQP, channel, Some(&transfer), 0).map_err(|e| {
-                    warn!(error = %e, "cannot encode a transfer");
-                    SendError::Gone
-                })?;
-            let room = self.conn.peer_max_frame.saturating_sub(probe.len()).max(1);
-            let end = (offset + room).min(payload.len());
-            let more = end < payload.len();
-            transfer.more = more;
-            let head = encode_frame(FRAME_TYPE_AMQP, channel, Some(&transfer), end - offset)
-                .map_err(|_| SendError::Gone)?;
-            self.window().await?;
-            if !self
-                .conn
-                .write(Out::Transfer {
-                    head,
-                    payload: payload.slice(offset..end),
-                })
-                .await
-            {
-                return Err(SendError::Gone);
-            }
+            permit.send(Out::Transfer {
+                head,
+                payload: payload.slice(offset..end),
+            });
+            order = None;
             offset = end;
-            first = false;
+            if offset >= payload.len() {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 
-    /// Waits for one unit of the session's remote incoming window, and takes it.
-    async fn window(&self) -> Result<(), SendError> {
+    /// Waits until the session's remote incoming window has room for a frame (taken when the frame is queued).
+    async fn window_open(&self) -> Result<(), SendError> {
         loop {
             let notified = self.session.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let mut flow = lock(&self.session.flow);
-                if flow.remote_incoming_window > 0 {
-                    flow.remote_incoming_window -= 1;
-                    flow.next_outgoing_id = flow.next_outgoing_id.wrapping_add(1);
-                    return Ok(());
-                }
+            if lock(&self.session.flow).remote_incoming_window > 0 {
+                return Ok(());
             }
             tokio::select! {
                 () = self.link.scope.cancelled() => return Err(SendError::Gone),
@@ -1384,6 +1387,7 @@ async fn on_frame<H: SendHandler>(
             };
             let session = Arc::new(Session {
                 our_channel,
+                order: tokio::sync::Mutex::new(()),
                 flow: Mutex::new(SessionFlow {
                     next_outgoing_id: 0,
                     remote_incoming_window: begin.incoming_window,

@@ -257,3 +257,123 @@ async fn a_peer_silent_past_our_idle_timeout_is_closed_with_a_reason() {
     assert_eq!(stats.open_connections.load(Ordering::Acquire), 0);
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_ids_reach_the_wire_in_sequence_when_links_of_a_session_send_at_once() {
+    use fe2o3_amqp::frames::sasl::Frame as SaslFrame;
+    use fe2o3_amqp::types::definitions::{Handle, ReceiverSettleMode, Role, SenderSettleMode};
+    use fe2o3_amqp::types::messaging::Source;
+    use fe2o3_amqp::types::performatives::{
+        Attach, Begin, ChannelMax, Flow, MaxFrameSize, Open, Performative,
+    };
+    use fe2o3_amqp::types::primitives::Symbol;
+    use fe2o3_amqp::types::sasl::SaslInit;
+
+    // 8 links of one session, 50 messages of 3 frames each on every link, all sent at once: proton closes a session
+    // whose delivery-ids arrive out of sequence ("sequencing error"), so check exactly that.
+    const LINKS: u32 = 8;
+    const COUNT: usize = 50;
+    let (addr, _, stop) = start(&"y".repeat(1200), COUNT, ServerOptions::new("lean")).await;
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let init = SaslFrame::Init(SaslInit {
+        mechanism: Symbol::from("ANONYMOUS"),
+        initial_response: None,
+        hostname: None,
+    });
+    let open = Open {
+        container_id: "sequence".to_string(),
+        hostname: None,
+        max_frame_size: MaxFrameSize(512),
+        channel_max: ChannelMax(0),
+        idle_time_out: None,
+        outgoing_locales: None,
+        incoming_locales: None,
+        offered_capabilities: None,
+        desired_capabilities: None,
+        properties: None,
+    };
+    let begin = Begin {
+        remote_channel: None,
+        next_outgoing_id: 0,
+        incoming_window: u32::MAX,
+        outgoing_window: u32::MAX,
+        handle_max: Handle(LINKS),
+        offered_capabilities: None,
+        desired_capabilities: None,
+        properties: None,
+    };
+    let mut hello = b"AMQP\x03\x01\x00\x00".to_vec();
+    hello.extend(frame_bytes(1, &init));
+    hello.extend(b"AMQP\x00\x01\x00\x00");
+    hello.extend(frame_bytes(0, &open));
+    hello.extend(frame_bytes(0, &begin));
+    for h in 0..LINKS {
+        let attach = Attach {
+            name: format!("link-{h}"),
+            handle: Handle(h),
+            role: Role::Receiver,
+            snd_settle_mode: SenderSettleMode::Settled,
+            rcv_settle_mode: ReceiverSettleMode::First,
+            source: Some(Box::new(Source::builder().address("many").build())),
+            target: None,
+            unsettled: None,
+            incomplete_unsettled: false,
+            initial_delivery_count: None,
+            max_message_size: None,
+            offered_capabilities: None,
+            desired_capabilities: None,
+            properties: None,
+        };
+        let flow = Flow {
+            next_incoming_id: None,
+            incoming_window: u32::MAX,
+            next_outgoing_id: 0,
+            outgoing_window: u32::MAX,
+            handle: Some(Handle(h)),
+            delivery_count: Some(0),
+            link_credit: Some(COUNT as u32),
+            available: None,
+            drain: false,
+            echo: false,
+            properties: None,
+        };
+        hello.extend(frame_bytes(0, &attach));
+        hello.extend(frame_bytes(0, &flow));
+    }
+    socket.write_all(&hello).await.unwrap();
+    let mut header = [0u8; 8];
+    socket.read_exact(&mut header).await.unwrap(); // SASL header
+    let mut next_id = 0u32;
+    let mut complete = 0usize;
+    let mut body = Vec::new();
+    let read = async {
+        while complete < LINKS as usize * COUNT {
+            let mut head = [0u8; 8];
+            socket.read_exact(&mut head).await.unwrap();
+            if &head == b"AMQP\x00\x01\x00\x00" {
+                continue;
+            }
+            let size = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+            body.resize(size - 8, 0);
+            socket.read_exact(&mut body).await.unwrap();
+            if head[5] != 0 || body.is_empty() {
+                continue; // SASL frames, heartbeats
+            }
+            let mut cursor = std::io::Cursor::new(&body[..]);
+            if let Ok(Performative::Transfer(t)) = serde_amqp::from_reader(&mut cursor) {
+                if let Some(id) = t.delivery_id {
+                    assert_eq!(id, next_id, "delivery-ids out of sequence");
+                    next_id += 1;
+                }
+                if !t.more {
+                    complete += 1;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("every delivery arrives");
+    assert_eq!(next_id, LINKS * COUNT as u32);
+    stop.cancel();
+}
