@@ -206,26 +206,23 @@ fn frame_bytes<B: serde_amqp::serde::Serialize>(frame_type: u8, body: &B) -> Vec
     out
 }
 
-#[tokio::test]
-async fn a_peer_silent_past_our_idle_timeout_is_closed_with_a_reason() {
+/// What a raw client writes first: the SASL header, an ANONYMOUS init, the AMQP header and an `open` announcing
+/// `max_frame` and no idle timeout (the server's answers are left to the caller to read).
+fn raw_hello(container: &str, max_frame: u32) -> Vec<u8> {
     use fe2o3_amqp::frames::sasl::Frame as SaslFrame;
     use fe2o3_amqp::types::performatives::{ChannelMax, MaxFrameSize, Open};
     use fe2o3_amqp::types::primitives::Symbol;
     use fe2o3_amqp::types::sasl::SaslInit;
 
-    let mut options = ServerOptions::new("lean");
-    options.idle_timeout = Duration::from_millis(300);
-    let (addr, stats, stop) = start("hello", 1, options).await;
-    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
     let init = SaslFrame::Init(SaslInit {
         mechanism: Symbol::from("ANONYMOUS"),
         initial_response: None,
         hostname: None,
     });
     let open = Open {
-        container_id: "silent".to_string(),
+        container_id: container.to_string(),
         hostname: None,
-        max_frame_size: MaxFrameSize(4096),
+        max_frame_size: MaxFrameSize(max_frame),
         channel_max: ChannelMax(0),
         idle_time_out: None,
         outgoing_locales: None,
@@ -238,6 +235,16 @@ async fn a_peer_silent_past_our_idle_timeout_is_closed_with_a_reason() {
     hello.extend(frame_bytes(1, &init));
     hello.extend(b"AMQP\x00\x01\x00\x00");
     hello.extend(frame_bytes(0, &open));
+    hello
+}
+
+#[tokio::test]
+async fn a_peer_silent_past_our_idle_timeout_is_closed_with_a_reason() {
+    let mut options = ServerOptions::new("lean");
+    options.idle_timeout = Duration::from_millis(300);
+    let (addr, stats, stop) = start("hello", 1, options).await;
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let hello = raw_hello("silent", 4096);
     socket.write_all(&hello).await.unwrap();
     // Then nothing: the server closes after 300 ms, saying why, and ends the socket.
     let started = std::time::Instant::now();
@@ -260,14 +267,9 @@ async fn a_peer_silent_past_our_idle_timeout_is_closed_with_a_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivery_ids_reach_the_wire_in_sequence_when_links_of_a_session_send_at_once() {
-    use fe2o3_amqp::frames::sasl::Frame as SaslFrame;
     use fe2o3_amqp::types::definitions::{Handle, ReceiverSettleMode, Role, SenderSettleMode};
     use fe2o3_amqp::types::messaging::Source;
-    use fe2o3_amqp::types::performatives::{
-        Attach, Begin, ChannelMax, Flow, MaxFrameSize, Open, Performative,
-    };
-    use fe2o3_amqp::types::primitives::Symbol;
-    use fe2o3_amqp::types::sasl::SaslInit;
+    use fe2o3_amqp::types::performatives::{Attach, Begin, Flow, Performative};
 
     // 8 links of one session, 50 messages of 3 frames each on every link, all sent at once: proton closes a session
     // whose delivery-ids arrive out of sequence ("sequencing error"), so check exactly that.
@@ -275,23 +277,6 @@ async fn delivery_ids_reach_the_wire_in_sequence_when_links_of_a_session_send_at
     const COUNT: usize = 50;
     let (addr, _, stop) = start(&"y".repeat(1200), COUNT, ServerOptions::new("lean")).await;
     let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let init = SaslFrame::Init(SaslInit {
-        mechanism: Symbol::from("ANONYMOUS"),
-        initial_response: None,
-        hostname: None,
-    });
-    let open = Open {
-        container_id: "sequence".to_string(),
-        hostname: None,
-        max_frame_size: MaxFrameSize(512),
-        channel_max: ChannelMax(0),
-        idle_time_out: None,
-        outgoing_locales: None,
-        incoming_locales: None,
-        offered_capabilities: None,
-        desired_capabilities: None,
-        properties: None,
-    };
     let begin = Begin {
         remote_channel: None,
         next_outgoing_id: 0,
@@ -302,10 +287,7 @@ async fn delivery_ids_reach_the_wire_in_sequence_when_links_of_a_session_send_at
         desired_capabilities: None,
         properties: None,
     };
-    let mut hello = b"AMQP\x03\x01\x00\x00".to_vec();
-    hello.extend(frame_bytes(1, &init));
-    hello.extend(b"AMQP\x00\x01\x00\x00");
-    hello.extend(frame_bytes(0, &open));
+    let mut hello = raw_hello("sequence", 512);
     hello.extend(frame_bytes(0, &begin));
     for h in 0..LINKS {
         let attach = Attach {
