@@ -56,8 +56,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::server::{
-    ConnSasl, ConnectionInfo, Counted, LinkGuard, ServerError, ServerOptions, ServerStats,
-    WriteProgress, accept_connections, attach_fields, bind_listener, x509_user,
+    ConnSasl, ConnectionInfo, Counted, HandshakeError, LinkGuard, ServerError, ServerOptions,
+    ServerStats, WriteProgress, accept_connections, attach_fields, bind_listener,
+    report_handshake_failure, reserve_connection, x509_user,
 };
 
 /// How long a refused link waits for the peer's own detach before we send ours (with the error). A peer that sees
@@ -945,13 +946,11 @@ async fn connection<H: SendHandler>(
                     run(tls_stream, peer, id, ctx, token, sasl, written).await;
                 }
                 Ok(Err(e)) => {
-                    ctx.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                    info!(connection = id, %peer, reason = %format!("TLS handshake failed: {e}"), "connection handshake failed");
+                    let reason = format!("TLS handshake failed: {e}");
+                    let failure = Some(HandshakeError::Other(reason));
+                    report_handshake_failure(&ctx.stats, &options, id, peer, &sasl, failure);
                 }
-                Err(_) => {
-                    ctx.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                    info!(connection = id, %peer, timeout = ?options.handshake_timeout, "connection handshake timed out");
-                }
+                Err(_) => report_handshake_failure(&ctx.stats, &options, id, peer, &sasl, None),
             }
         }
     }
@@ -964,24 +963,19 @@ struct Opened {
     peer_open: Open,
 }
 
-enum HandshakeEnd {
-    Sasl(SaslCode),
-    Other(String),
-}
-
 /// SASL (always: a peer sending the plain AMQP header gets the SASL one back and is dropped), then the AMQP header
 /// and the peer's `open`.
 async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     options: &ServerOptions,
     sasl: &mut ConnSasl,
-) -> Result<Opened, HandshakeEnd> {
-    let io = |e: std::io::Error| HandshakeEnd::Other(format!("I/O: {e}"));
+) -> Result<Opened, HandshakeError> {
+    let io = |e: std::io::Error| HandshakeError::Other(format!("I/O: {e}"));
     let mut header = [0u8; 8];
     stream.read_exact(&mut header).await.map_err(io)?;
     if header != SASL_HEADER {
         let _ = write_raw(stream, &SASL_HEADER).await;
-        return Err(HandshakeEnd::Other(format!(
+        return Err(HandshakeError::Other(format!(
             "protocol header {header:?} is not the SASL header (this server needs SASL)"
         )));
     }
@@ -990,12 +984,12 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         sasl_server_mechanisms: sasl.mechanisms(),
     });
     let frame = encode_frame(FRAME_TYPE_SASL, 0, Some(&mechanisms), 0)
-        .map_err(|e| HandshakeEnd::Other(e.to_string()))?;
+        .map_err(|e| HandshakeError::Other(e.to_string()))?;
     write_raw(stream, &frame).await.map_err(io)?;
     let mut buf = Vec::new();
     let (ftype, _) = read_frame(stream, &mut buf, MIN_MAX_FRAME_SIZE.max(4096))
         .await
-        .map_err(|e| HandshakeEnd::Other(format!("{e:?}")))?;
+        .map_err(|e| HandshakeError::Other(format!("{e:?}")))?;
     let init = match (ftype, serde_amqp::from_slice::<SaslFrame>(&buf)) {
         (FRAME_TYPE_SASL, Ok(SaslFrame::Init(init))) => init,
         _ => {
@@ -1006,7 +1000,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             if let Ok(frame) = encode_frame(FRAME_TYPE_SASL, 0, Some(&outcome), 0) {
                 let _ = write_raw(stream, &frame).await;
             }
-            return Err(HandshakeEnd::Sasl(SaslCode::Sys));
+            return Err(HandshakeError::Sasl(SaslCode::Sys));
         }
     };
     let code = sasl.check_init(init);
@@ -1015,15 +1009,15 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         additional_data: None,
     });
     let frame = encode_frame(FRAME_TYPE_SASL, 0, Some(&outcome), 0)
-        .map_err(|e| HandshakeEnd::Other(e.to_string()))?;
+        .map_err(|e| HandshakeError::Other(e.to_string()))?;
     write_raw(stream, &frame).await.map_err(io)?;
     if code != SaslCode::Ok {
-        return Err(HandshakeEnd::Sasl(code));
+        return Err(HandshakeError::Sasl(code));
     }
     stream.read_exact(&mut header).await.map_err(io)?;
     if header != AMQP_HEADER {
         let _ = write_raw(stream, &AMQP_HEADER).await;
-        return Err(HandshakeEnd::Other(format!(
+        return Err(HandshakeError::Other(format!(
             "protocol header {header:?} after SASL is not AMQP 1.0"
         )));
     }
@@ -1031,11 +1025,11 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     let max = options.max_frame_size.max(MIN_MAX_FRAME_SIZE);
     let (ftype, _) = read_frame(stream, &mut buf, max)
         .await
-        .map_err(|e| HandshakeEnd::Other(format!("{e:?}")))?;
+        .map_err(|e| HandshakeError::Other(format!("{e:?}")))?;
     let peer_open = match (ftype, serde_amqp::from_slice::<Performative>(&buf)) {
         (FRAME_TYPE_AMQP, Ok(Performative::Open(open))) => open,
         _ => {
-            return Err(HandshakeEnd::Other(
+            return Err(HandshakeError::Other(
                 "the first frame is not open".to_string(),
             ));
         }
@@ -1096,42 +1090,16 @@ async fn run<S, H>(
     };
     let opened = match opened {
         Ok(Ok(o)) => o,
-        Ok(Err(HandshakeEnd::Sasl(code))) => {
-            stats.sasl_failures.fetch_add(1, Ordering::Relaxed);
-            let (mechanism, user) = sasl.seen().unwrap_or_default();
-            let user = sasl.loggable_user(user);
-            info!(connection = id, %peer, %mechanism, %user, ?code, "SASL authentication failed");
-            return;
-        }
-        Ok(Err(HandshakeEnd::Other(reason))) => {
-            stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-            info!(connection = id, %peer, %reason, "connection handshake failed");
-            return;
-        }
-        Err(_) => {
-            stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-            info!(connection = id, %peer, timeout = ?options.handshake_timeout, "connection handshake timed out");
+        Ok(Err(e)) => return report_handshake_failure(stats, &options, id, peer, &sasl, Some(e)),
+        Err(_) => return report_handshake_failure(stats, &options, id, peer, &sasl, None),
+    };
+    let _open = match reserve_connection(stats, &options, id, peer, &opened.user) {
+        Ok(guard) => guard,
+        Err(error) => {
+            open_and_close(&mut stream, &options, error).await;
             return;
         }
     };
-    let max = options.max_connections;
-    let reserved = stats
-        .open_connections
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < max).then_some(n + 1)
-        })
-        .is_ok();
-    if !reserved {
-        stats.refused_connections.fetch_add(1, Ordering::Relaxed);
-        let description =
-            format!("connection limit reached: this server allows {max} open connections");
-        warn!(connection = id, %peer, user = %opened.user, limit = max, "refusing connection: connection limit reached");
-        let error = ErrorBody::new(AmqpError::ResourceLimitExceeded, Some(description), None);
-        open_and_close(&mut stream, &options, error).await;
-        return;
-    }
-    stats.accepted_connections.fetch_add(1, Ordering::Relaxed);
-    let _open = OpenGuard(Arc::clone(stats));
     let info = Arc::new(ConnectionInfo {
         id,
         peer,
@@ -1199,14 +1167,6 @@ async fn run<S, H>(
     drop(conn);
     let _ = tokio::time::timeout(options.close_timeout, writer_task).await;
     debug!(connection = id, %peer, "connection closed");
-}
-
-struct OpenGuard(Arc<ServerStats>);
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.0.open_connections.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// Writes what the connection's queue brings, several frames per (vectored) write; an empty frame when nothing

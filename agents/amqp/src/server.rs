@@ -1387,7 +1387,7 @@ pub(crate) async fn accept_connections<F, Fut>(
 }
 
 /// Decrements the open connection count when the connection task ends.
-struct OpenGuard(Arc<ServerStats>);
+pub(crate) struct OpenGuard(Arc<ServerStats>);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
@@ -1436,9 +1436,67 @@ async fn handshake(
     }
 }
 
-enum HandshakeError {
+/// Why a connection's handshake (TLS, SASL, open) failed.
+pub(crate) enum HandshakeError {
+    /// The SASL outcome was not `ok`.
     Sasl(SaslCode),
+    /// Anything else (TLS, protocol, I/O).
     Other(String),
+}
+
+/// Counts and logs a failed handshake (`None`: it timed out). A failed login logs the user only when it is a known
+/// one ([`ConnSasl::loggable_user`]).
+pub(crate) fn report_handshake_failure(
+    stats: &ServerStats,
+    options: &ServerOptions,
+    id: u64,
+    peer: SocketAddr,
+    sasl: &ConnSasl,
+    failure: Option<HandshakeError>,
+) {
+    match failure {
+        Some(HandshakeError::Sasl(code)) => {
+            stats.sasl_failures.fetch_add(1, Ordering::Relaxed);
+            let (mechanism, user) = sasl.seen().unwrap_or_default();
+            let user = sasl.loggable_user(user);
+            info!(connection = id, %peer, %mechanism, %user, ?code, "SASL authentication failed");
+        }
+        Some(HandshakeError::Other(reason)) => {
+            stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            info!(connection = id, %peer, %reason, "connection handshake failed");
+        }
+        None => {
+            stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            info!(connection = id, %peer, timeout = ?options.handshake_timeout, "connection handshake timed out");
+        }
+    }
+}
+
+/// Takes one of the `max_connections` slots (atomically, so concurrent handshakes cannot overshoot), counting the
+/// connection accepted; the guard gives it back. Over the limit: counted refused, and the error to close with.
+pub(crate) fn reserve_connection(
+    stats: &Arc<ServerStats>,
+    options: &ServerOptions,
+    id: u64,
+    peer: SocketAddr,
+    user: &str,
+) -> Result<OpenGuard, AmqpErrorBody> {
+    let max = options.max_connections;
+    let reserved = stats
+        .open_connections
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .is_ok();
+    if !reserved {
+        stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+        warn!(connection = id, %peer, %user, limit = max, "refusing connection: connection limit reached");
+        return Err(resource_limit(format!(
+            "connection limit reached: this server allows {max} open connections"
+        )));
+    }
+    stats.accepted_connections.fetch_add(1, Ordering::Relaxed);
+    Ok(OpenGuard(Arc::clone(stats)))
 }
 
 impl From<OpenError> for HandshakeError {
@@ -1470,47 +1528,18 @@ async fn connection_task<H: LinkHandler>(
     let seen = sasl.seen();
     let mut connection = match opened {
         Ok(Ok(c)) => c,
-        Ok(Err(HandshakeError::Sasl(code))) => {
-            stats.sasl_failures.fetch_add(1, Ordering::Relaxed);
-            let (mechanism, user) = seen.unwrap_or_default();
-            let user = sasl.loggable_user(user);
-            info!(connection = id, %peer, %mechanism, %user, ?code, "SASL authentication failed");
-            return;
-        }
-        Ok(Err(HandshakeError::Other(reason))) => {
-            stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-            info!(connection = id, %peer, %reason, "connection handshake failed");
-            return;
-        }
-        Err(_) => {
-            stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-            info!(connection = id, %peer, timeout = ?options.handshake_timeout, "connection handshake timed out");
+        Ok(Err(e)) => return report_handshake_failure(stats, options, id, peer, &sasl, Some(e)),
+        Err(_) => return report_handshake_failure(stats, options, id, peer, &sasl, None),
+    };
+    let (mechanism, user) = seen.unwrap_or_default();
+    let _open = match reserve_connection(stats, options, id, peer, &user) {
+        Ok(guard) => guard,
+        Err(error) => {
+            let _ = tokio::time::timeout(options.close_timeout, connection.close_with_error(error))
+                .await;
             return;
         }
     };
-    let (mechanism, user) = seen.unwrap_or_default();
-    // Reserve a slot atomically, so concurrent handshakes cannot overshoot the limit.
-    let max = options.max_connections;
-    let reserved = stats
-        .open_connections
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < max).then_some(n + 1)
-        })
-        .is_ok();
-    if !reserved {
-        stats.refused_connections.fetch_add(1, Ordering::Relaxed);
-        let description =
-            format!("connection limit reached: this server allows {max} open connections");
-        warn!(connection = id, %peer, %user, limit = max, "refusing connection: connection limit reached");
-        let _ = tokio::time::timeout(
-            options.close_timeout,
-            connection.close_with_error(resource_limit(description)),
-        )
-        .await;
-        return;
-    }
-    stats.accepted_connections.fetch_add(1, Ordering::Relaxed);
-    let _open = OpenGuard(Arc::clone(stats));
     let info = Arc::new(ConnectionInfo {
         id,
         peer,
