@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use config_service::{Args, Running};
+use config_service::Args;
 use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::link::CreditMode;
 use fe2o3_amqp::sasl_profile::SaslProfile;
@@ -21,8 +21,9 @@ use maas_model::delta::{
     GENERATION_PROPERTY,
 };
 use maas_model::{AddressKind, AddressSet};
-use maas_source::kubelet::KubeletWriter;
-use tokio::sync::oneshot;
+
+mod common;
+use common::Svc;
 
 type Conn = ConnectionHandle<()>;
 type Sess = SessionHandle<()>;
@@ -46,60 +47,22 @@ const QUEUE: &str = r#"{"store_and_forward": true, "multicast": false, "flavor":
 const ANYCAST: &str = r#"{"store_and_forward": false, "multicast": false}"#;
 const BROADCAST: &str = r#"{"store_and_forward": false, "multicast": true}"#;
 
-struct Svc {
-    running: Option<Running>,
-    stop: Option<oneshot::Sender<()>>,
-    _dir: tempfile::TempDir,
-    writer: KubeletWriter,
-}
-
 impl Svc {
     async fn start() -> Svc {
         Svc::start_with(|_| {}).await
     }
 
     async fn start_with(edit: impl FnOnce(&mut Args)) -> Svc {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("cfg");
-        let writer = KubeletWriter::new(&cfg).unwrap();
-        writer
-            .write(&files(&[("q1", QUEUE), ("a1", ANYCAST)]))
-            .unwrap();
-        let mut args = Args::for_dir(&cfg);
-        args.debounce = Duration::from_millis(20);
-        edit(&mut args);
-        let (tx, rx) = oneshot::channel();
-        let running = config_service::start(args, async move {
-            let _ = rx.await;
+        let initial = files(&[("q1", QUEUE), ("a1", ANYCAST)]);
+        Svc::start_in(&initial, |args, _| {
+            args.debounce = Duration::from_millis(20);
+            edit(args);
         })
         .await
-        .unwrap();
-        Svc {
-            running: Some(running),
-            stop: Some(tx),
-            _dir: dir,
-            writer,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("amqp://{}", self.r().amqp_addr)
-    }
-
-    fn r(&self) -> &Running {
-        self.running.as_ref().unwrap()
     }
 
     fn edit(&self, entries: &[(&str, &str)]) {
         self.writer.write(&files(entries)).unwrap();
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(TIMEOUT, self.running.take().unwrap().wait())
-            .await
-            .expect("service did not stop in time")
-            .unwrap();
     }
 }
 

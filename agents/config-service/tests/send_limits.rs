@@ -7,15 +7,15 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use config_service::{Args, Running};
 use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::link::{CreditMode, LinkStateError, RecvError};
 use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::session::SessionHandle;
 use fe2o3_amqp::types::definitions::{ErrorCondition, LinkError};
 use fe2o3_amqp::{Connection, Receiver, Session};
-use maas_source::kubelet::KubeletWriter;
-use tokio::sync::oneshot;
+
+mod common;
+use common::Svc;
 
 type Conn = ConnectionHandle<()>;
 type Sess = SessionHandle<()>;
@@ -32,56 +32,19 @@ fn address_files(prefix: &str, n: usize) -> BTreeMap<String, String> {
     files
 }
 
-struct Svc {
-    running: Option<Running>,
-    stop: Option<oneshot::Sender<()>>,
-    _dir: tempfile::TempDir,
-    writer: KubeletWriter,
-}
-
 impl Svc {
     async fn start(max_concurrent_sends: usize, send_timeout: Duration, addresses: usize) -> Svc {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("cfg");
-        let writer = KubeletWriter::new(&cfg).unwrap();
-        writer.write(&address_files("a0", addresses)).unwrap();
-        let mut args = Args::for_dir(&cfg);
-        args.max_concurrent_sends = max_concurrent_sends;
-        args.send_timeout = send_timeout;
-        args.debounce = Duration::from_millis(20);
-        let (tx, rx) = oneshot::channel();
-        let running = config_service::start(args, async move {
-            let _ = rx.await;
+        Svc::start_in(&address_files("a0", addresses), |args, _| {
+            args.max_concurrent_sends = max_concurrent_sends;
+            args.send_timeout = send_timeout;
+            args.debounce = Duration::from_millis(20);
         })
         .await
-        .unwrap();
-        Svc {
-            running: Some(running),
-            stop: Some(tx),
-            _dir: dir,
-            writer,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("amqp://{}", self.r().amqp_addr)
-    }
-
-    fn r(&self) -> &Running {
-        self.running.as_ref().unwrap()
     }
 
     fn edit(&self, prefix: &str, addresses: usize) {
         self.writer
             .write(&address_files(prefix, addresses))
-            .unwrap();
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(10), self.running.take().unwrap().wait())
-            .await
-            .expect("service did not stop in time")
             .unwrap();
     }
 }

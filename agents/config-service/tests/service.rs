@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use config_service::{Args, Running};
+use config_service::Args;
 use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::link::CreditMode;
 use fe2o3_amqp::sasl_profile::SaslProfile;
@@ -18,8 +18,8 @@ use fe2o3_amqp::{Connection, Receiver, Session};
 
 type Conn = ConnectionHandle<()>;
 type Sess = SessionHandle<()>;
-use maas_source::kubelet::KubeletWriter;
-use tokio::sync::oneshot;
+mod common;
+use common::Svc;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -32,67 +32,20 @@ fn files(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 
 const FLAVORS: &str = r#"{"vanilla-queue": {"type": "queue", "templateName": "queue-persisted"}}"#;
 
-fn initial(dir: &Path) -> KubeletWriter {
-    let w = KubeletWriter::new(dir).unwrap();
-    w.write(&files(&[
-        (
-            "json",
-            r#"{"q1": {"store_and_forward": true, "multicast": false, "flavor": "vanilla-queue"}}"#,
-        ),
-        ("flavor.json", FLAVORS),
-    ]))
-    .unwrap();
-    w
-}
-
-struct Svc {
-    running: Option<Running>,
-    stop: Option<oneshot::Sender<()>>,
-    _dir: tempfile::TempDir,
-    writer: KubeletWriter,
-}
-
 impl Svc {
     async fn start_with(edit: impl FnOnce(&mut Args, &Path)) -> Svc {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("cfg");
-        let writer = initial(&cfg);
-        let mut args = Args::for_dir(&cfg);
-        edit(&mut args, dir.path());
-        let (tx, rx) = oneshot::channel();
-        let running = config_service::start(args, async move {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap();
-        Svc {
-            running: Some(running),
-            stop: Some(tx),
-            _dir: dir,
-            writer,
-        }
+        let initial = files(&[
+            (
+                "json",
+                r#"{"q1": {"store_and_forward": true, "multicast": false, "flavor": "vanilla-queue"}}"#,
+            ),
+            ("flavor.json", FLAVORS),
+        ]);
+        Svc::start_in(&initial, edit).await
     }
 
     async fn start() -> Svc {
         Self::start_with(|_, _| {}).await
-    }
-
-    fn url(&self) -> String {
-        format!("amqp://{}", self.r().amqp_addr)
-    }
-
-    fn r(&self) -> &Running {
-        self.running.as_ref().unwrap()
-    }
-
-    async fn stop(mut self) -> Duration {
-        let started = Instant::now();
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(10), self.running.take().unwrap().wait())
-            .await
-            .expect("service did not stop in time")
-            .unwrap();
-        started.elapsed()
     }
 }
 
@@ -325,7 +278,7 @@ async fn podsense_filters_by_label_selector_and_sends_only_when_the_selection_ch
         args.pods_file = Some(p.join("pods.json"));
     })
     .await;
-    let pods_file = svc._dir.path().join("pods/pods.json");
+    let pods_file = svc.dir().join("pods/pods.json");
     let (mut c, mut s) = connect(&svc.url()).await;
     let mut brokers = subscribe(
         &mut s,
